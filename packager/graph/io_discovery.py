@@ -340,3 +340,77 @@ def discover_inputs(index: GraphIndex, output_tensor_names: list[str]) -> list[s
     """Tensor names of the placeholders the given outputs depend on, in graph order."""
     needed = index.ancestors(input_op_name(n) for n in output_tensor_names)
     return [f"{name}:0" for name in placeholder_ops(index, within=needed)]
+
+
+# A gradient scope names the forward op it differentiates: gradients/dense/MatMul_grad/MatMul
+# (also nested: training/Adam/gradients_1/loss/Mean_grad/Tile).
+_GRADIENT_SCOPE = re.compile(r"(?:^|/)gradients(?:_\d+)?/(?P<op>.+?)_grad/")
+
+
+def gradient_roots(graph_def) -> frozenset[str]:  # type: ignore[no-untyped-def]
+    """The ops gradients were taken of — the losses — in an unfrozen training graph.
+
+    Every forward op on the way from the variables to a loss has a ``…/OP_grad/`` scope; the
+    loss is the one of them no other differentiated op consumes. Whatever it is named (``Mean_1``),
+    a loss is what training minimised, never what a client asks for.
+    """
+    differentiated = set()
+    for node in graph_def.node:
+        match = _GRADIENT_SCOPE.search(node.name)
+        if match:
+            differentiated.add(match.group("op"))
+    index = GraphIndex.build(graph_def)
+    differentiated &= index.nodes.keys()
+    return frozenset(
+        name for name in differentiated
+        if not any(consumer in differentiated for consumer in index.consumers.get(name, ()))
+    )
+
+
+def has_batch_dimension(shape: tuple[int | None, ...] | None) -> bool | None:
+    """True when the leading dimension is free (a batch), False when fixed or a scalar, None when
+    the rank is unknown."""
+    if shape is None:
+        return None
+    return bool(shape) and shape[0] is None
+
+
+def non_inference_reason(
+    tensor_names: Iterable[str], placeholders: Iterable[str], index: GraphIndex, graph, losses: frozenset[str],  # type: ignore[no-untyped-def]
+) -> str | None:
+    """Why output tensors are not inference outputs, or None when they may be.
+
+    A loss (what gradients differentiate), an op of the gradient/optimizer machinery, or — in a
+    model whose inputs carry a batch dimension — a tensor without one (a scalar statistic or
+    loss) is never served unless named with --outputs.
+
+    Args:
+        tensor_names: the tensors of one output op.
+        placeholders: the input placeholders (op names) they depend on.
+    """
+    tensor_names = list(tensor_names)
+    name = input_op_name(tensor_names[0])
+    if name in losses:
+        return "a loss: gradients differentiate it"
+    if name in index.nodes and is_training_machinery(index.nodes[name]):
+        return "training machinery"
+    batched = [has_batch_dimension(shape_tuple(graph.get_tensor_by_name(f"{p}:0").shape)) for p in placeholders]
+    if batched and all(batched):
+        for tensor_name in tensor_names:
+            if has_batch_dimension(shape_tuple(graph.get_tensor_by_name(tensor_name).shape)) is False:
+                return "no batch dimension, though its inputs have one"
+    return None
+
+
+def batched_ops(index: GraphIndex, graph, limit: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
+    """The deepest non-machinery ops whose first output keeps a batch dimension: what to suggest
+    for --outputs when every sink was set aside."""
+    needs = placeholder_sets(index)
+    found = []
+    for name, node in index.nodes.items():
+        if not needs.get(name) or node.op in PLACEHOLDER_OPS or is_training_machinery(node):
+            continue
+        operation = graph.get_operation_by_name(name)
+        if operation.outputs and has_batch_dimension(shape_tuple(operation.outputs[0].shape)):
+            found.append((len(index.ancestors([name])), name))
+    return [name for _, name in sorted(found, key=lambda item: (-item[0], item[1]))[:limit]]

@@ -69,6 +69,8 @@ class LoadedSource:
         training_fed: ops of a training graph that only training machinery (losses, gradients,
             optimizer) consumed; freezing drops that machinery and leaves them dangling, so they
             are not outputs, only where to trace predictions back from.
+        losses: the ops a training graph's gradients differentiate (its losses, whatever their
+            names): never served unless named with --outputs.
     """
 
     path: Path
@@ -80,4 +82,5 @@ class LoadedSource:
     run_reference: ReferenceRunner
     details: dict[str, Any] = field(default_factory=dict)
     training_fed: frozenset[str] = frozenset()
+    losses: frozenset[str] = frozenset()  # ops gradients were taken of, found before freezing
     graph: Any = None  # graph_def already imported into a tf.Graph, when the loader made one

@@ -66,9 +66,11 @@ def import_graph(graph_def, path: Path | str):  # -> tf.Graph
 def load_frozen_graph(path: Path) -> LoadedSource:
     """Load a frozen GraphDef; inputs and outputs are left for graph analysis to discover."""
     from packager.graph.iterators import replace_data_inputs
+    from packager.graph.legacy_repair import repair_legacy_graph
     from packager.graph.surgery import repair_reference_ops
 
-    graph_def, replaced = replace_data_inputs(repair_reference_ops(read_graph_def(path)))
+    repaired = repair_legacy_graph(repair_reference_ops(read_graph_def(path)))
+    graph_def, replaced = replace_data_inputs(repaired.graph_def)
     variables = sorted(n.name for n in graph_def.node if n.op in VARIABLE_OPS)
     if variables:
         raise SourceError(
@@ -95,9 +97,9 @@ def load_frozen_graph(path: Path) -> LoadedSource:
         graph_def=graph_def,
         inputs=None,
         outputs=None,
-        files=[path],
+        files=[path.resolve()],
         run_reference=run_reference,
         graph=graph,
         details={"encoding": "text" if path.suffix == ".pbtxt" else "binary",
-                 "replaced_inputs": [r.to_json() for r in replaced]},
+                 "replaced_inputs": [r.to_json() for r in replaced], "repairs": repaired.repairs},
     )
