@@ -11,17 +11,19 @@ layers and whose outputs are keyed by its output layer names, and frozen into a 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from packager.errors import SourceError, UsageError, first_line
+from packager.graph.batchnorm import BATCHNORM_MODES
 from packager.sources._keras_legacy import KERAS_3, TF_KERAS, apply_legacy_fixes, config_objects, write_with_config
 from packager.sources.base import LoadedSource, TensorRef
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
@@ -97,6 +99,82 @@ def import_custom_objects(module_name: str | None) -> dict[str, Any]:
     }
 
 
+# Keras layers that normalise with the batch's statistics when called with training=True.
+_BATCHNORM_LAYERS = frozenset({"BatchNormalization", "SyncBatchNormalization"})
+BATCHNORM_TRAINING_FIX = "batchnorm_training_call"
+
+
+def _call_kwargs(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The keyword arguments of each call of a layer in a functional model config.
+
+    Keras 3 stores a call as {"args": [...], "kwargs": {...}}, Keras 2 as a list of
+    [layer, node index, tensor index, kwargs] entries.
+    """
+    for call in node.get("inbound_nodes") or []:
+        if isinstance(call, dict) and isinstance(call.get("kwargs"), dict):
+            yield call["kwargs"]
+        elif isinstance(call, list):
+            for entry in call:
+                if isinstance(entry, list) and len(entry) >= 4 and isinstance(entry[3], dict):
+                    yield entry[3]
+
+
+def batchnorm_training_calls(config: Any) -> list[str]:
+    """Names of the BatchNormalization layers a model config calls with training=True."""
+    return [
+        str(node["config"].get("name", "?"))
+        for node in config_objects(config)
+        if node.get("class_name") in _BATCHNORM_LAYERS and isinstance(node.get("config"), dict)
+        and any(kwargs.get("training") for kwargs in _call_kwargs(node))
+    ]
+
+
+def strip_batchnorm_training(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` whose BatchNormalization calls no longer pass training=True.
+
+    The layer then follows the model's own call, training=False when tfpack traces it: it
+    normalises with its moving mean and variance, the model as training=False would have built it.
+    """
+    fixed = copy.deepcopy(config)
+    for node in config_objects(fixed):
+        if node.get("class_name") in _BATCHNORM_LAYERS:
+            for kwargs in _call_kwargs(node):
+                if kwargs.get("training"):
+                    del kwargs["training"]
+    return fixed
+
+
+def _check_batchnorm_mode(path: Path, loader: str, calls: list[str], batchnorm: str) -> bool:
+    """Whether the BatchNormalization calls with training=True must be stripped from the config.
+
+    tf_keras honours a layer call's own training=True over the model's training=False: traced,
+    such a layer normalises with the batch's statistics and updates its moving averages, which no
+    frozen graph can hold. Keras 3 lets the model's training=False win, as its predict() does, so
+    its files already serve the moving statistics.
+
+    Raises:
+        UsageError: an unknown mode; auto with such calls under tf_keras.
+        SourceError: batch with such calls (their batch statistics cannot be frozen).
+    """
+    if batchnorm not in BATCHNORM_MODES:
+        raise UsageError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, not {batchnorm!r}")
+    if not calls:
+        return False
+    if batchnorm == "batch":
+        raise SourceError(
+            f"{path}: --batchnorm batch cannot serve BatchNormalization layer(s) {', '.join(calls)} called with "
+            "training=True: Keras updates their moving averages in that call, which a frozen serving graph cannot "
+            "hold; use --batchnorm inference (moving mean and variance)"
+        )
+    if batchnorm == "auto" and loader == TF_KERAS:
+        raise UsageError(
+            f"{path}: BatchNormalization layer(s) {', '.join(calls)} are called with training=True and would "
+            "normalise with the statistics of the batch: pass --batchnorm inference to use their moving mean and "
+            "variance (as training=False would), or --batchnorm batch to keep batch statistics"
+        )
+    return batchnorm == "inference"
+
+
 def loader_for(keras_version: str) -> str:
     """The Keras that reads files of ``keras_version``: tf_keras for 2.x, Keras 3 for 3.x.
 
@@ -135,15 +213,21 @@ def _keras_error(exc: BaseException) -> str:
 
 
 def _load_model(
-    path: Path, keras_version: str, config: dict[str, Any], custom_objects: dict[str, Any], unsafe: bool
+    path: Path, keras_version: str, config: dict[str, Any], custom_objects: dict[str, Any], unsafe: bool,
+    strip_batchnorm: bool = False,
 ) -> tuple[Any, list[str]]:
     """Load ``path`` with the Keras that wrote it, through a fixed copy when its config needs fixes.
+
+    Args:
+        strip_batchnorm: also drop training=True from BatchNormalization calls (--batchnorm inference).
 
     Returns:
         The model and the names of the legacy fixes its config needed (empty when none).
     """
     loader = loader_for(keras_version)
     fixed_config, fixes = apply_legacy_fixes(config, loader)
+    if strip_batchnorm:
+        fixed_config, fixes = strip_batchnorm_training(fixed_config), [*fixes, BATCHNORM_TRAINING_FIX]
     if not fixes:
         try:
             return _load_with(loader, path, custom_objects, unsafe), []
@@ -178,13 +262,17 @@ def _output_names(model: Any) -> list[str]:
     return [tensor._keras_history[0].name for tensor in model.outputs]
 
 
-def load_keras_file(path: Path, *, custom_objects: str | None = None, unsafe: bool = False) -> LoadedSource:
+def load_keras_file(
+    path: Path, *, custom_objects: str | None = None, unsafe: bool = False, batchnorm: str = "auto"
+) -> LoadedSource:
     """Load a Keras model file and freeze it into a GraphDef with named inputs and outputs.
 
     Args:
         path: a .keras or .h5 model file.
         custom_objects: module providing custom layers/functions the file refers to.
         unsafe: allow Lambda layers, whose Python code is stored in (and run from) the file.
+        batchnorm: auto|inference|batch — for BatchNormalization layers called with training=True
+            (see _check_batchnorm_mode): inference makes them use their moving statistics.
     """
     tf = tensorflow()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -197,7 +285,10 @@ def load_keras_file(path: Path, *, custom_objects: str | None = None, unsafe: bo
             f"{path} has Lambda layer(s) ({', '.join(lambdas)}) whose Python code would run on load: "
             "pass --unsafe only if you trust the file, or replace them with custom layers (--custom-objects)"
         )
-    model, legacy_fixes = _load_model(path, keras_version, config, import_custom_objects(custom_objects), unsafe)
+    batchnorm_calls = batchnorm_training_calls(config)
+    strip_batchnorm = _check_batchnorm_mode(path, loader_for(keras_version), batchnorm_calls, batchnorm)
+    model, legacy_fixes = _load_model(
+        path, keras_version, config, import_custom_objects(custom_objects), unsafe, strip_batchnorm)
     input_keys = [_strip_tensor_suffix(getattr(t, "name", f"input_{i}")) for i, t in enumerate(model.inputs)]
     output_keys = _output_names(model)
     if len(set(output_keys)) != len(output_keys):
@@ -258,5 +349,6 @@ def load_keras_file(path: Path, *, custom_objects: str | None = None, unsafe: bo
             "loader": loader_for(keras_version),
             "model_class": type(model).__name__,
             "legacy_fixes": legacy_fixes,
+            "batchnorm_training_calls": batchnorm_calls,
         },
     )
