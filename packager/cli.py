@@ -65,6 +65,33 @@ class ConsoleProgress:
             self._finish_current()
 
 
+class LineProgress:
+    """For a stderr that is not a terminal (CI logs): one line per finished step with its duration,
+    so a log shows where a long conversion spent its time without spinner control codes."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._current: str | None = None
+        self._started = 0.0
+
+    def step(self, message: str) -> None:
+        self._finish_current()
+        self._current = message
+        self._started = time.monotonic()
+
+    def _finish_current(self) -> None:
+        if self._current is not None:
+            self._console.print(f"tfpack: {self._current} ({time.monotonic() - self._started:.1f}s)", markup=False)
+            self._current = None
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._finish_current()
+
+
 class _QuietProgress:
     def step(self, message: str) -> None:
         del message
@@ -78,9 +105,15 @@ class _QuietProgress:
 
 @contextmanager
 def _progress(as_json: bool) -> Iterator[Any]:
-    """Progress for humans on an interactive stderr; nothing for --json or when piped."""
-    show = not as_json and _stderr.is_terminal
-    with (ConsoleProgress(_stderr) if show else _QuietProgress()) as progress:
+    """A spinner on an interactive stderr, a line per step otherwise (CI logs); nothing for --json."""
+    progress: ConsoleProgress | LineProgress | _QuietProgress
+    if as_json:
+        progress = _QuietProgress()
+    elif _stderr.is_terminal:
+        progress = ConsoleProgress(_stderr)
+    else:
+        progress = LineProgress(_stderr)
+    with progress:
         yield progress
 
 
@@ -155,6 +188,55 @@ def _source_options(checkpoint: Path | None, builder: str | None, custom_objects
     return SourceOptions(checkpoint=checkpoint, builder=builder, custom_objects=custom_objects, unsafe=unsafe, ema=ema)
 
 
+def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that shape the signature and its proof (shared by inspect and convert)."""
+    for option in reversed([
+        click.option("--inputs", help="Comma-separated input tensor or op names (default: discovered)."),
+        click.option("--outputs", help="Comma-separated output tensor or op names (default: discovered)."),
+        click.option("--towers", type=click.Choice(["auto", "merge", "split", "single", "off"]), default="auto",
+                     show_default=True,
+                     help="Multi-GPU tower graphs: one batch across all towers (merge), a signature per tower "
+                          "(split), tower 0 alone (single); auto merges when towers exist."),
+        click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP",
+                     help="Let a denied op type (ReadFile, PyFunc, PrintV2, ...) onto the serving path; may repeat."),
+        click.option("--constant", "constants", multiple=True, metavar="NAME=VALUE",
+                     help="Fix a control placeholder (e.g. keep_prob=1.0, training=false); may repeat."),
+        click.option("--batchnorm", type=click.Choice(["auto", "inference", "batch"]), default="auto", show_default=True,
+                     help="Batch norm on batch statistics: refuse it (auto), rewrite it to the moving mean and "
+                          "variance (inference), or serve it as it is (batch)."),
+        click.option("--allow-random", is_flag=True,
+                     help="Serve a deliberately stochastic model (random ops on the serving path)."),
+        click.option("--batch-dependent", is_flag=True,
+                     help="Serve outputs that mix the samples of a batch on purpose."),
+        click.option("--sample-inputs", type=click.Path(path_type=Path),
+                     help="Real inputs for the proof, goldens and warmup: .npz, TF Serving REST JSON, or "
+                          "PredictionLog TFRecords."),
+        click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+                     help="Largest allowed difference to the source: |a-b| <= tol*(1+|b|)."),
+    ]):
+        function = option(function)
+    return source_options(function)
+
+
+def _proof_options(flags: dict[str, Any]) -> dict[str, Any]:
+    """ProofOptions keyword arguments from the flags of ``proof_options``."""
+    return {
+        "inputs": _split(flags["inputs"]), "outputs": _split(flags["outputs"]), "towers": flags["towers"],
+        "allowed_ops": list(flags["allowed_ops"]), "constants": list(flags["constants"]),
+        "batchnorm": flags["batchnorm"], "allow_random": flags["allow_random"],
+        "batch_dependent": flags["batch_dependent"], "sample_inputs": flags["sample_inputs"],
+        "tolerance": flags["tolerance"],
+        "source": _source_options(flags["checkpoint"], flags["builder"], flags["custom_objects"], flags["unsafe"],
+                                  flags["ema"]),
+    }
+
+
+def _print_readiness(readiness: dict[str, dict[str, str]]) -> None:
+    for check, verdict in readiness.items():
+        _stdout.print(f"    {check.replace('_', ' ')}: {verdict['status']}"
+                      + (f" — {verdict['detail']}" if verdict["status"] != "passed" else ""), markup=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tfpack")
 def cli() -> None:
@@ -163,14 +245,14 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@source_options
+@proof_options
 @json_option
-def inspect(source: Path, checkpoint: Path | None, builder: str | None, custom_objects: str | None,
-            unsafe: bool, ema: str, as_json: bool) -> None:
-    """Show a source's format, serving inputs/outputs and size, without writing anything."""
+def inspect(source: Path, as_json: bool, **flags: Any) -> None:
+    """Show the signature convert would write and each readiness verdict, without writing anything."""
+    from packager.convert import ProofOptions
     from packager.inspection import inspect_source
 
-    options = _source_options(checkpoint, builder, custom_objects, unsafe, ema)
+    options = ProofOptions(**_proof_options(flags))
     with _progress(as_json) as progress:
         report = _run(lambda: inspect_source(source, options, progress))
 
@@ -210,6 +292,8 @@ def inspect(source: Path, checkpoint: Path | None, builder: str | None, custom_o
                 continue
             shown = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
             _stdout.print(f"  {key}: {shown}", markup=False)
+        _stdout.print("  serving readiness:", markup=False)
+        _print_readiness(r.readiness)
 
     _emit(report, as_json, human)
 
@@ -219,35 +303,15 @@ def inspect(source: Path, checkpoint: Path | None, builder: str | None, custom_o
 @click.option("--name", required=True, help="Model name (a plain name: letters, digits, . _ -).")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
               help="Writes OUTPUT_DIR/NAME/VERSION.")
-@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+@click.option("--version", "version", type=click.IntRange(min=1, max=2**63 - 1), default=None,
               help="Version number [default: one more than the highest existing, else 1].")
-@click.option("--inputs", help="Comma-separated input tensor or op names (default: discovered).")
-@click.option("--outputs", help="Comma-separated output tensor or op names (default: discovered).")
-@click.option("--towers", type=click.Choice(["auto", "merge", "split", "single", "off"]), default="auto",
-              show_default=True,
-              help="Multi-GPU tower graphs: one batch across all towers (merge), a signature per tower "
-                   "(split), tower 0 alone (single); auto merges when towers exist.")
-@click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP",
-              help="Let a denied op type (ReadFile, PyFunc, PrintV2, ...) onto the serving path; may repeat.")
-@click.option("--constant", "constants", multiple=True, metavar="NAME=VALUE",
-              help="Fix a control placeholder (e.g. keep_prob=1.0); may repeat.")
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
-              help="Largest allowed difference to the source: |a-b| <= tol*(1+|b|).")
-@source_options
+@proof_options
 @json_option
-def convert(source: Path, name: str, output_dir: Path, version: int | None, inputs: str | None,
-            outputs: str | None, towers: str, allowed_ops: tuple[str, ...], constants: tuple[str, ...],
-            tolerance: float, checkpoint: Path | None,
-            builder: str | None, custom_objects: str | None, unsafe: bool, ema: str, as_json: bool) -> None:
+def convert(source: Path, name: str, output_dir: Path, version: int | None, as_json: bool, **flags: Any) -> None:
     """Convert SOURCE into a verified SavedModel version dir OUTPUT_DIR/NAME/N."""
     from packager.convert import ConvertOptions, convert as convert_source
 
-    options = ConvertOptions(
-        name=name, output_dir=output_dir, version=version,
-        inputs=_split(inputs), outputs=_split(outputs), tolerance=tolerance, constants=list(constants), towers=towers,
-        allowed_ops=list(allowed_ops),
-        source=_source_options(checkpoint, builder, custom_objects, unsafe, ema),
-    )
+    options = ConvertOptions(name=name, output_dir=output_dir, version=version, **_proof_options(flags))
     with _progress(as_json) as progress:
         result = _run(lambda: convert_source(source, options, progress))
 
@@ -256,7 +320,10 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, inpu
         _stdout.print(f"wrote {r.version_dir} ({r.source_format}{towers}; signatures: {', '.join(r.signatures)})", markup=False)
         _stdout.print(f"  inputs:  {', '.join(f'{i.key} {i.dtype}' for i in r.inputs)}", markup=False)
         _stdout.print(f"  outputs: {', '.join(f'{o.key} {o.dtype}' for o in r.outputs)}", markup=False)
-        _stdout.print(f"  equal to the source: max |error| {r.max_abs_error:.3g} (tolerance {r.tolerance:g})", markup=False)
+        _stdout.print(f"  equal to the {r.reference}: max |error| {r.max_abs_error:.3g} (tolerance {r.tolerance:g})",
+                      markup=False)
+        _stdout.print("  serving readiness:", markup=False)
+        _print_readiness(r.readiness)
 
     _emit(result, as_json, human)
 

@@ -1,24 +1,42 @@
 """``tfpack convert``: any supported source to a verified SavedModel version dir.
 
-    load source ─▶ choose inputs/outputs ─▶ prune for serving ─▶ write SavedModel (staged)
-      ─▶ reload it and prove it computes the source's numbers ─▶ goldens, warmup, provenance
-      ─▶ rename into DIR/NAME/N
+    load source ─▶ choose inputs/outputs (inference outputs only) ─▶ batch norm, randomness
+      ─▶ prune for serving, scan ─▶ goldens: generated (sizes the graph allows) or --sample-inputs,
+         finite ─▶ the source twice: deterministic
+      ─▶ write SavedModel (staged) ─▶ reload it: equal to the source, batch independent
+      ─▶ goldens, warmup, provenance ─▶ rename into DIR/NAME/N
+
+``prepare`` is everything before writing; ``inspect`` runs it too, so a user can iterate on the
+signature flags and see every readiness verdict without writing a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 import packager
-from packager.equivalence import compare_outputs, generate_inputs
+from packager.equivalence import compare_outputs, free_dimension_ladder, generate_inputs
 from packager.errors import SourceError, UsageError, VerificationError, first_line
-from packager.export import check_writable, run_saved_model, staged_version_dir, write_saved_model, write_warmup_requests
-from packager.graph.constants import parse_constants
-from packager.graph.op_scan import scan_graph_def
-from packager.graph.signature import plan_signature
+from packager.export import (
+    SignatureRunner,
+    check_writable,
+    loaded_saved_model,
+    staged_version_dir,
+    write_saved_model,
+    write_warmup_requests,
+)
+from packager.graph.constants import ControlPlaceholder, parse_constants
+from packager.graph.input_constraints import derive_input_constraints
+from packager.graph.io_discovery import has_batch_dimension, training_subgraphs
+from packager.graph.op_scan import ScanResult, scan_graph_def
+from packager.graph.signature import SignaturePlan, plan_signature
 from packager.graph.surgery import prune_for_serving
 from packager.layout import (
     DEFAULT_SIGNATURE,
@@ -32,10 +50,24 @@ from packager.layout import (
 )
 from packager.progress import SILENT, Progress
 from packager.provenance import write_provenance_statement
+from packager.readiness import (
+    ReadinessReport,
+    Verdict,
+    check_batch_independence,
+    check_determinism,
+    check_finite,
+    independence_inputs,
+    derandomize,
+    raise_first_failure,
+    random_ops,
+)
 from packager.sources import SourceOptions, TensorRef, load_source
-from packager.tf_runtime import tensorflow
+from packager.sources.graph_def import VARIABLE_OPS
+from packager.tf_runtime import reference_session, tensorflow
 
 DEFAULT_TOLERANCE = 1e-5
+BATCHNORM_MODES = ("auto", "inference", "batch")
+BatchNormMode = Literal["auto", "inference", "batch"]
 # Tables need an initialization op run at load; a frozen graph has none to run.
 LOOKUP_TABLE_OPS = frozenset({
     "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
@@ -43,18 +75,19 @@ LOOKUP_TABLE_OPS = frozenset({
 })
 
 
-@dataclass(frozen=True)
-class ConvertOptions:
-    """What the user asked for beyond the source path."""
+@dataclass(frozen=True, kw_only=True)
+class ProofOptions:
+    """The flags that shape the signature and its proof (shared by convert and inspect)."""
 
-    name: str
-    output_dir: Path
-    version: int | None = None
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     tolerance: float = DEFAULT_TOLERANCE
     constants: list[str] = field(default_factory=list)  # NAME=VALUE, as given
     towers: str = "auto"
+    batchnorm: BatchNormMode = "auto"
+    allow_random: bool = False
+    batch_dependent: bool = False
+    sample_inputs: Path | None = None
     allowed_ops: list[str] = field(default_factory=list)  # --allow-op: denied op types let through
     source: SourceOptions = SourceOptions()
 
@@ -62,10 +95,13 @@ class ConvertOptions:
         return {
             "inputs": self.inputs,
             "outputs": self.outputs,
-            "version": self.version,
             "tolerance": self.tolerance,
             "constants": self.constants,
             "towers": self.towers,
+            "batchnorm": self.batchnorm,
+            "allow_random": self.allow_random,
+            "batch_dependent": self.batch_dependent,
+            "sample_inputs": str(self.sample_inputs) if self.sample_inputs else None,
             "allowed_ops": self.allowed_ops,
             "checkpoint": str(self.source.checkpoint) if self.source.checkpoint else None,
             "builder": self.source.builder,
@@ -73,6 +109,18 @@ class ConvertOptions:
             "unsafe": self.source.unsafe,
             "ema": self.source.ema,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions(ProofOptions):
+    """What the user asked for beyond the source path."""
+
+    name: str
+    output_dir: Path
+    version: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "version": self.version}
 
 
 @dataclass(frozen=True)
@@ -87,6 +135,8 @@ class ConvertResult:
     tolerance: float
     signatures: list[str] = field(default_factory=lambda: ["serving_default"])
     tower_mode: str = "off"
+    readiness: dict[str, Any] = field(default_factory=dict)
+    reference: str = "source"  # what the SavedModel was proven equal to
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,8 +146,56 @@ class ConvertResult:
             "outputs": [r.to_json() for r in self.outputs],
             "signatures": self.signatures,
             "towers": self.tower_mode,
-            "equivalence": {"max_abs_error": self.max_abs_error, "tolerance": self.tolerance},
+            "equivalence": {"max_abs_error": self.max_abs_error, "tolerance": self.tolerance,
+                            "reference": self.reference},
+            "readiness": self.readiness,
         }
+
+
+@dataclass
+class Prepared:
+    """A source read, its serving graph cut, its goldens run and its source-side readiness proven:
+    everything ``convert`` has before it writes, and everything ``inspect`` shows.
+
+    Attributes:
+        graph_def: the serving graph (pruned, rewritten as asked).
+        signatures: {name: (inputs, outputs)}.
+        goldens, expected: {signature: {key: array}} — the inputs and the source's outputs on them.
+        readiness: the verdicts so far (batch independence comes with a runnable serving model).
+        keep_devices: the graph's device strings are deliberate (merged towers).
+        reference_graph: the proof compares with the serving graph itself rather than the source
+            (a graph deliberately different from the source: rewritten batch norm, seeded
+            random ops); see ``graph_runner``.
+    """
+
+    source_record: dict[str, Any]
+    graph_def: Any
+    signatures: dict[str, tuple[list[TensorRef], list[TensorRef]]]
+    goldens: dict[str, dict[str, np.ndarray]]
+    expected: dict[str, dict[str, np.ndarray]]
+    readiness: ReadinessReport
+    scan: ScanResult
+    keep_devices: bool
+    tower_mode: str
+    towers_record: dict[str, Any]
+    controls: list[ControlPlaceholder]
+    rewrites: dict[str, Any]
+    reference_graph: bool
+    sample_inputs: dict[str, Any] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # what inspect shows of the source and plan
+
+    @property
+    def reference(self) -> str:
+        """What the written model is proven equal to."""
+        return "serving graph (deliberately not the source: see rewrites)" if self.reference_graph else "source"
+
+    @property
+    def inputs(self) -> list[TensorRef]:
+        return self.signatures[DEFAULT_SIGNATURE][0]
+
+    @property
+    def outputs(self) -> list[TensorRef]:
+        return self.signatures[DEFAULT_SIGNATURE][1]
 
 
 def _run_source(reference, feeds, source_path: Path):  # type: ignore[no-untyped-def]
@@ -105,11 +203,247 @@ def _run_source(reference, feeds, source_path: Path):  # type: ignore[no-untyped
     tf = tensorflow()
     try:
         return reference(feeds)
-    except (tf.errors.OpError, ValueError) as exc:
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
         raise SourceError(
-            f"{source_path} fails to run on generated inputs of the signature's dtypes and shapes: "
-            f"{first_line(exc)}"
+            f"{source_path} fails to run on inputs of the signature's dtypes and shapes: {first_line(exc)}"
         ) from None
+
+
+def graph_runner(graph_def, signatures, *, soft_placement: bool) -> SignatureRunner:  # type: ignore[no-untyped-def]
+    """Run a frozen graph itself as the reference: ``run(signature, feeds)``, one session reused."""
+    tf = tensorflow()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=soft_placement)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    session = tf.compat.v1.Session(graph=graph, config=config)
+
+    def run(name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs, outputs = signatures[name]
+        by_key = {r.key: r.tensor_name for r in inputs}
+        values = session.run([o.tensor_name for o in outputs], {by_key[k]: v for k, v in feeds.items()})
+        return {o.key: v for o, v in zip(outputs, values)}
+
+    return run
+
+
+def written_graph_def(export_dir: Path):  # type: ignore[no-untyped-def]
+    """The GraphDef of a SavedModel as written (its one meta graph)."""
+    tensorflow()
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel.FromString((export_dir / "saved_model.pb").read_bytes())
+    return saved_model.meta_graphs[0].graph_def
+
+
+def _control_flags(controls: list[ControlPlaceholder]) -> list[str]:
+    """``--constant`` suggestions for the flags that may switch randomness off."""
+    return [f"--constant {c.name}=false" for c in controls if c.dtype == "bool"]
+
+
+def _outputs_verdict(plan: SignaturePlan) -> Verdict:
+    if not plan.output_findings:
+        return Verdict("inference_outputs", "passed", "no loss, training op or batchless output is served")
+    listing = "; ".join(f"{name} ({reason})" for name, reason in plan.output_findings.items())
+    if plan.outputs_named:
+        return Verdict("inference_outputs", "allowed", f"named with --outputs: {listing}")
+    return Verdict("inference_outputs", "failed",
+                   f"the model's declared outputs are not inference outputs: {listing}: "
+                   "name the outputs to serve with --outputs")
+
+
+def _golden_run(plan_inputs, run, options: ProofOptions, graph_def, source_path: Path):  # type: ignore[no-untyped-def]
+    """Choose golden inputs and run the reference on them; the outputs must be finite.
+
+    Generated inputs respect what the graph tells (index bounds, positive domains); unknown
+    non-batch dimensions climb a ladder of sizes until the source runs and gives finite outputs.
+
+    Returns:
+        (goldens, expected, sample record or None, finite Verdict)
+    """
+    if options.sample_inputs is not None:
+        from packager.sample_inputs import load_sample_inputs
+
+        goldens, records = {}, {}
+        for name, inputs in plan_inputs.items():
+            sample = load_sample_inputs(options.sample_inputs, inputs, name)
+            goldens[name] = sample.arrays
+            records = {"path": str(options.sample_inputs), "sha256": sample.sha256,
+                       "format": sample.format, "batch": sample.batch}
+        expected = {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+        verdict = check_finite(expected, f"--sample-inputs {options.sample_inputs.name}")
+        if verdict.status == "failed":
+            raise SourceError(f"{verdict.detail}: the source gives non-finite outputs on your sample inputs")
+        return goldens, expected, records, verdict
+    constraints = {name: derive_input_constraints(graph_def, inputs) for name, inputs in plan_inputs.items()}
+    ladder = free_dimension_ladder([r for inputs in plan_inputs.values() for r in inputs])
+    failure = ""
+    for size in ladder:
+        goldens = {name: generate_inputs(inputs, constraints=constraints[name], free_dimension=size)
+                   for name, inputs in plan_inputs.items()}
+        try:
+            expected = {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+        except SourceError as exc:
+            if len(ladder) == 1:
+                raise  # no size to vary: the source itself cannot run
+            failure = str(exc)
+            continue
+        empty = [f"{name}/{key}" for name, values in expected.items() for key, v in values.items() if np.size(v) == 0]
+        verdict = check_finite(expected, "generated inputs" + (f" (free dimensions {size})" if len(ladder) > 1 else ""))
+        if verdict.status == "passed" and not empty:
+            return goldens, expected, None, verdict
+        failure = verdict.detail if verdict.status == "failed" else f"output(s) {', '.join(empty)} are empty"
+    sizes = f" (free dimensions tried: {', '.join(map(str, ladder))})" if len(ladder) > 1 else ""
+    raise SourceError(
+        f"no generated input exercises the model{sizes}: {failure}: give real inputs with --sample-inputs FILE "
+        "(.npz, a TF Serving REST JSON body, or a warmup TFRecord)"
+    )
+
+
+def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILENT, *, strict: bool = True) -> Prepared:
+    """Read the source, cut the serving graph and prove everything that needs no written model.
+
+    Args:
+        strict: False (inspect) reports readiness failures in ``Prepared.readiness`` instead of
+            raising, and leaves a control placeholder without a value as an input.
+
+    Raises:
+        UsageError / SourceError: bad flags or a bad source (exit 2).
+        NotServingReady: a readiness check failed (exit 2), with ``strict``.
+    """
+    if not options.tolerance > 0 or not np.isfinite(options.tolerance):
+        raise UsageError(f"--tolerance must be a positive finite number, not {options.tolerance}")
+    if options.batchnorm not in BATCHNORM_MODES:
+        raise UsageError(f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, not {options.batchnorm!r}")
+    if options.sample_inputs is not None and not options.sample_inputs.is_file():
+        raise UsageError(f"--sample-inputs {options.sample_inputs}: no such file")
+    constants = parse_constants(options.constants)
+
+    progress.step(f"loading {source_path}")
+    source = load_source(source_path, replace(options.source, batchnorm=options.batchnorm))
+    plan = plan_signature(source, options.inputs, options.outputs, constants, towers=options.towers,
+                          batchnorm=options.batchnorm, strict=strict)
+    default = plan.default
+    inputs, outputs = default.inputs, default.outputs
+    progress.step(
+        f"inputs {', '.join(r.key for r in inputs)}; outputs {', '.join(r.key for r in outputs)}"
+        + (f"; {plan.towers.count} towers, {plan.tower_mode}" if plan.towers else "")
+    )
+    report = ReadinessReport()
+    report.add(_outputs_verdict(plan))
+    # The inputs stay in the serving graph even when no output needs them: clients send them.
+    keep = plan.output_tensor_names() + sorted({r.tensor_name for spec in plan.signatures.values() for r in spec.inputs})
+    graph_def = prune_for_serving(plan.graph_def, keep, clear_devices=not plan.keep_devices)
+    tables = sorted({n.op for n in graph_def.node if n.op in LOOKUP_TABLE_OPS})
+    if tables and strict:
+        raise SourceError(
+            f"{source_path} uses lookup tables ({', '.join(tables)}, e.g. Keras StringLookup): "
+            "tfpack cannot freeze their initialization yet; export it as a SavedModel with its "
+            "tables and serve that, or convert the model without the lookup layers"
+        )
+    scan = scan_graph_def(graph_def, str(source_path), frozenset(options.allowed_ops))
+    if scan.blocking and strict:
+        raise UsageError(f"{scan.summary()}: remove them, or allow each with --allow-op {scan.blocking[0].op_type}")
+    rewrites: dict[str, Any] = {"batchnorm": options.batchnorm,
+                                "batchnorm_sites": [site.to_json() for site in plan.batchnorm_sites],
+                                "batchnorm_rewritten": plan.batchnorm_rewrites}
+    signatures = {name: (spec.inputs, spec.outputs) for name, spec in plan.signatures.items()}
+    # A graph source's reference is the unfrozen training graph, whose batch norms still use the
+    # batch: the rewritten graph is what the written model must equal (a Keras source was loaded
+    # with the training calls stripped, so it stays its own reference).
+    reference_graph = bool(plan.batchnorm_rewrites) and source.format != "keras"
+    proof_graph = graph_def
+    if options.allow_random:
+        # The model is served with its random ops; the proof runs both sides derandomized.
+        proof_graph, unprovable = derandomize(graph_def)
+        if unprovable and strict:
+            raise UsageError(
+                f"--allow-random: the proof cannot fix the seeds of {', '.join(unprovable[:4])} (no stateless "
+                "twin): tfpack proves stochastic models built on uniform, normal, truncated-normal and "
+                "uniform-int random ops"
+            )
+        rewrites["random_ops"] = random_ops(graph_def)
+        reference_graph = True
+
+    if reference_graph:
+        run = graph_runner(proof_graph, signatures, soft_placement=plan.keep_devices)
+    else:
+        run = lambda name, feeds: plan.signatures[name].reference(feeds)  # noqa: E731
+    progress.step("running the source on " + ("--sample-inputs" if options.sample_inputs else "generated inputs"))
+    try:
+        goldens, expected, sample_record, finite = _golden_run(
+            {name: spec.inputs for name, spec in plan.signatures.items()}, run, options, graph_def, source_path)
+    except SourceError as exc:
+        if strict:
+            raise
+        goldens, expected, sample_record, finite = {}, {}, None, Verdict("finite_goldens", "failed", str(exc))
+    report.add(finite)
+    if not goldens:
+        report.add(Verdict("determinism", "skipped", "no golden inputs to run the source on"))
+    elif options.allow_random:
+        report.add(Verdict("determinism", "allowed",
+                           f"--allow-random: a stochastic model is served ({len(rewrites['random_ops'])} random op(s)); "
+                           "the proof fixed their seeds on both sides to compare like with like"))
+    else:
+        progress.step("running the source again: deterministic?")
+        second = {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+        report.add(check_determinism(expected, second, options.tolerance, graph_def, _control_flags(plan.controls)))
+    if strict:
+        raise_first_failure(report)
+    source_record = {
+        "path": str(source_path),
+        "format": source.format,
+        "details": source.details,
+        "control_placeholders": [c.to_json() for c in plan.controls],
+        "files": file_digests(source.files, source.path),
+        "read": [str(path.resolve()) for path in source.files],
+    }
+    if sample_record:
+        source_record["sample_inputs"] = sample_record
+    op_types = Counter(node.op for node in source.graph_def.node)
+    subgraphs = source.details.get("training_subgraphs") or training_subgraphs(source.graph_def)
+    facts = {
+        "op_count": len(source.graph_def.node),
+        "variable_count": source.details.get("variables", sum(op_types[op] for op in VARIABLE_OPS)),
+        "constant_count": op_types["Const"],
+        "devices": sorted({node.device for node in source.graph_def.node if node.device}),
+        "training_subgraphs": subgraphs,
+        "candidates": plan.candidates,
+        "set_aside": plan.set_aside,
+        "towers": plan.towers,
+    }
+    return Prepared(
+        source_record=source_record,
+        graph_def=graph_def,
+        signatures=signatures,
+        goldens=goldens,
+        expected=expected,
+        readiness=report,
+        scan=scan,
+        keep_devices=plan.keep_devices,
+        tower_mode=plan.tower_mode,
+        towers_record={"mode": plan.tower_mode, **(plan.towers.to_json() if plan.towers else {"count": 0})},
+        controls=plan.controls,
+        rewrites=rewrites,
+        reference_graph=reference_graph,
+        sample_inputs=sample_record,
+        facts=facts,
+    )
+
+
+def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, options: ProofOptions) -> Verdict:
+    """Batch independence of the model ``run`` serves, or why it was not checked."""
+    if options.batch_dependent:
+        return Verdict("batch_independence", "allowed", "--batch-dependent: outputs may mix samples on purpose")
+    if options.allow_random or prepared.readiness.status("determinism") == "failed":
+        return Verdict("batch_independence", "skipped", "a stochastic model's samples differ anyway")
+    batched = {
+        name: independence_inputs(prepared.goldens[name])
+        for name, (inputs, _) in prepared.signatures.items()
+        if inputs and all(has_batch_dimension(r.shape) for r in inputs)
+    }
+    return check_batch_independence(run, batched, options.tolerance, prepared.graph_def)
 
 
 def file_digests(files: list[Path], root: Path) -> dict[str, str]:
@@ -129,100 +463,78 @@ def file_digests(files: list[Path], root: Path) -> dict[str, str]:
 
 
 def convert(source_path: Path, options: ConvertOptions, progress: Progress = SILENT) -> ConvertResult:
-    """Convert ``source_path`` into ``options.output_dir/NAME/N`` and prove it equivalent.
+    """Convert ``source_path`` into ``options.output_dir/NAME/N``; prove it equivalent and ready.
 
     Raises:
         UsageError / SourceError: bad flags or a bad source (exit 2); nothing is written.
+        NotServingReady: a serving-readiness check failed (exit 2); nothing is written.
         VerificationError: the written SavedModel does not reproduce the source (exit 3);
             nothing is published.
     """
     check_model_name(options.name)
-    if not options.tolerance > 0:
-        raise UsageError(f"--tolerance must be a positive number, not {options.tolerance}")
-    if options.version is not None and options.version < 1:
-        raise UsageError(f"--version must be a positive integer, not {options.version}")
+    if options.version is not None and not 1 <= options.version < 2**63:
+        raise UsageError(f"--version must be a positive 64-bit integer, not {options.version}")
     if options.output_dir.exists() and not options.output_dir.is_dir():
         raise UsageError(f"--output-dir {options.output_dir} exists and is not a directory")
     check_writable(options.output_dir)
     version = options.version or next_version(options.output_dir / options.name)
-    constants = parse_constants(options.constants)
-
-    progress.step(f"loading {source_path}")
-    source = load_source(source_path, options.source)
-    plan = plan_signature(source, options.inputs, options.outputs, constants, towers=options.towers)
-    default = plan.default
-    inputs, outputs = default.inputs, default.outputs
-    progress.step(
-        f"inputs {', '.join(r.key for r in inputs)}; outputs {', '.join(r.key for r in outputs)}"
-        + (f"; {plan.towers.count} towers, {plan.tower_mode}" if plan.towers else "")
-    )
-    graph_def = prune_for_serving(plan.graph_def, plan.output_tensor_names(), clear_devices=not plan.keep_devices)
-    tables = sorted({n.op for n in graph_def.node if n.op in LOOKUP_TABLE_OPS})
-    if tables:
-        raise SourceError(
-            f"{source_path} uses lookup tables ({', '.join(tables)}, e.g. Keras StringLookup): "
-            "tfpack cannot freeze their initialization yet; export it as a SavedModel with its "
-            "tables and serve that, or convert the model without the lookup layers"
-        )
-    scan = scan_graph_def(graph_def, str(source_path), frozenset(options.allowed_ops))
-    if scan.blocking:
-        raise UsageError(f"{scan.summary()}: remove them, or allow each with --allow-op {scan.blocking[0].op_type}")
-
-    progress.step("running the source on generated inputs")
-    goldens = {name: generate_inputs(spec.inputs) for name, spec in plan.signatures.items()}
-    expected = {name: _run_source(spec.reference, goldens[name], source_path) for name, spec in plan.signatures.items()}
-    signatures = {name: (spec.inputs, spec.outputs) for name, spec in plan.signatures.items()}
-    source_record = {
-        "path": str(source_path),
-        "format": source.format,
-        "details": source.details,
-        "control_placeholders": [c.to_json() for c in plan.controls],
-        "files": file_digests(source.files, source.path),
-    }
-    towers_record = {"mode": plan.tower_mode, **(plan.towers.to_json() if plan.towers else {"count": 0})}
-    keep_devices, tower_mode = plan.keep_devices, plan.tower_mode
-    # The source (a Keras model, sessions, graphs: often several copies of the weights) is not
-    # needed any more; let it go before the SavedModel is written and loaded again.
-    del source, plan, default
+    prepared = prepare(source_path, options, progress)
+    report = prepared.readiness
 
     with staged_version_dir(options.output_dir, options.name, version) as staging:
         progress.step(f"writing SavedModel version {version}")
-        write_saved_model(graph_def, signatures, staging)
+        write_saved_model(prepared.graph_def, prepared.signatures, staging)
         progress.step("reloading the SavedModel and comparing with the source")
         max_error = 0.0
-        for name in signatures:
-            try:
-                actual = run_saved_model(staging, goldens[name], name, soft_placement=keep_devices)
-            except tensorflow().errors.OpError as exc:
-                raise VerificationError(f"the written SavedModel fails to run signature {name}: {first_line(exc)}") from None
-            comparison = compare_outputs(expected[name], actual, options.tolerance, f"signature {name} of the written SavedModel")
-            max_error = max(max_error, comparison.max_abs_error)
-        Goldens(inputs=goldens[DEFAULT_SIGNATURE], outputs=expected[DEFAULT_SIGNATURE]).save(staging / GOLDENS_FILE)
-        write_warmup_requests(staging / WARMUP_FILE, options.name, goldens[DEFAULT_SIGNATURE])
+        with loaded_saved_model(staging, soft_placement=prepared.keep_devices) as run:
+            # A stochastic model is compared as its reference ran: the written graph derandomized.
+            check = (graph_runner(derandomize(written_graph_def(staging))[0], prepared.signatures,
+                                  soft_placement=prepared.keep_devices) if options.allow_random else run)
+            for name in prepared.signatures:
+                try:
+                    actual = check(name, prepared.goldens[name])
+                except tensorflow().errors.OpError as exc:
+                    raise VerificationError(f"the written SavedModel fails to run signature {name}: {first_line(exc)}") from None
+                comparison = compare_outputs(prepared.expected[name], actual, options.tolerance,
+                                             f"signature {name} of the written SavedModel vs the {prepared.reference}")
+                max_error = max(max_error, comparison.max_abs_error)
+            progress.step("one sample alone vs inside a batch: batch independent?")
+            report.add(check_batch_independence_of(run, prepared, options))
+        raise_first_failure(report)
+        Goldens(inputs=prepared.goldens[DEFAULT_SIGNATURE], outputs=prepared.expected[DEFAULT_SIGNATURE]).save(staging / GOLDENS_FILE)
+        write_warmup_requests(staging / WARMUP_FILE, options.name, prepared.goldens[DEFAULT_SIGNATURE])
         provenance = Provenance(
             model_name=options.name,
             version=version,
-            source=source_record,
+            source=prepared.source_record,
             tfpack_version=packager.__version__,
             tensorflow_version=tensorflow().__version__,
             options=options.to_json(),
-            inputs={r.key: r.summary() for r in inputs},
-            outputs={r.key: r.summary() for r in outputs},
+            inputs={r.key: r.summary() for r in prepared.inputs},
+            outputs={r.key: r.summary() for r in prepared.outputs},
             tolerance=options.tolerance,
             max_abs_error=max_error,
-            extra={"towers": towers_record, "signatures": sorted(signatures), "op_scan": scan.to_json()},
+            extra={
+                "towers": prepared.towers_record,
+                "signatures": sorted(prepared.signatures),
+                "op_scan": prepared.scan.to_json(),
+                "readiness": report.to_json(),
+                "rewrites": prepared.rewrites,
+                "reference": prepared.reference,
+            },
         )
         provenance.save(staging / PROVENANCE_FILE)
         # Last, so the statement's subject digest covers every other file of the version.
         write_provenance_statement(staging, provenance.to_json())
-    version_dir = options.output_dir / options.name / str(version)
     return ConvertResult(
-        version_dir=version_dir,
-        source_format=source_record["format"],
-        inputs=inputs,
-        outputs=outputs,
+        version_dir=options.output_dir / options.name / str(version),
+        source_format=prepared.source_record["format"],
+        inputs=prepared.inputs,
+        outputs=prepared.outputs,
         max_abs_error=max_error,
         tolerance=options.tolerance,
-        signatures=sorted(signatures),
-        tower_mode=tower_mode,
+        signatures=sorted(prepared.signatures),
+        tower_mode=prepared.tower_mode,
+        readiness=report.to_json(),
+        reference=prepared.reference,
     )

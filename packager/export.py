@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,9 @@ from packager.errors import UsageError
 from packager.layout import DEFAULT_SIGNATURE, SERVING_TAG
 from packager.sources.base import TensorRef
 from packager.tf_runtime import tensorflow
+
+# Runs signature NAME of a loaded model on feeds keyed by input key; outputs keyed by output key.
+SignatureRunner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @contextmanager
@@ -122,14 +125,10 @@ def write_saved_model(graph_def, signatures: Mapping[str, tuple[list[TensorRef],
     (export_dir / "saved_model.pb").write_bytes(saved_model.SerializeToString())
 
 
-def run_saved_model(
-    export_dir: Path,
-    feeds: Mapping[str, np.ndarray],
-    signature_name: str = DEFAULT_SIGNATURE,
-    *,
-    soft_placement: bool = False,
-) -> dict[str, np.ndarray]:
-    """Load a SavedModel the way TF Serving does (a session on its meta graph) and run a signature.
+@contextmanager
+def loaded_saved_model(export_dir: Path, *, soft_placement: bool = False) -> Iterator[SignatureRunner]:
+    """Load a SavedModel the way TF Serving does (a session on its meta graph) and yield a
+    function that runs one of its signatures: ``run(signature_name, feeds) -> outputs``.
 
     ``soft_placement`` is for graphs with deliberate device strings (merged towers), which the
     serving images load with a session config that allows soft placement.
@@ -144,13 +143,29 @@ def run_saved_model(
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     with v1.Session(graph=tf.Graph(), config=config) as session:
         meta_graph = v1.saved_model.loader.load(session, [SERVING_TAG], str(export_dir))
-        signature = meta_graph.signature_def[signature_name]
-        fetch_keys = sorted(signature.outputs)
-        values = session.run(
-            [signature.outputs[k].name for k in fetch_keys],
-            feed_dict={signature.inputs[k].name: v for k, v in feeds.items()},
-        )
-    return dict(zip(fetch_keys, values))
+
+        def run(signature_name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            signature = meta_graph.signature_def[signature_name]
+            fetch_keys = sorted(signature.outputs)
+            values = session.run(
+                [signature.outputs[k].name for k in fetch_keys],
+                feed_dict={signature.inputs[k].name: v for k, v in feeds.items()},
+            )
+            return dict(zip(fetch_keys, values))
+
+        yield run
+
+
+def run_saved_model(
+    export_dir: Path,
+    feeds: Mapping[str, np.ndarray],
+    signature_name: str = DEFAULT_SIGNATURE,
+    *,
+    soft_placement: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run one signature of a SavedModel once, in a session of its own (see loaded_saved_model)."""
+    with loaded_saved_model(export_dir, soft_placement=soft_placement) as run:
+        return run(signature_name, feeds)
 
 
 def write_warmup_requests(path: Path, model_name: str, feeds: Mapping[str, np.ndarray]) -> None:

@@ -1,25 +1,24 @@
-"""``tfpack inspect``: what a source is and what convert would make of it, without writing."""
+"""``tfpack inspect``: what a source is, the signature convert would write, and every readiness
+verdict — without writing anything."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.convert import ProofOptions, graph_runner, check_batch_independence_of, prepare
 from packager.graph.constants import ControlPlaceholder
-from packager.graph.io_discovery import OutputCandidate, training_subgraphs
-from packager.graph.signature import plan_signature
+from packager.graph.io_discovery import OutputCandidate
 from packager.graph.towers import TowerFamily
-from packager.graph.surgery import prune_for_serving
 from packager.progress import SILENT, Progress
-from packager.sources import SourceOptions, TensorRef, load_source
-from packager.sources.graph_def import VARIABLE_OPS
+from packager.readiness import Verdict
+from packager.sources import TensorRef
 
 
 @dataclass(frozen=True)
 class InspectReport:
-    """A source's format, serving inputs/outputs and size."""
+    """A source's format, serving inputs/outputs, size and serving readiness."""
 
     path: Path
     source_format: str
@@ -37,6 +36,8 @@ class InspectReport:
     candidates: list[OutputCandidate] = field(default_factory=list)
     training_subgraphs: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    signatures: list[str] = field(default_factory=lambda: ["serving_default"])
+    readiness: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +45,7 @@ class InspectReport:
             "format": self.source_format,
             "inputs": [r.to_json() for r in self.inputs],
             "outputs": [r.to_json() for r in self.outputs],
+            "signatures": self.signatures,
             "ops": {
                 "total": self.op_count,
                 "serving": self.serving_op_count,
@@ -58,34 +60,43 @@ class InspectReport:
             "output_candidates": [c.to_json() for c in self.candidates],
             "training_subgraphs": self.training_subgraphs,
             "details": self.details,
+            "readiness": self.readiness,
         }
 
 
-def inspect_source(path: Path, options: SourceOptions = SourceOptions(), progress: Progress = SILENT) -> InspectReport:
-    """Load ``path`` and describe it, including the inputs and outputs convert would choose."""
-    progress.step(f"loading {path}")
-    source = load_source(path, options)
-    plan = plan_signature(source, strict=False)
-    inputs, outputs = plan.default.inputs, plan.default.outputs
-    graph_def = source.graph_def
-    op_types = Counter(node.op for node in graph_def.node)
-    serving = prune_for_serving(plan.graph_def, plan.output_tensor_names())
-    subgraphs = source.details.get("training_subgraphs") or training_subgraphs(graph_def)
+def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress: Progress = SILENT) -> InspectReport:
+    """Describe ``path`` and run every readiness check on what convert would serve.
+
+    Batch independence runs on the serving graph itself (convert runs it on the written model,
+    which the equivalence proof shows computes the same).
+    """
+    prepared = prepare(path, options, progress, strict=False)
+    report = prepared.readiness
+    if prepared.goldens:
+        progress.step("one sample alone vs inside a batch: batch independent?")
+        run = graph_runner(prepared.graph_def, prepared.signatures, soft_placement=prepared.keep_devices)
+        report.add(check_batch_independence_of(run, prepared, options))
+    else:
+        report.add(Verdict("batch_independence", "skipped", "no golden inputs to run the model on"))
+    facts = prepared.facts
+    details = prepared.source_record["details"]
     return InspectReport(
         path=path,
-        source_format=source.format,
-        inputs=inputs,
-        outputs=outputs,
-        op_count=len(graph_def.node),
-        serving_op_count=len(serving.node),
-        variable_count=source.details.get("variables", sum(op_types[op] for op in VARIABLE_OPS)),
-        constant_count=op_types["Const"],
-        training_ops=sum(subgraphs.values()),
-        devices=sorted({node.device for node in graph_def.node if node.device}),
-        controls=plan.controls,
-        set_aside=plan.set_aside,
-        towers=plan.towers,
-        candidates=plan.candidates,
-        training_subgraphs=subgraphs,
-        details={k: v for k, v in source.details.items() if k not in ("training_subgraphs", "variables")},
+        source_format=prepared.source_record["format"],
+        inputs=prepared.inputs,
+        outputs=prepared.outputs,
+        op_count=facts["op_count"],
+        serving_op_count=len(prepared.graph_def.node),
+        variable_count=facts["variable_count"],
+        constant_count=facts["constant_count"],
+        training_ops=sum(facts["training_subgraphs"].values()),
+        devices=facts["devices"],
+        controls=prepared.controls,
+        set_aside=facts["set_aside"],
+        towers=facts["towers"],
+        candidates=facts["candidates"],
+        training_subgraphs=facts["training_subgraphs"],
+        details={k: v for k, v in details.items() if k not in ("training_subgraphs", "variables")},
+        signatures=sorted(prepared.signatures),
+        readiness=report.to_json(),
     )

@@ -128,7 +128,7 @@ def test_a_py_func_whose_python_is_gone_is_a_clean_source_error(tmp_path: Path) 
     from tensorflow.python.ops import script_ops
 
     assert script_ops._py_funcs.get(token) is None
-    with pytest.raises(SourceError, match="fails to run on generated inputs"):
+    with pytest.raises(SourceError, match="fails to run on inputs"):
         convert(path, ConvertOptions(name="m", output_dir=tmp_path / "out", allowed_ops=["PyFunc"]))
     assert not (tmp_path / "out").exists()
 

@@ -9,9 +9,17 @@ stock server cannot load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from packager.tf_runtime import tensorflow
+
+# Ops that draw random numbers each time they run (the stateful ones), and the stateless ones
+# whose seed usually comes from a counter: random augmentation or dropout left in a graph.
+RANDOM_OP_PREFIXES = (
+    "Random", "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial", "Stateful",
+    "StatelessRandom", "StatelessTruncatedNormal", "StatelessMultinomial", "StatelessParameterized",
+    "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip", "NonDeterministicInts",
+)
 
 # Op type -> why it is refused on a serving path.
 DENYLIST: dict[str, str] = {
@@ -55,6 +63,9 @@ class ScanResult:
     target: str
     findings: list[OpFinding]
     ops_scanned: int
+    # Not denied, but worth a release engineer's eye: ops that make outputs vary between
+    # identical requests (convert refuses them unless --allow-random).
+    notices: list[OpFinding] = field(default_factory=list)
 
     @property
     def blocking(self) -> list[OpFinding]:
@@ -66,12 +77,16 @@ class ScanResult:
             "ops_scanned": self.ops_scanned,
             "clean": not self.blocking,
             "findings": [f.to_json() for f in self.findings],
+            "notices": [f.to_json() for f in self.notices],
         }
 
     def summary(self) -> str:
         if not self.blocking:
             allowed = sum(f.allowed for f in self.findings)
-            return f"{self.target}: {self.ops_scanned} ops scanned, nothing denied" + (f" ({allowed} allowed by --allow-op)" if allowed else "")
+            random = (f"; {len(self.notices)} random op(s) make outputs vary between identical requests: "
+                      + ", ".join(f"{f.op_type} ({f.node})" for f in self.notices[:4])) if self.notices else ""
+            return (f"{self.target}: {self.ops_scanned} ops scanned, nothing denied"
+                    + (f" ({allowed} allowed by --allow-op)" if allowed else "") + random)
         listing = ", ".join(f"{f.op_type} ({f.node}: {f.reason})" for f in self.blocking[:6])
         more = f" and {len(self.blocking) - 6} more" if len(self.blocking) > 6 else ""
         return f"{self.target}: denied ops on the serving path: {listing}{more}"
@@ -109,16 +124,18 @@ def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()
         for node in functions[name].node_def:
             nodes.append((f"{name}/{node.name}", node.op))
             pending.extend(_called_functions(node))
-    findings = []
+    findings, notices = [], []
     for name, op_type in nodes:
         if op_type in functions:
             continue
+        if op_type.startswith(RANDOM_OP_PREFIXES):
+            notices.append(OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests"))
         if op_type in DENYLIST:
             findings.append(OpFinding(op_type, name, DENYLIST[op_type], allowed=op_type in allowed))
         elif not _is_registered(op_type):
             findings.append(OpFinding(op_type, name, "custom op unknown to TensorFlow: a stock TF Serving cannot load it",
                                       allowed=op_type in allowed))
-    return ScanResult(target=target, findings=findings, ops_scanned=len(nodes))
+    return ScanResult(target=target, findings=findings, ops_scanned=len(nodes), notices=notices)
 
 
 def scan_saved_model(version_dir, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]

@@ -15,9 +15,13 @@ from typing import Any
 import numpy as np
 
 from packager.errors import SourceError, UsageError
+from packager.graph.batchnorm import BatchNormSite, apply_batchnorm_mode
 from packager.graph.constants import ControlPlaceholder, find_control_placeholders, fold_control_placeholders
 from packager.graph.io_discovery import (
     GraphIndex,
+    batched_ops,
+    non_inference_reason,
+    placeholder_sets,
     OutputCandidate,
     choose_outputs,
     discover_inputs,
@@ -65,6 +69,14 @@ class SignaturePlan:
     candidates: list[OutputCandidate] = field(default_factory=list)
     towers: TowerFamily | None = None
     tower_mode: str = "off"
+    # Outputs that are not inference outputs (a loss, training machinery, no batch dimension),
+    # by tensor name with the reason; only possible when named with --outputs or declared.
+    output_findings: dict[str, str] = field(default_factory=dict)
+    outputs_named: bool = False
+    # Batch norms found running on batch statistics, and how --batchnorm inference rewrote them
+    # (the graph then deliberately differs from the source).
+    batchnorm_sites: list[BatchNormSite] = field(default_factory=list)
+    batchnorm_rewrites: list[str] = field(default_factory=list)
 
     @property
     def default(self) -> SignatureSpec:
@@ -81,14 +93,18 @@ def plan_signature(
     constants: dict[str, str] | None = None,
     *,
     towers: str = "auto",
+    batchnorm: str = "auto",
     strict: bool = True,
 ) -> SignaturePlan:
     """Choose the signatures for ``source`` and fold its control placeholders.
 
     Args:
         towers: auto|merge|split|single|off — how to serve a tower family (auto: merge).
+        batchnorm: auto|inference|batch — batch norm on batch statistics is refused, rewritten
+            to the moving statistics, or served as it is (graph.batchnorm).
         strict: False (inspect) leaves a scalar control placeholder without a value as an input
-            instead of refusing; it is listed in ``controls`` either way.
+            instead of refusing, and reports batch norm on batch statistics instead of refusing
+            it; both are listed in the plan either way.
 
     Raises:
         UsageError: unknown names, --constant on a source without a graph of its own, a scalar
@@ -124,26 +140,50 @@ def plan_signature(
         keys = keys or [by_name[n].key if n in by_name else k for n, k in zip(names, signature_keys(names))]
         return tensor_refs(graph, names, keys)
 
+    def norms(graph_def, output_names: list[str], input_names: list[str]):  # type: ignore[no-untyped-def]
+        """The graph with --batchnorm applied on the serving path: (GraphDef, sites, rewrites)."""
+        mode = "batch" if batchnorm == "auto" and not strict else batchnorm  # inspect reports, never refuses
+        return apply_batchnorm_mode(
+            graph_def, mode, within=index.ancestors(input_op_name(n) for n in output_names),
+            keep={input_op_name(n) for n in output_names + input_names}, source=str(source.path))
+
     family = None
     set_aside: list[OutputCandidate] = []
     candidates: list[OutputCandidate] = []
+    findings: dict[str, str] = {}
     if requested_outputs:
         output_names = resolve_names(requested_outputs, index, graph, "--outputs", source.outputs)
     elif declared:
         output_names = [r.tensor_name for r in source.outputs or []]
     else:
         candidates = output_candidates(index, graph, training_fed=source.training_fed)
+        refused = {c.op_name: reason for c in candidates
+                   if (reason := non_inference_reason(c.tensor_names, c.placeholders, index, graph, source.losses))}
+        if len(refused) == len(candidates):
+            refused.update({loss: "a loss: gradients differentiate it" for loss in sorted(source.losses) if loss not in refused})
+            listing = "; ".join(f"{name} ({reason})" for name, reason in list(refused.items())[:6])
+            left = batched_ops(index, graph)
+            raise SourceError(
+                f"{source.path}: every sink is training machinery" + (f" — {listing}" if listing else "")
+                + (f"; candidates left, deepest first: {', '.join(left)}" if left else "")
+                + ": name the outputs with --outputs NAME[,NAME]"
+            )
+        set_aside = [c for c in candidates if c.op_name in refused]
+        candidates = [c for c in candidates if c.op_name not in refused]
         family = detect_towers(index, candidates) if towers != "off" else None
         mode = check_mode(towers, family)
         if family is not None and mode != "off":
             controls = find_control_placeholders(source.graph_def, within=original_index.ancestors(
                 input_op_name(t) for tower in family.towers for t in tower.outputs))
+            tower_outputs = [t for tower in family.towers for t in tower.outputs]
+            tower_inputs = [t for tower in family.towers for t in tower.inputs]
+            graph_def, sites, rewrites = norms(graph_def, tower_outputs, tower_inputs)
             plan = _tower_plan(graph_def, family, mode, refs, reference_for, controls)
-            plan.candidates = candidates
+            plan.candidates, plan.batchnorm_sites, plan.batchnorm_rewrites = candidates, sites, rewrites
             return plan
         choice = choose_outputs(candidates, str(source.path))
         output_names = [name for candidate in choice.chosen for name in candidate.tensor_names]
-        set_aside = choice.set_aside
+        set_aside = choice.set_aside + set_aside
     if towers in ("merge", "split", "single") and family is None:
         check_mode(towers, None)  # raises: towers were asked for, but names were given or declared
 
@@ -152,7 +192,9 @@ def plan_signature(
     if requested_input_names:
         input_names = requested_input_names
     elif declared:
-        input_names = [r.tensor_name for r in source.inputs or [] if r.op_name in needed]
+        # Every declared input stays, even one the outputs do not need (a label_ids a serving
+        # signature declares): clients send it, and the server must accept it.
+        input_names = [r.tensor_name for r in source.inputs or []]
     else:
         input_names = discover_inputs(index, output_names)
         unfixed = [c.name for c in controls if not c.has_default and f"{c.name}:0" in input_names]
@@ -166,13 +208,25 @@ def plan_signature(
             f"{source.path}: no placeholder feeds the outputs {', '.join(output_names)}: "
             "name the input tensors with --inputs"
         )
+    if requested_outputs or declared:
+        needs = placeholder_sets(index)
+        for tensor_name in output_names:
+            reason = non_inference_reason([tensor_name], needs.get(input_op_name(tensor_name), frozenset()),
+                                          index, graph, source.losses)
+            if reason:
+                findings[tensor_name] = reason
     inputs, outputs = refs(input_names, source.inputs), refs(output_names, source.outputs)
+    graph_def, sites, rewrites = norms(graph_def, output_names, input_names)
     return SignaturePlan(
         graph_def=graph_def,
         signatures={DEFAULT_SIGNATURE: SignatureSpec(inputs, outputs, reference_for(inputs, outputs))},
         controls=controls,
         set_aside=set_aside,
         candidates=candidates,
+        output_findings=findings,
+        outputs_named=bool(requested_outputs),
+        batchnorm_sites=sites,
+        batchnorm_rewrites=rewrites,
     )
 
 

@@ -149,9 +149,9 @@ def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def
     """One graph that serves the whole family through a single batch.
 
     New placeholders (named by input role) take the batch; it is split along dimension 0 in tower
-    order — sizes differ by at most one, and towers beyond the batch size get zero rows — each
-    tower runs on its slice on its own device, and each output role is the concatenation of the
-    towers' outputs in order.
+    order — sizes differ by at most one; a tower beyond the batch size runs on the last row and
+    contributes no rows — each tower runs on its slice on its own device, and each output role is
+    the concatenation of the towers' outputs in order.
 
     Returns:
         (GraphDef, {input role: tensor name}, {output role: tensor name})
@@ -173,11 +173,22 @@ def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def
                 shape[0] = None
             placeholders[role] = v1.placeholder(tensor.dtype, shape, name=unique_op_name(role, taken))
         lead = next(iter(placeholders.values()))
+        count = family.count
+        sizes = []
+        slices: dict[str, list] = {role: [] for role in placeholders}
         with tf.name_scope("tfpack_tower_split"):
             batch = tf.shape(lead, out_type=tf.int32)[0]
-            count = family.count
-            sizes = tf.stack([(batch + (count - 1 - i)) // count for i in range(count)])
-            slices = {role: tf.split(p, sizes, num=count, axis=0) for role, p in placeholders.items()}
+            start = tf.constant(0, tf.int32)
+            for i in range(count):
+                size = (batch + (count - 1 - i)) // count
+                # A tower never runs on zero rows: some ops cannot (a map_fn whose element shape
+                # is not fully known). A tower left without rows of its own (batch < towers)
+                # runs on the batch's last row, and its outputs are dropped below.
+                rows = tf.minimum(tf.range(start, start + tf.maximum(size, 1)), tf.maximum(batch - 1, 0))
+                for role, placeholder in placeholders.items():
+                    slices[role].append(tf.gather(placeholder, rows, name=f"rows_{i}"))
+                sizes.append(size)
+                start = start + size
         input_map = {
             tower_input: slices[role][position]
             for position, tower in enumerate(family.towers)
@@ -188,7 +199,7 @@ def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def
         by_name = dict(zip(fetches, imported))
         outputs = {}
         for index_, role in enumerate(family.output_roles):
-            parts = [by_name[tower.outputs[index_]] for tower in family.towers]
+            parts = [by_name[tower.outputs[index_]][:sizes[position]] for position, tower in enumerate(family.towers)]
             outputs[role] = tf.concat(parts, axis=0, name=unique_op_name(role.replace(":", "_"), taken)).name
         merged = graph.as_graph_def()
     scopes = {tower.scope: tower_device(position) for position, tower in enumerate(family.towers)}

@@ -27,6 +27,8 @@ class SourceOptions:
         custom_objects: a module whose public classes/functions Keras may deserialize.
         unsafe: allow Keras Lambda layers (they run arbitrary Python from the file).
         ema: auto|on|off — restore checkpoint variables from their ExponentialMovingAverage shadows.
+        batchnorm: auto|inference|batch — what a Keras file's BatchNormalization layers called
+            with training=True become (graph sources are rewritten by graph.batchnorm instead).
     """
 
     checkpoint: Path | None = None
@@ -34,6 +36,7 @@ class SourceOptions:
     custom_objects: str | None = None
     unsafe: bool = False
     ema: str = "auto"
+    batchnorm: str = "auto"
 
 
 def detect_format(path: Path) -> str:
@@ -111,4 +114,5 @@ def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedS
         return load_frozen_graph(path)
     from packager.sources.keras_file import load_keras_file
 
-    return load_keras_file(path, custom_objects=options.custom_objects, unsafe=options.unsafe)
+    return load_keras_file(path, custom_objects=options.custom_objects, unsafe=options.unsafe,
+                           batchnorm=options.batchnorm)
