@@ -51,7 +51,8 @@ class ContractBreak(TfpackError):
 
 # Lines TensorFlow puts before the cause of an OpError ("Graph execution error:", "Detected at
 # node ... defined at (most recent call last):", the Python stack of where the op was built).
-_HEADER_LINES = ("Graph execution error", "Detected at node", "Traceback", "File ", "Node:", "  ")
+_HEADER_LINES = ("Graph execution error", "Detected at node", "Traceback", "File ", "Node:", "  ",
+                 "<stack traces unavailable>")
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -31,6 +31,8 @@ Status = Literal["passed", "failed", "allowed", "skipped"]
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 INDEPENDENCE_BATCH = 3  # odd and >= 3: an even split across two towers would hide an off-by-one
+DETERMINISM_TOLERANCE = 1e-6
+RANDOM_RERUNS = 4  # reruns when random ops are reachable: a shuffle of 2 rows repeats itself half the time
 
 # Reductions that mix samples when they reduce over axis 0 (the batch).
 _REDUCTION_OPS = frozenset({"Mean", "Sum", "Max", "Min", "Prod", "All", "Any", "EuclideanNorm", "ArgMax", "ArgMin"})
@@ -89,6 +91,52 @@ def random_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted({f"{node.name} ({node.op})" for node in _function_nodes(graph_def) if _is_random(node.op)})
 
 
+_CONDITIONALS = frozenset({"If", "StatelessIf"})
+
+
+def serving_random_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+    """The random ops a request can reach: the graph's and those of the functions it calls,
+    except the branch a cond with a constant predicate never takes (dropout behind
+    ``tf.cond(training)`` once ``--constant training=false`` folded it)."""
+    nodes = {node.name: node for node in graph_def.node}
+    functions = {f.signature.name: f for f in graph_def.library.function}
+
+    def constant_predicate(node) -> bool | None:  # type: ignore[no-untyped-def]
+        name = node.input[0].lstrip("^").split(":")[0] if node.input else ""
+        while name in nodes and nodes[name].op in ("Identity", "Snapshot"):
+            name = nodes[name].input[0].lstrip("^").split(":")[0]
+        producer = nodes.get(name)
+        if producer is None or producer.op != "Const":
+            return None
+        from tensorflow.python.framework import tensor_util
+
+        return bool(np.ravel(tensor_util.MakeNdarray(producer.attr["value"].tensor))[0])
+
+    def called(node, in_graph: bool) -> list[str]:  # type: ignore[no-untyped-def]
+        predicate = constant_predicate(node) if in_graph and node.op in _CONDITIONALS else None
+        if predicate is not None:
+            return [node.attr["then_branch" if predicate else "else_branch"].func.name]
+        names = [node.op] if node.op in functions else []
+        for attr in node.attr.values():
+            names.extend([attr.func.name] if attr.func.name else [])
+            names.extend(f.name for f in attr.list.func)
+        return names
+
+    found = [f"{node.name} ({node.op})" for node in graph_def.node if _is_random(node.op)]
+    pending = [name for node in graph_def.node for name in called(node, True)]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        for node in functions[name].node_def:
+            if _is_random(node.op):
+                found.append(f"{name}/{node.name} ({node.op})")
+            pending.extend(called(node, False))
+    return sorted(set(found))
+
+
 # Stateful random op -> its stateless twin, which draws from an explicit seed input instead of a
 # kernel's hidden state.
 _STATELESS_TWINS = {
@@ -121,8 +169,8 @@ def derandomize(graph_def):  # type: ignore[no-untyped-def]
     def rewrite(nodes, in_function: bool) -> list[Any]:  # type: ignore[no-untyped-def]
         seeds = []
         for position, node in enumerate(list(nodes)):
-            if not _is_random(node.op):
-                continue
+            if not _is_random(node.op) or node.op.startswith("Stateless"):
+                continue  # a stateless op already draws from its seed input
             twin = _STATELESS_TWINS.get(node.op)
             if twin is None:
                 left.append(f"{node.name} ({node.op})")
@@ -203,88 +251,182 @@ def check_finite(outputs: Mapping[str, Mapping[str, np.ndarray]], where: str) ->
 
 def check_determinism(
     first: Mapping[str, Mapping[str, np.ndarray]],
-    second: Mapping[str, Mapping[str, np.ndarray]],
+    rerun: Callable[[], Mapping[str, Mapping[str, np.ndarray]]],
     tolerance: float,
     graph_def,  # type: ignore[no-untyped-def]
     control_flags: list[str],
 ) -> Verdict:
-    """The source run twice on the same inputs agrees within the tolerance.
+    """The source run again on the same inputs agrees with its first run.
+
+    Without random ops on the serving path one rerun must agree within min(tolerance, 1e-6).
+    With random ops a request can reach, RANDOM_RERUNS reruns must agree to the last bit: only
+    random ops whose draws cannot change the outputs (dropout at keep_prob 1.0) pass, however
+    small the noise of the others.
 
     Args:
-        first, second: {signature: {output key: array}} from two runs.
+        first: {signature: {output key: array}} from the first run.
+        rerun: runs the source again on the same inputs.
         graph_def: the serving graph, where the random ops are looked for.
         control_flags: ``--constant NAME=VALUE`` suggestions for the control placeholders that
             may switch randomness off (a ``training`` flag).
     """
-    for signature, values in first.items():
-        try:
-            compare_outputs(values, second[signature], tolerance, f"signature {signature} of the source run twice")
-        except VerificationError as exc:
-            found = random_ops(graph_def)
-            ops = f"random ops on the serving path: {_listing(found)}" if found else "no random op found by name"
-            fix = f"fix {' or '.join(control_flags)}, or " if control_flags else ""
-            return Verdict(
-                "determinism", "failed",
-                f"the source gives different outputs for the same inputs ({exc}); {ops}: {fix}"
-                "serve it as a stochastic model with --allow-random",
-            )
-    return Verdict("determinism", "passed", "the source run twice on the goldens agrees")
+    found = serving_random_ops(graph_def)
+    fix = (f"fix {' or '.join(control_flags)}, or " if control_flags else "") + "serve it as a stochastic model with --allow-random"
+    stateless = [name for name in found if "(Stateless" in name]
+    if stateless:
+        # A stateless draw repeats itself on every request, so no rerun can show it: a dropout
+        # mask or an augmentation frozen with a fixed seed still changes every answer.
+        return Verdict("determinism", "failed",
+                       f"seeded random ops on the serving path draw the same numbers for every request "
+                       f"(dropout or augmentation left in with a fixed seed): {_listing(stateless)}: {fix}")
+    # Two runs of one deterministic graph agree to the last bit or nearly: the equivalence
+    # tolerance (which a user may loosen) must not hide a random op's small effect.
+    tight = 0.0 if found else min(tolerance, DETERMINISM_TOLERANCE)
+    for _ in range(RANDOM_RERUNS if found else 1):
+        again = rerun()
+        for signature, values in first.items():
+            try:
+                if tight == 0.0:
+                    for key, value in values.items():
+                        if not np.array_equal(np.asarray(value), np.asarray(again[signature][key]), equal_nan=True):
+                            raise VerificationError(f"signature {signature} of the source run again: output {key!r} differs")
+                else:
+                    compare_outputs(values, again[signature], tight, f"signature {signature} of the source run twice")
+            except VerificationError as exc:
+                ops = f"random ops on the serving path: {_listing(found)}" if found else "no random op found by name"
+                return Verdict("determinism", "failed",
+                               f"the source gives different outputs for the same inputs ({exc}); {ops}: {fix}")
+    if found:
+        return Verdict("determinism", "passed",
+                       f"random ops on the serving path ({_listing(found)}) do not change the outputs: "
+                       f"{RANDOM_RERUNS + 1} runs agree to the last bit (e.g. dropout at keep_prob 1.0)")
+    return Verdict("determinism", "passed", "no random op on the serving path; the source run twice agrees")
 
 
-def independence_inputs(goldens: Mapping[str, np.ndarray], batch: int = INDEPENDENCE_BATCH) -> dict[str, np.ndarray]:
-    """A batch of ``batch`` samples built from the goldens' rows (repeated with a small shift when
-    there are fewer), so that every sample differs from its neighbours."""
-    inputs = {}
+@dataclass(frozen=True)
+class IndependenceBatch:
+    """The batch a signature's batch independence is checked on.
+
+    Attributes:
+        feeds: every input; those in ``batched`` hold INDEPENDENCE_BATCH samples.
+        batched: the inputs whose leading axis is the batch (the others, a scalar temperature,
+            are sent unchanged with every sample).
+        distinct: whether the samples differ from each other (identical samples would hide a mix).
+    """
+
+    feeds: dict[str, np.ndarray]
+    batched: frozenset[str]
+    distinct: bool
+
+
+def _varied_row(row: np.ndarray, repeat: int) -> np.ndarray:
+    """The ``repeat``-th reuse of a golden row, changed so that it differs from the row itself
+    while staying in the values the model was shown to accept."""
+    if repeat == 0:
+        return row
+    if np.issubdtype(row.dtype, np.floating):
+        return row + np.asarray(0.0625 * repeat, dtype=row.dtype)
+    if row.dtype == np.bool_:
+        return ~row if repeat % 2 else row
+    if np.issubdtype(row.dtype, np.integer) and row.size and int(row.max()) > 0:
+        # Within [0, max]: ids stay below the table size the goldens respected.
+        return ((row.astype(np.int64) + repeat) % (int(row.max()) + 1)).astype(row.dtype)
+    return row
+
+
+def independence_batch(goldens: Mapping[str, np.ndarray], batched: Iterable[str],
+                       batch: int = INDEPENDENCE_BATCH) -> IndependenceBatch:
+    """A batch of ``batch`` samples built from the goldens' rows, reused rows varied."""
+    batched = frozenset(batched)
+    feeds: dict[str, np.ndarray] = {}
     for key, value in goldens.items():
-        rows = [value[i % len(value)] for i in range(batch)]
-        if np.issubdtype(value.dtype, np.floating):
-            # Repeated rows are nudged apart: identical samples would hide a mix of the batch.
-            rows = [row + np.asarray(0.0625 * (i // len(value)), dtype=value.dtype) for i, row in enumerate(rows)]
-        inputs[key] = np.stack(rows).astype(value.dtype)
-    return inputs
+        if key not in batched:
+            feeds[key] = value
+            continue
+        rows = [_varied_row(value[i % len(value)], i // len(value)) for i in range(batch)]
+        feeds[key] = np.stack(rows).astype(value.dtype)
+    distinct = all(
+        any(not np.array_equal(feeds[key][i], feeds[key][j]) for key in batched)
+        for i in range(batch) for j in range(i + 1, batch)
+    ) if batched else False
+    return IndependenceBatch(feeds, batched, distinct)
 
 
 def check_batch_independence(
     run: Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]],
-    batched: Mapping[str, Mapping[str, np.ndarray]],
+    batches: Mapping[str, IndependenceBatch],
     tolerance: float,
     graph_def,  # type: ignore[no-untyped-def]
+    *,
+    stochastic: bool = False,
 ) -> Verdict:
     """Each sample's outputs inside a batch equal its outputs sent alone (batch 1).
 
+    Every output must come one row per sample (a flattened or first-row-only output mixes or
+    drops samples in a way no per-sample comparison would see). A stochastic model's samples
+    differ between runs anyway: for it the model must run at both batch sizes and no op may mix
+    samples.
+
     Args:
         run: runs signature NAME of the model that will be served on feeds.
-        batched: {signature: feeds} with a batch of INDEPENDENCE_BATCH samples, for each
-            signature whose inputs all have a batch dimension.
+        batches: per signature with at least one batched input.
         graph_def: the serving graph, where ops that mix samples are looked for.
+        stochastic: --allow-random.
     """
-    for signature, feeds in batched.items():
-        batch = len(next(iter(feeds.values())))
+    mixing = batch_mixing_ops(graph_def)
+    cause = (f"ops that mix samples: {_listing(mixing)}" if mixing
+             else "no op that mixes samples found by type" + (f" (random ops: {_listing(random_ops(graph_def))})"
+                                                              if random_ops(graph_def) else ""))
+    fix = ("for batch norm use --batchnorm inference, or serve outputs that depend on the batch on purpose "
+           "with --batch-dependent")
+    undistinct = []
+    for signature, checked in batches.items():
+        feeds = checked.feeds
+        batch = len(next(feeds[k] for k in checked.batched))
         try:
             together = run(signature, feeds)
-            alone = [run(signature, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(batch)]
+            alone = [run(signature, {k: (v[i:i + 1] if k in checked.batched else v) for k, v in feeds.items()})
+                     for i in range(batch)]
         except Exception as exc:  # an OpError from TensorFlow: the served model fails at some batch size
             from packager.errors import first_line
 
-            mixing = batch_mixing_ops(graph_def)
             return Verdict("batch_independence", "failed",
                            f"signature {signature} fails on a batch of 1 or {batch}: {first_line(exc)}"
                            + (f"; ops that split or mix the batch: {_listing(mixing)}" if mixing else ""))
+        for key, value in together.items():
+            rows = np.shape(value)[0] if np.ndim(value) else None
+            single_rows = [np.shape(s[key])[0] if np.ndim(s[key]) else None for s in alone]
+            if rows != batch or any(r != 1 for r in single_rows):
+                return Verdict(
+                    "batch_independence", "failed",
+                    f"signature {signature}: output {key!r} has shape {np.shape(value)} for a batch of {batch} "
+                    f"and {np.shape(alone[0][key])} for one sample: its rows are not one per sample; {fix}")
+        if stochastic:
+            continue
+        if not checked.distinct:
+            undistinct.append(signature)
         for i, single in enumerate(alone):
-            row = {key: np.asarray(value)[i:i + 1] for key, value in together.items()
-                   if np.ndim(value) and np.shape(value)[0] == batch}
+            row = {key: np.asarray(value)[i:i + 1] for key, value in together.items()}
             try:
                 compare_outputs(row, single, tolerance, f"sample {i} alone vs inside a batch of {batch}")
             except VerificationError as exc:
-                mixing = batch_mixing_ops(graph_def)
-                cause = f"ops that mix samples: {_listing(mixing)}" if mixing else "no op that mixes samples found by type"
-                return Verdict(
-                    "batch_independence", "failed",
-                    f"signature {signature}: {exc}; {cause}: for batch norm use --batchnorm inference, "
-                    "or serve outputs that depend on the batch on purpose with --batch-dependent",
-                )
-    if not batched:
-        return Verdict("batch_independence", "skipped", "no signature has a batch dimension on every input")
+                return Verdict("batch_independence", "failed", f"signature {signature}: {exc}; {cause}: {fix}")
+    if not batches:
+        return Verdict("batch_independence", "skipped", "no signature has an input with a batch dimension")
+    if stochastic:
+        if mixing:
+            return Verdict("batch_independence", "failed",
+                           f"a stochastic model's samples cannot be compared, and {cause}: {fix}")
+        return Verdict("batch_independence", "passed",
+                       "stochastic model: runs at batch 1 and 3, one row per sample, no op mixes samples")
+    if undistinct:
+        if mixing:
+            return Verdict("batch_independence", "failed",
+                           f"signature(s) {', '.join(undistinct)}: the samples are identical, so a mix cannot show, "
+                           f"and {cause}: give --sample-inputs with different samples, or {fix}")
+        return Verdict("batch_independence", "skipped",
+                       f"signature(s) {', '.join(undistinct)}: the samples are identical; give --sample-inputs "
+                       "with different samples to check")
     return Verdict("batch_independence", "passed",
                    f"each of {INDEPENDENCE_BATCH} samples alone equals itself inside the batch")
 

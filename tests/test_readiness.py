@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from factories import batchnorm as bn
+from factories import unready_models as unready
 from factories.unready_models import (
     SQRT_WEIGHTS,
     training_default_true_reference,
@@ -349,3 +350,84 @@ def test_progress_is_one_line_per_step_with_its_duration_when_not_a_terminal(mod
     quiet = run_tfpack_process("convert", source, "--name", "m", "--output-dir", tmp_path, "--json")
     assert quiet.exit_code == 0 and quiet.stderr == ""
     json.loads(quiet.stdout)
+
+
+# --- what a hostile review found: models the first version of the checks accepted ----------------
+
+
+@pytest.mark.parametrize("build", [unready.flattened_batch_mix, unready.first_sample_only])
+def test_outputs_that_are_not_one_row_per_sample_are_refused(build, tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "model.pb", build)
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "batch_independence", "not one per sample", "--batch-dependent")
+
+
+@pytest.mark.parametrize("build, needle", [
+    (unready.tiny_noise, "RandomStandardNormal"),  # 1e-7: far below the tolerance, still random
+    (unready.fixed_seed_dropout, "StatelessRandomUniform"),  # the same mask on every request
+])
+def test_random_ops_are_refused_however_small_or_seeded(build, needle: str, tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "model.pb", build)
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "determinism", needle, "--allow-random")
+
+
+def test_allow_random_needs_random_ops_and_still_refuses_a_batch_mix(tfpack_cli, tmp_path: Path) -> None:
+    deterministic = unready.write_frozen(tmp_path / "centred.pb", unready.centred_over_the_batch)
+    assert_refused(convert(tfpack_cli, deterministic, tmp_path / "out", "--allow-random"), tmp_path / "out",
+                   "no random op", "drop --allow-random")
+    stochastic = unready.write_frozen(tmp_path / "dropout_mix.pb", unready.dropout_and_batch_mix)
+    assert_refused(convert(tfpack_cli, stochastic, tmp_path / "out", "--allow-random"), tmp_path / "out",
+                   "batch_independence", "Mean over axis 0", "--batch-dependent")
+
+
+def test_identical_integer_samples_do_not_hide_a_batch_mix(tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "ids.pb", unready.embedding_centred_over_the_batch)
+    one_sample = tmp_path / "one.npz"
+    np.savez(one_sample, ids=np.array([2], np.int32))
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", one_sample), tmp_path / "out",
+                   "batch_independence", "Mean over axis 0")
+    all_zero = tmp_path / "zeros.npz"  # rows that cannot be varied within the ids the file shows
+    np.savez(all_zero, ids=np.zeros(3, np.int32))
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", all_zero), tmp_path / "out",
+                   "samples are identical", "Mean over axis 0")
+
+
+def test_batchnorm_inference_never_borrows_another_layers_statistics(tfpack_cli, models: Path, tmp_path: Path) -> None:
+    prefix = unready.batchnorm_borrowing_another_layers_statistics(models / "borrowing")
+    result = convert(tfpack_cli, prefix, tmp_path, "--batchnorm", "inference")
+    assert_refused(result, tmp_path, "head/bn")
+
+
+def test_a_scalar_input_beside_a_batched_one_keeps_both_checks(tfpack_cli, tmp_path: Path) -> None:
+    tf = tensorflow()
+
+    class Scaled(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(unready.MIX_WEIGHTS)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.float32, name="temperature")])
+        def serve(self, x, temperature):
+            hidden = tf.matmul(x, self.w) / temperature
+            return {"y": hidden - tf.reduce_mean(hidden, axis=0), "mean": tf.reduce_mean(hidden)}
+
+    module = Scaled()
+    source = tmp_path / "saved"
+    tf.saved_model.save(module, str(source), signatures={"serving_default": module.serve})
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "inference_outputs", "mean (no batch dimension")
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--outputs", "y"), tmp_path / "out",
+                   "batch_independence", "Mean over axis 0")
+
+
+def test_split_towers_take_one_sample_file_for_every_tower(tfpack_cli, tmp_path: Path) -> None:
+    from factories.tf1_graphs import write_two_tower
+
+    model = write_two_tower(tmp_path / "towers")
+    body = tmp_path / "request.json"
+    body.write_text(json.dumps({"instances": [[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0], [3.0, 2.0, 1.0, 0.0]]}))
+    result = convert(tfpack_cli, model.prefix, tmp_path / "out", "--towers", "split", "--sample-inputs", body)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["signatures"] == ["serving_default", "tower_0", "tower_1"]

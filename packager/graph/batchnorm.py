@@ -24,6 +24,7 @@ This module works on GraphDefs only: it imports nothing from packager.sources.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -211,6 +212,20 @@ def apply_batchnorm_mode(  # type: ignore[no-untyped-def]
             "batched with it: pass --batchnorm inference to use the moving mean and variance (as training=False "
             "would), or --batchnorm batch to keep batch statistics"
         )
+    claimed: dict[tuple[str | None, str | None], set[str]] = {}
+    for site in sites:
+        if site.moving_mean is not None:
+            tower = _TOWER_PREFIX.match(site.scope)
+            claimed.setdefault((site.moving_mean, site.moving_variance), set()).add(
+                site.scope[tower.end():] if tower else site.scope)
+    shared = {pair: scopes for pair, scopes in claimed.items() if len(scopes) > 1}
+    if shared:
+        (mean, _), scopes = next(iter(shared.items()))
+        raise SourceError(
+            f"{source}: batch norms {', '.join(sorted(scopes))} would all be rewritten to the moving statistics "
+            f"{mean}: only one of them can own them; convert from the checkpoint with --batchnorm batch, or "
+            "rebuild the graph with training=False"
+        )
     rewritten, description = rewrite_to_inference(graph_def, sites, keep=keep)
     return rewritten, sites, description
 
@@ -279,15 +294,24 @@ def _is_vector_const(node) -> bool:  # type: ignore[no-untyped-def]
     return not shape.unknown_rank and len(shape.dim) == 1 and shape.dim[0].size > 0
 
 
-def _by_scope(index: GraphIndex, scope: str) -> tuple[str | None, str | None]:
-    """``scope/moving_mean`` and ``scope/moving_variance`` Consts, trying shorter scopes too.
+_TOWER_PREFIX = re.compile(r"^(?:tower|Tower|Card|card|clone|replica|gpu|GPU)_?\d+/")
 
-    Tower copies (``tower_0/net/bn``) share their variables (``net/bn/moving_mean``), so leading
-    scope components are dropped until a pair is found.
+
+def _by_scope(index: GraphIndex, scope: str) -> tuple[str | None, str | None]:
+    """``scope/moving_mean`` and ``scope/moving_variance`` Consts, or those of the scope without
+    its tower prefix.
+
+    Tower copies (``tower_0/net/bn``) share their variables (``net/bn/moving_mean``), so a leading
+    tower scope (``tower_N``, ``Card_N``, ``clone_N``, ``replica_N``, ``gpu_N``) may be dropped —
+    only that: dropping any other scope would pair ``head/bn`` with another layer's ``bn``.
     """
-    parts = scope.split("/") if scope else []
-    for start in range(len(parts)):
-        prefix = "/".join(parts[start:])
+    if not scope:
+        return None, None
+    candidates = [scope]
+    tower = _TOWER_PREFIX.match(scope)
+    if tower:
+        candidates.append(scope[tower.end():])
+    for prefix in candidates:
         mean, variance = index.nodes.get(f"{prefix}/{MOVING_MEAN}"), index.nodes.get(f"{prefix}/{MOVING_VARIANCE}")
         if mean is not None and variance is not None and mean.op == "Const" and variance.op == "Const":
             return str(mean.name), str(variance.name)

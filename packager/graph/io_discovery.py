@@ -395,20 +395,21 @@ def non_inference_reason(
     if name in index.nodes and is_training_machinery(index.nodes[name]):
         return "training machinery"
     batched = [has_batch_dimension(shape_tuple(graph.get_tensor_by_name(f"{p}:0").shape)) for p in placeholders]
-    if batched and all(batched):
+    if any(batched):  # one batched input makes a batched model (a scalar temperature beside it does not)
         for tensor_name in tensor_names:
             if has_batch_dimension(shape_tuple(graph.get_tensor_by_name(tensor_name).shape)) is False:
                 return "no batch dimension, though its inputs have one"
     return None
 
 
-def batched_ops(index: GraphIndex, graph, limit: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
+def batched_ops(index: GraphIndex, graph, losses: frozenset[str] = frozenset(), limit: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
     """The deepest non-machinery ops whose first output keeps a batch dimension: what to suggest
-    for --outputs when every sink was set aside."""
+    for --outputs when every sink was set aside (never a loss)."""
     needs = placeholder_sets(index)
     found = []
     for name, node in index.nodes.items():
-        if not needs.get(name) or node.op in PLACEHOLDER_OPS or is_training_machinery(node):
+        if (not needs.get(name) or node.op in PLACEHOLDER_OPS or is_training_machinery(node) or name in losses
+                or _GRADIENT_SCOPE.search(name)):
             continue
         operation = graph.get_operation_by_name(name)
         if operation.outputs and has_batch_dimension(shape_tuple(operation.outputs[0].shape)):

@@ -70,7 +70,7 @@ class SignaturePlan:
     towers: TowerFamily | None = None
     tower_mode: str = "off"
     # Outputs that are not inference outputs (a loss, training machinery, no batch dimension),
-    # by tensor name with the reason; only possible when named with --outputs or declared.
+    # by output key with the reason; only possible when named with --outputs or declared.
     output_findings: dict[str, str] = field(default_factory=dict)
     outputs_named: bool = False
     # Batch norms found running on batch statistics, and how --batchnorm inference rewrote them
@@ -162,7 +162,7 @@ def plan_signature(
         if len(refused) == len(candidates):
             refused.update({loss: "a loss: gradients differentiate it" for loss in sorted(source.losses) if loss not in refused})
             listing = "; ".join(f"{name} ({reason})" for name, reason in list(refused.items())[:6])
-            left = batched_ops(index, graph)
+            left = batched_ops(index, graph, source.losses)
             raise SourceError(
                 f"{source.path}: every sink is training machinery" + (f" — {listing}" if listing else "")
                 + (f"; candidates left, deepest first: {', '.join(left)}" if left else "")
@@ -216,6 +216,7 @@ def plan_signature(
             if reason:
                 findings[tensor_name] = reason
     inputs, outputs = refs(input_names, source.inputs), refs(output_names, source.outputs)
+    findings = {ref.key: findings[ref.tensor_name] for ref in outputs if ref.tensor_name in findings}
     graph_def, sites, rewrites = norms(graph_def, output_names, input_names)
     return SignaturePlan(
         graph_def=graph_def,

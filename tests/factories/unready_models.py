@@ -109,3 +109,105 @@ def write_labelfree_loss_checkpoint(directory: Path) -> Path:
             for _ in range(3):
                 session.run(train, {x: rng.normal(size=(8, 4)).astype(np.float32)})
             return Path(saver.save(session, str(directory / "autoencoder.ckpt")))
+
+
+MIX_WEIGHTS = np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2)
+
+
+def write_frozen(path: Path, build) -> Path:  # type: ignore[no-untyped-def]
+    """Freeze what ``build()`` makes in a fresh graph (its output op named ``y``)."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        build()
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            return _freeze(graph, session, ["y"], path)
+
+
+def dense_input():  # type: ignore[no-untyped-def]
+    """x [batch, 4] @ W: the hidden values the attacks below mix, drop or perturb."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    x = v1.placeholder(tf.float32, [None, 4], name="x")
+    return tf.matmul(x, v1.get_variable("w", initializer=MIX_WEIGHTS))
+
+
+def flattened_batch_mix() -> None:
+    """Centred over the batch, then flattened: no output row belongs to one sample."""
+    tf = tensorflow()
+    hidden = dense_input()
+    tf.reshape(hidden - tf.reduce_mean(hidden, axis=0), [-1], name="y")
+
+
+def first_sample_only() -> None:
+    """Serves the first sample's outputs whatever the batch."""
+    tf = tensorflow()
+    tf.identity(dense_input()[:1], name="y")
+
+
+def tiny_noise() -> None:
+    """Noise far below any tolerance, added on every request."""
+    tf = tensorflow()
+    hidden = dense_input()
+    tf.identity(hidden + 1e-7 * tf.random.normal(tf.shape(hidden)), name="y")
+
+
+def fixed_seed_dropout() -> None:
+    """A dropout mask drawn by a stateless op with a constant seed: the same mask every time."""
+    tf = tensorflow()
+    hidden = dense_input()
+    keep = tf.cast(tf.random.stateless_uniform([1, 2], seed=[1, 2]) > 0.5, tf.float32)
+    tf.identity(hidden * keep * 2.0, name="y")
+
+
+def dropout_and_batch_mix() -> None:
+    """Stochastic on purpose, and mixing the batch too."""
+    tf = tensorflow()
+    hidden = tf.nn.dropout(dense_input(), rate=0.5)
+    tf.identity(hidden - tf.reduce_mean(hidden, axis=0), name="y")
+
+
+def centred_over_the_batch() -> None:
+    """Deterministic, but each output row depends on the others."""
+    tf = tensorflow()
+    hidden = dense_input()
+    tf.identity(hidden - tf.reduce_mean(hidden, axis=0), name="y")
+
+
+def embedding_centred_over_the_batch() -> None:
+    """Integer ids: identical id rows would hide this batch mix."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    ids = v1.placeholder(tf.int32, [None], name="ids")
+    table = v1.get_variable("table", initializer=np.arange(10, dtype=np.float32).reshape(5, 2))
+    embedded = tf.gather(table, ids)
+    tf.identity(embedded - tf.reduce_mean(embedded, axis=0, keepdims=True), name="y")
+
+
+def batchnorm_borrowing_another_layers_statistics(directory: Path) -> Path:
+    """A real batch norm ``bn`` with moving statistics, and a hand-written batch-statistics norm
+    under ``head/bn`` without any: scope matching must not give ``head/bn`` the statistics of
+    ``bn``. Saved as a checkpoint."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 2], name="x")
+        with v1.variable_scope("bn"):
+            moving_mean = v1.get_variable("moving_mean", initializer=np.full(2, 5.0, np.float32), trainable=False)
+            v1.get_variable("moving_variance", initializer=np.full(2, 9.0, np.float32), trainable=False)
+            mean, variance = tf.nn.moments(x, axes=[0])
+            v1.assign_sub(moving_mean, (moving_mean - mean) * 0.01)
+            hidden = tf.nn.batch_normalization(x, mean, variance, None, None, 1e-3)
+        hidden = tf.matmul(tf.concat([hidden, hidden], 1), v1.get_variable("w", initializer=MIX_WEIGHTS))
+        with tf.name_scope("head/bn"):
+            mean, variance = tf.nn.moments(hidden, axes=[0])
+            hidden = tf.nn.batch_normalization(hidden, mean, variance, None, None, 1e-3)
+        tf.identity(hidden, name="y")
+        saver = v1.train.Saver()
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            return Path(saver.save(session, str(directory / "model.ckpt")))
