@@ -44,8 +44,8 @@ def repair_reference_ops(graph_def):  # type: ignore[no-untyped-def]
     freeze_graph on a TF1 BatchNorm graph leaves RefSwitch and AssignSub/AssignAdd (the moving
     average updates) reading constants of ref dtype; TensorFlow 2 refuses to import them ("Input 0
     of node ... was passed float from ... incompatible with expected float_ref"). As inference
-    never updates the moving averages, the updates become plain arithmetic and the switches plain
-    Switch; ref dtypes become their base type.
+    never updates the moving averages, the updates become plain arithmetic, an Assign passes its
+    value through, and the switches become plain Switch; ref dtypes become their base type.
 
     Returns:
         A new GraphDef, or the argument itself when it needs no repair; the argument is never
@@ -56,11 +56,24 @@ def repair_reference_ops(graph_def):  # type: ignore[no-untyped-def]
 
     replacements = {"RefSwitch": "Switch", "AssignSub": "Sub", "AssignAdd": "Add", "RefIdentity": "Identity",
                     "RefMerge": "Merge", "RefEnter": "Enter", "RefExit": "Exit", "RefNextIteration": "NextIteration"}
-    if not any(n.op in replacements or any(a.type > 100 for a in n.attr.values()) for n in graph_def.node):
+    if not any(n.op in replacements or n.op == "Assign" or any(a.type > 100 for a in n.attr.values())
+               for n in graph_def.node):
         return graph_def  # nothing to repair: no copy of a possibly large graph
     repaired = graph_pb2.GraphDef()
     repaired.CopyFrom(graph_def)
     for node in repaired.node:
+        if node.op == "Assign":
+            # A training branch (batch norm under tf.cond(is_training)) that sets a population
+            # statistic: at inference the value passes through; the variable, now a constant,
+            # is only ordered before it.
+            target, value = node.input[0], node.input[1]
+            node.op = "Identity"
+            del node.input[:]
+            node.input.extend([value, "^" + target.split(":")[0]])
+            for attr in ("use_locking", "validate_shape"):
+                if attr in node.attr:
+                    del node.attr[attr]
+            continue
         if node.op in replacements:
             node.op = replacements[node.op]
             for attr in ("use_locking", "validate_shape"):

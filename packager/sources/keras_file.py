@@ -82,7 +82,10 @@ def layer_class_names(config: Any) -> list[tuple[str, str]]:
 
 
 def import_custom_objects(module_name: str | None) -> dict[str, Any]:
-    """The public classes and functions of ``module_name``, for Keras deserialization."""
+    """The public classes and functions of ``module_name``, for Keras deserialization, plus its
+    ``CUSTOM_OBJECTS`` dict when it has one: the mapping packages pass to ``load_model``, and the
+    only way to name objects a file calls by a name no ``def`` can have (a lambda's ``"<lambda>"``).
+    """
     if module_name is None:
         return {}
     import importlib
@@ -92,11 +95,17 @@ def import_custom_objects(module_name: str | None) -> dict[str, Any]:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise UsageError(f"--custom-objects: cannot import {module_name}: {first_line(exc)} (is it on PYTHONPATH?)") from None
-    return {
+    found = {
         name: value
         for name, value in vars(module).items()
         if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
     }
+    mapping = getattr(module, "CUSTOM_OBJECTS", None)
+    if mapping is not None:
+        if not isinstance(mapping, dict) or not all(isinstance(key, str) for key in mapping):
+            raise UsageError(f"--custom-objects: {module_name}.CUSTOM_OBJECTS must be a dict of names to objects")
+        found.update(mapping)
+    return found
 
 
 # Keras layers that normalise with the batch's statistics when called with training=True.
@@ -262,6 +271,43 @@ def _output_names(model: Any) -> list[str]:
     return [tensor._keras_history[0].name for tensor in model.outputs]
 
 
+def frozen_graph_def(concrete: Any, output_names: list[str]):  # -> GraphDef
+    """The GraphDef of ``concrete`` with its variables turned into constants.
+
+    This is what ``frozen.graph.as_graph_def()`` of ``convert_variables_to_constants_v2(concrete)``
+    holds, minus that function: TensorFlow builds it by importing the frozen GraphDef into a new
+    function, pruning it and exporting it again, three more copies of every weight that cost a
+    ~100 MB model ~0.8 GB of peak RSS and seconds, only for tfpack to read the GraphDef back.
+    The prune is kept (nodes the outputs do not need are dropped, as the function's prune did);
+    the node order and TensorFlow-internal ``_`` attrs may differ from that round trip.
+
+    Args:
+        output_names: the tensor names of the function's outputs.
+    """
+    tf = tensorflow()
+    from tensorflow.python.framework import convert_to_constants
+
+    converter = getattr(convert_to_constants, "_FunctionConverterDataInEager", None)
+    replace_variables = getattr(convert_to_constants, "_replace_variables_by_constants", None)
+    if converter is None or replace_variables is None:  # another TensorFlow: the public round trip
+        return convert_to_constants.convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+    graph_def, _ = replace_variables(
+        converter_data=converter(func=concrete, lower_control_flow=True, aggressive_inlining=False))
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    keep = {_strip_tensor_suffix(name) for name in [*inputs, *output_names]}
+    by_name = {node.name: node for node in graph_def.node}
+    pending = list(keep)
+    while pending:
+        for name in by_name[pending.pop()].input:
+            name = _strip_tensor_suffix(name.lstrip("^"))
+            if name not in keep:
+                keep.add(name)
+                pending.append(name)
+    if len(keep) < len(graph_def.node):
+        graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted(keep))
+    return graph_def
+
+
 def load_keras_file(
     path: Path, *, custom_objects: str | None = None, unsafe: bool = False, batchnorm: str = "auto"
 ) -> LoadedSource:
@@ -275,7 +321,6 @@ def load_keras_file(
             (see _check_batchnorm_mode): inference makes them use their moving statistics.
     """
     tf = tensorflow()
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     keras_version = read_keras_version(path)
     config = read_model_config(path)
@@ -308,15 +353,14 @@ def load_keras_file(
 
     try:
         concrete = serve.get_concrete_function()
-        frozen = convert_variables_to_constants_v2(concrete)
+        structured = concrete.structured_outputs
+        graph_def = frozen_graph_def(concrete, [structured[key].name for key in output_keys])
     except Exception as exc:  # tracing runs the model's own Python: anything can go wrong in it
         raise SourceError(f"cannot trace {path} into a graph: {type(exc).__name__}: {first_line(exc)}") from None
-    graph_def = frozen.graph.as_graph_def()
-    inputs = [
+    inputs = [  # the signature's own placeholders come first, before the captured variables
         TensorRef(key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(t.shape))
-        for key, t in zip(input_keys, frozen.inputs)
+        for key, t in zip(input_keys, concrete.inputs)
     ]
-    structured = concrete.structured_outputs
     outputs = [
         TensorRef(
             key=key,

@@ -1,0 +1,1 @@
+"""Real third-party models from PyPI wheels, converted and checked against plain TensorFlow."""
