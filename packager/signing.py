@@ -54,7 +54,8 @@ _PASSWORD_HINT = "set TFPACK_KEY_PASSWORD or pass --prompt-password"
 # A PEM private key block of any kind: "PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY".
 _PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 # Key files are small; model weights, which may be large, are not read looking for one.
-_KEY_FILE_SCAN_LIMIT = 1 << 20
+_KEY_FILE_SCAN_LIMIT = 1 << 20  # read size of the streaming PEM scan
+_DER_KEY_LIMIT = 64 << 10  # a DER private key file is a few KiB at most
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,13 @@ def verify(
     else:
         raise UsageError("verification needs --public-key PUB.pem or --cert-chain CHAIN.pem")
 
+    links = sorted(str(p) for p in version_dir.rglob("*") if p.is_symlink())
+    if links:
+        # model-signing refuses them too, but in words that read like a wrong key.
+        raise VerificationError(
+            f"{version_dir} holds symlinks ({', '.join(links[:3])}): a signed version dir holds only real "
+            "files; replace each link with the file it points to and sign again"
+        )
     bundle, statement = _read_bundle(signature_path)
     signed_with_certificate = "x509CertificateChain" in bundle.get("verificationMaterial", {})
     if signed_with_certificate and not certificate_chain:
@@ -281,11 +289,16 @@ def _read_bundle(signature_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The bundle's JSON and the in-toto statement in its DSSE envelope (no verification)."""
     try:
         bundle = json.loads(signature_path.read_text())
-        return bundle, json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise VerificationError(
             f"{signature_path} is not a model-signing bundle: {first_line(exc)}"
         ) from None
+    # Fields read before model-signing checks the bundle must have the types the format gives
+    # them: a garbage bundle is a failed verification (exit 3), never a crash.
+    if not isinstance(bundle.get("verificationMaterial", {}), dict) or not isinstance(statement, dict):
+        raise VerificationError(f"{signature_path} is not a model-signing bundle: malformed verificationMaterial or statement")
+    return bundle, statement
 
 
 # --- signing keys -----------------------------------------------------------------------------
@@ -397,20 +410,60 @@ def _load_signing_certificate(path: Path) -> Any:
     return certificate
 
 
-def _refuse_private_keys(version_dir: Path) -> None:
-    """Refuse to sign a version dir holding a PEM private key: it would be signed and shipped."""
-    for path in sorted(version_dir.rglob("*")):
-        if not path.is_file() or path.name == SIGNATURE_FILE or path.stat().st_size > _KEY_FILE_SCAN_LIMIT:
+def private_key_files(directory: Path) -> list[Path]:
+    """Files under ``directory`` that hold a private key: a PEM private key block anywhere in a
+    file of any size (padding a key past a size limit must not hide it), or a whole file that
+    parses as a DER private key (PKCS#8, encrypted or not, or a bare EC/RSA key).
+
+    Raises:
+        UsageError: a file cannot be read.
+    """
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.is_symlink() or path.name == SIGNATURE_FILE:
             continue
         try:
-            data = path.read_bytes()
+            if _holds_pem_private_key(path) or (path.stat().st_size <= _DER_KEY_LIMIT and _is_der_private_key(path.read_bytes())):
+                found.append(path)
         except OSError as exc:
-            raise UsageError(f"cannot read {path} to sign it: {exc.strerror}") from None
-        if _PEM_PRIVATE_KEY.search(data):
-            raise UsageError(
-                f"{path} is a private key inside the version dir: move it out (it would be signed "
-                "and shipped with the model)"
-            )
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return found
+
+
+def _holds_pem_private_key(path: Path) -> bool:
+    """Stream ``path`` for a PEM private key header, chunks overlapping by a header's length."""
+    overlap = 64
+    tail = b""
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_KEY_FILE_SCAN_LIMIT), b""):
+            if _PEM_PRIVATE_KEY.search(tail + chunk):
+                return True
+            tail = chunk[-overlap:]
+    return False
+
+
+def _is_der_private_key(data: bytes) -> bool:
+    if not data.startswith(b"\x30"):  # every DER key is a SEQUENCE
+        return False
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_der_private_key(data, None)
+    except TypeError:  # "password was not given but private key is encrypted": a key all the same
+        return True
+    except Exception:  # not a key: cryptography raises ValueError, UnsupportedAlgorithm, ...
+        return False
+    return True
+
+
+def _refuse_private_keys(version_dir: Path) -> None:
+    """Refuse to sign a version dir holding a private key: it would be signed and shipped."""
+    keys = private_key_files(version_dir)
+    if keys:
+        raise UsageError(
+            f"{keys[0]} is a private key inside the version dir: move it out (it would be signed "
+            "and shipped with the model)"
+        )
 
 
 def _key_signer(key: Any, key_path: Path, certificate: Any, certificate_path: Path | None,

@@ -92,6 +92,9 @@ def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedS
         raise UsageError(f"--checkpoint goes with a GraphDef source (.pb/.pbtxt), not a {source_format}")
     if options.builder is not None and source_format != "checkpoint":
         raise UsageError(f"--builder goes with a checkpoint source, not a {source_format}")
+    if (options.custom_objects is not None or options.unsafe) and source_format != "keras":
+        flag = "--custom-objects" if options.custom_objects is not None else "--unsafe"
+        raise UsageError(f"{flag} goes with a Keras source (.keras/.h5), not a {source_format}")
     if options.ema == "on" and source_format != "checkpoint":
         raise UsageError(f"--ema on needs a checkpoint with ExponentialMovingAverage shadows, not a {source_format}")
     if source_format == "saved_model":
