@@ -35,36 +35,6 @@ ENV_DEBUG = "TFPACK_DEBUG"
 ENV_KEY_PASSWORD = "TFPACK_KEY_PASSWORD"
 
 
-class ConsoleProgress:
-    """Shows the current step with a spinner and its elapsed time; prints finished steps."""
-
-    def __init__(self, console: Console) -> None:
-        self._console = console
-        self._status = console.status("", spinner="dots")
-        self._current: str | None = None
-        self._started = 0.0
-
-    def step(self, message: str) -> None:
-        self._finish_current()
-        self._current = message
-        self._started = time.monotonic()
-        self._status.update(message)
-
-    def _finish_current(self) -> None:
-        if self._current is not None:
-            self._console.print(f"[dim]·[/dim] {self._current} [dim]({time.monotonic() - self._started:.1f}s)[/dim]")
-            self._current = None
-
-    def __enter__(self) -> "ConsoleProgress":
-        self._status.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._status.stop()
-        if exc[0] is None:
-            self._finish_current()
-
-
 class LineProgress:
     """For a stderr that is not a terminal (CI logs): one line per finished step with its duration,
     so a log shows where a long conversion spent its time without spinner control codes."""
@@ -79,9 +49,12 @@ class LineProgress:
         self._current = message
         self._started = time.monotonic()
 
+    def _print_finished(self, message: str, seconds: float) -> None:
+        self._console.print(f"tfpack: {message} ({seconds:.1f}s)", markup=False)
+
     def _finish_current(self) -> None:
         if self._current is not None:
-            self._console.print(f"tfpack: {self._current} ({time.monotonic() - self._started:.1f}s)", markup=False)
+            self._print_finished(self._current, time.monotonic() - self._started)
             self._current = None
 
     def __enter__(self) -> "LineProgress":
@@ -90,6 +63,29 @@ class LineProgress:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self._finish_current()
+
+
+class ConsoleProgress(LineProgress):
+    """On a terminal: the current step with a spinner; finished steps printed dimmed."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console)
+        self._status = console.status("", spinner="dots")
+
+    def step(self, message: str) -> None:
+        super().step(message)
+        self._status.update(message)
+
+    def _print_finished(self, message: str, seconds: float) -> None:
+        self._console.print(f"[dim]·[/dim] {message} [dim]({seconds:.1f}s)[/dim]")
+
+    def __enter__(self) -> "ConsoleProgress":
+        self._status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._status.stop()
+        super().__exit__(*exc)
 
 
 class _QuietProgress:
@@ -106,7 +102,7 @@ class _QuietProgress:
 @contextmanager
 def _progress(as_json: bool) -> Iterator[Any]:
     """A spinner on an interactive stderr, a line per step otherwise (CI logs); nothing for --json."""
-    progress: ConsoleProgress | LineProgress | _QuietProgress
+    progress: LineProgress | _QuietProgress
     if as_json:
         progress = _QuietProgress()
     elif _stderr.is_terminal:
