@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from packager.errors import VerificationError
@@ -10,7 +11,7 @@ from packager.graph.signature import plan_signature
 from packager.graph.surgery import prune_for_serving
 from packager.layout import is_version_dir
 from packager.progress import SILENT, Progress
-from packager.sources import SourceOptions, detect_format, load_source
+from packager.sources import SourceOptions, detect_format, load_source, scan_restore
 from packager.sources.graph_def import read_graph_def
 
 
@@ -26,14 +27,20 @@ def scan_target(
         UsageError / SourceError: the target cannot be read.
     """
     progress.step(f"scanning {target}")
-    if target.is_dir() and is_version_dir(target):
-        result = scan_saved_model(target, allowed)
-    elif detect_format(target) == "frozen_graph" and options.checkpoint is None:
+    source_format = "saved_model" if target.is_dir() and is_version_dir(target) else detect_format(target)
+    if source_format == "saved_model":
+        # Read, never loaded: loading a SavedModel runs its init ops, which are what is scanned.
+        result = scan_saved_model(target if target.is_dir() else target.parent, allowed)
+    elif source_format == "checkpoint" and options.builder is None and (
+            (restore := scan_restore(target, allowed)) is not None and restore.blocking):
+        # Restoring runs the meta graph's restore op: what it depends on is refused before it runs.
+        result = restore
+    elif source_format == "frozen_graph" and options.checkpoint is None:
         # Scanned as read, without importing it: a graph with custom ops cannot be imported,
         # and those ops are what the scan must report.
         result = scan_graph_def(read_graph_def(target), str(target), allowed)
     else:
-        source = load_source(target, options)
+        source = load_source(target, replace(options, allowed_ops=allowed))
         plan = plan_signature(source, strict=False)
         result = scan_graph_def(prune_for_serving(plan.graph_def, plan.output_tensor_names()), str(target), allowed)
     if result.blocking:

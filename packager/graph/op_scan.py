@@ -1,15 +1,62 @@
-"""Scan a serving graph for ops that have no business in a model server.
+"""Scan a model for ops that have no business in a model server, decided by what each op does.
 
-A SavedModel is code: an op can read or write the server's file system, run Python or a shell
-(py_func), or print tensors — secrets included — into the server's logs. TF Serving runs whatever
-the graph holds, so tfpack refuses such ops on the serving path unless the release engineer allows
-each by name (``--allow-op``), and reports ops TensorFlow does not know (custom ops), which a
-stock server cannot load.
+A SavedModel is code: an op can read or write the server's file system, reach the network, run
+Python, or print tensors — secrets included — into the server's logs. TF Serving runs whatever
+the graph holds, so tfpack refuses such ops unless the release engineer allows each op type by
+name (``--allow-op``).
+
+The decision is made per op *type* from TensorFlow's own op registry (the OpDef: its input
+names and types, its attrs, ``is_stateful``), not from a short list of names, in this order:
+
+1. **unknown** — an op type TensorFlow does not register (a custom op) is denied: the scan cannot
+   know what it does, and a stock TF Serving cannot load it.
+2. **effectful categories** — every op that matches one is denied:
+
+   - *python*: PyFunc, PyFuncStateless, EagerPyFunc (any ``*PyFunc*``): run Python code.
+   - *printing*: Print, PrintV2, DumpTensor, every ``Debug*`` op, summary writers
+     (``Write*Summary``, ``CreateSummary*Writer``, ...), stats aggregators: tensors into logs,
+     event files or a debugger.
+   - *checkpoint*: Save/SaveV2/SaveSlices/MergeV2Checkpoints/Restore/RestoreV2/RestoreSlice and
+     kin. Exempt only inside the SavedModel's own saver (``saver_def``), which is how a server
+     loads the variables.
+   - *dataset*: every tf.data op whatever its name — a name containing ``Dataset`` or
+     ``Iterator``, or an input/output named like a dataset or iterator — and every TF1 reader
+     (``*Reader*``, a ``reader_handle`` input). Datasets read and write files
+     (TextLineDataset, TFRecordDataset, FixedLengthRecordDataset, DatasetToTFRecord,
+     SaveDataset, CacheDataset, snapshots), databases (SqlDataset) and services (DataService);
+     an inference graph needs none of them.
+   - *network*: an input naming an address, protocol or database URI; RPC, remote calls,
+     collectives, NCCL, send/receive, in/outfeed, debug URLs.
+   - *file system*: ReadFile, WriteFile, MatchingFiles, ImmutableConst, and any op whose
+     DT_STRING input is named like a path (``filename``, ``filenames``, ``file_pattern``,
+     ``path``, ``prefix``, ``directory``, ``logdir``, ...) or whose attr names a file
+     (``vocab_file``, ``descriptor_source`` other than ``local://``, ...): vocabulary tables
+     initialized from a file among them.
+   - *environment*: ops that reach outside the request: session-handle tensors that persist
+     between requests, file-system configuration, sleeps.
+   - *native code*: XLA custom calls, which call native functions the scan cannot see.
+
+3. **stateful, unclassified** — a registered op TensorFlow marks stateful that is in none of
+   the known in-process categories below is denied too: side effects tfpack has not vetted.
+   Known in-process (allowed): variables and resource updates, random number generators
+   (reported as notices: outputs vary between identical requests), control flow and function
+   calls, assertions and numeric checks, TensorArrays, stacks and queues, lookup tables (not
+   their file initializers), mutexes, sparse-tensor maps, boosted trees, cuDNN RNNs.
+4. Everything else — registered, not stateful, no path-like input — is pure computation.
+
+What is scanned: every node of a graph and every function in its library (reachable or not);
+for a SavedModel, per meta graph, everything its signatures reach (``__saved_model_init_op``
+included), its main/legacy-init ops and table initializers, its saver's save and restore ops,
+every library function, and its assets (asset paths must stay inside ``assets/``).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from packager.tf_runtime import tensorflow
 
@@ -20,32 +67,143 @@ RANDOM_OP_PREFIXES = (
     "StatelessRandom", "StatelessTruncatedNormal", "StatelessMultinomial", "StatelessParameterized",
     "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip", "NonDeterministicInts",
 )
+# "Stateful" above is for StatefulUniform & co., not for a function call.
+_NOT_RANDOM = frozenset({"StatefulPartitionedCall"})
 
-# Op type -> why it is refused on a serving path.
-DENYLIST: dict[str, str] = {
+# --- categories -------------------------------------------------------------------------------
+
+PYTHON = "runs Python code"
+PRINTING = "prints tensors (possibly secrets) into the server's log, event files or a debugger"
+CHECKPOINT = "reads or writes checkpoints on the server's file system"
+DATASET = "a tf.data or TF1 reader op (datasets read and write files, databases, services)"
+NETWORK = "reaches the network (addresses, RPC, remote calls, collectives, send/receive)"
+FILE_SYSTEM = "reads, writes or lists the server's file system"
+ENVIRONMENT = "reaches outside the request (session state kept between requests, file-system configuration, sleeps)"
+NATIVE = "calls native code the scan cannot see into (an XLA custom call)"
+UNCLASSIFIED = "a stateful op whose side effects tfpack has not classified"
+UNKNOWN = "custom op unknown to TensorFlow: a stock TF Serving cannot load it"
+
+# Op type -> reason, for ops whose effect their OpDef does not show (no path-like input).
+_NAMED: dict[str, str] = {
     "ReadFile": "reads the server's file system",
     "WriteFile": "writes the server's file system",
     "MatchingFiles": "lists the server's file system",
     "DeleteFile": "deletes from the server's file system",
     "ImmutableConst": "memory-maps a file from the server's file system",
-    "PyFunc": "runs Python code",
-    "PyFuncStateless": "runs Python code",
-    "EagerPyFunc": "runs Python code",
-    "PrintV2": "prints tensors (possibly secrets) into the server's log",
-    "Print": "prints tensors (possibly secrets) into the server's log",
-    "Save": "writes checkpoints from the serving path",
-    "SaveV2": "writes checkpoints from the serving path",
-    "SaveSlices": "writes checkpoints from the serving path",
-    "MergeV2Checkpoints": "writes checkpoints from the serving path",
-    "Restore": "reads checkpoints from the serving path",
-    "RestoreV2": "reads checkpoints from the serving path",
-    "RestoreSlice": "reads checkpoints from the serving path",
+    "Print": PRINTING,
+    "PrintV2": PRINTING,
+    "DumpTensor": PRINTING,
+    "ImportEvent": PRINTING,
+    "CalibrationStatisticsSaver": PRINTING,
+    "Save": CHECKPOINT,
+    "SaveV2": CHECKPOINT,
+    "SaveSlices": CHECKPOINT,
+    "MergeV2Checkpoints": CHECKPOINT,
+    "Restore": CHECKPOINT,
+    "RestoreV2": CHECKPOINT,
+    "RestoreSlice": CHECKPOINT,
+    "DTensorRestoreV2": CHECKPOINT,
+    "LoadAndRemapMatrix": CHECKPOINT,
+    # Tensors stored in the session outlive the request: one client's data reaches the next.
+    "GetSessionHandle": ENVIRONMENT,
+    "GetSessionHandleV2": ENVIRONMENT,
+    "GetSessionTensor": ENVIRONMENT,
+    "DeleteSessionTensor": ENVIRONMENT,
+    "FileSystemSetConfiguration": ENVIRONMENT,
+    "SleepOp": ENVIRONMENT,
+    "SleepIdentityOp": ENVIRONMENT,
+    "XlaCustomCall": NATIVE,
+    "XlaCustomCallV2": NATIVE,
+    "_Send": NETWORK, "_Recv": NETWORK, "_HostSend": NETWORK, "_HostRecv": NETWORK,
+    "Send": NETWORK, "Recv": NETWORK, "WorkerHeartbeat": NETWORK,
+    "CrossReplicaSum": NETWORK, "AllToAll": NETWORK,
 }
+# The checkpoint ops a SavedModel's own saver may hold: the server runs its restore op (with the
+# variables path fed) to load the weights; nothing runs its save op.
+SAVER_OPS = frozenset(op for op, reason in _NAMED.items() if reason == CHECKPOINT)
+
+# Op-name fragments -> category, for families whose every member has the effect.
+_NAME_FRAGMENTS: tuple[tuple[str, str], ...] = (
+    ("PyFunc", PYTHON),
+    ("Dataset", DATASET), ("Iterator", DATASET), ("Reader", DATASET),
+    ("Rpc", NETWORK), ("Remote", NETWORK), ("Collective", NETWORK), ("Nccl", NETWORK),
+    ("DataService", NETWORK), ("Infeed", NETWORK), ("Outfeed", NETWORK),
+    ("SendTo", NETWORK), ("RecvFrom", NETWORK), ("SendFrom", NETWORK), ("RecvAt", NETWORK),
+    ("XlaSend", NETWORK), ("XlaRecv", NETWORK),
+    ("SummaryWriter", PRINTING), ("StatsAggregator", PRINTING),
+)
+_DEBUG_OP = re.compile(r"^_?Debug")  # tfdbg ops: DebugIdentity(V2/V3), DebugNanCount, ... (debug_urls)
+_SUMMARY_WRITE = re.compile(r"^Write\w*Summary$|^CreateSummary\w*Writer$")
+
+# DT_STRING inputs whose name says they are a path or an address (from the registry's OpDefs:
+# ReadFile/WriteFile filename, dataset readers' filenames, SaveV2 prefix, CacheDataset filename,
+# SaveDataset path, summary writers' logdir, RegisterDataset address, SqlDataset db_uri...).
+_PATH_INPUTS = frozenset({
+    "filename", "filenames", "file_pattern", "path", "prefix", "shard_dir", "checkpoint_prefixes",
+    "destination_prefix", "directory", "logdir", "ckpt_path", "chunk_file", "new_vocab_file",
+    "old_vocab_file", "snapshot_path", "patterns",
+})
+_NETWORK_INPUTS = frozenset({"address", "server_address", "protocol", "db_uri", "data_source_name", "driver_name"})
+# Inputs/outputs naming a dataset or iterator (structure, whatever the op's name).
+_DATASET_ARGS = frozenset({"input_dataset", "input_datasets", "dataset", "iterator", "multi_device_iterator",
+                           "reader_handle"})
+# String attrs that name a file: an op declaring one reads or writes that file (Skipgram's
+# filename, RecordInput's file_pattern, DumpTensor's log_dir_path, snapshot prefixes, ...).
+_PATH_ATTRS = frozenset({
+    "file_pattern", "filename", "file_name", "log_dir_path", "output_file_path",
+    "reader_prefix", "writer_prefix", "reader_path_prefix", "writer_path_prefix", "memory_region_name",
+})
+# Optional ones: the op reads a file only when the node sets it ("" reads none; for
+# DecodeProtoV2/EncodeProto's descriptor_source, "local://" means the descriptors linked in).
+_OPTIONAL_PATH_ATTRS = {"vocab_file": "", "descriptor_source": "local://"}
+_NETWORK_ATTRS = frozenset({"debug_urls"})
+
+# Stateful ops with known, in-process effects only (the conservative rule's allowlist).
+_IN_PROCESS_STATEFUL = frozenset({
+    # variables
+    "VarHandleOp", "_VarHandlesOp", "ReadVariableOp", "_ReadVariablesOp", "AssignVariableOp",
+    "AssignAddVariableOp", "AssignSubVariableOp", "VarIsInitializedOp", "VariableShape", "Variable",
+    "VariableV2", "TemporaryVariable", "DestroyResourceOp", "DisableCopyOnRead", "ReadVariableXlaSplitND",
+    "AssignVariableXlaConcatND", "MakeWeakResourceHandle", "IsResourceHandleRefCounting",
+    "_XlaAotOnlyVarHandleOp", "ConditionalAccumulator", "SparseConditionalAccumulator",
+    # control flow and function calls (the functions themselves are scanned)
+    "If", "While", "Case", "StatefulPartitionedCall", "_If", "_While", "RiscWhile", "XlaIf", "XlaWhile",
+    "_Arg", "_Retval", "_DeviceArg", "_DeviceRetval", "XlaLaunch",
+    # assertions, numerics, facts about the build
+    "Assert", "CheckNumerics", "CheckNumericsV2", "GuaranteeConst", "Empty", "DeepCopy",
+    "_ParallelConcatStart", "Timestamp", "GraphDefVersion", "DeviceIndex", "IsTensorFloat32Enabled",
+    "_ScopedAllocator", "_ScopedAllocatorConcat", "_ScopedAllocatorSplit",
+    # containers
+    "TensorArray", "Stack", "StackV2", "StackPushV2", "StackPopV2", "StackCloseV2", "FIFOQueue",
+    "FIFOQueueV2", "PaddingFIFOQueue", "PaddingFIFOQueueV2", "PriorityQueue", "PriorityQueueV2",
+    "RandomShuffleQueue", "RandomShuffleQueueV2", "FakeQueue", "Barrier", "Stage", "Unstage", "StagePeek",
+    "StageSize", "StageClear", "AddSparseToTensorsMap", "AddManySparseToTensorsMap",
+    "TakeManySparseFromTensorsMap", "IsBoostedTreesEnsembleInitialized",
+    "IsBoostedTreesQuantileStreamResourceInitialized",
+    # lookup tables (their file initializers are caught by the path rule first)
+    "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
+    "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2", "AnonymousHashTable",
+    "AnonymousMutableHashTable", "AnonymousMutableHashTableOfTensors", "AnonymousMutableDenseHashTable",
+    "InitializeTableV2",
+    # locks
+    "MutexV2", "MutexLock", "ConsumeMutexLock",
+    # random numbers (also reported as notices)
+    "RandomCrop", "RandomShuffle", "RandomGamma", "RandomPoisson", "RandomPoissonV2", "Multinomial",
+    "NonDeterministicInts", "StatelessRandomGetAlg", "AnonymousRandomSeedGenerator",
+    "AnonymousSeedGenerator", "DummySeedGenerator", "DeleteRandomSeedGenerator", "DeleteSeedGenerator",
+})
+_IN_PROCESS_PREFIXES = (
+    "Resource",  # ResourceGather, ResourceScatter*, ResourceApply* (in-process variable updates)
+    "TensorArray", "Queue", "MapClear", "MapIncompleteSize", "MapPeek", "MapSize", "MapStage", "MapUnstage",
+    "OrderedMap", "LookupTable", "BoostedTrees", "CudnnRNN", "Random", "Stateful", "TruncatedNormal",
+    "ParameterizedTruncatedNormal", "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip",
+)
+_CANDIDATE_SAMPLER = "CandidateSampler"  # random and in-process, unless it reads a vocab_file
 
 
 @dataclass(frozen=True)
 class OpFinding:
-    """One denied or unknown op on a serving path."""
+    """One denied or unknown op (or an asset that escapes its directory)."""
 
     op_type: str
     node: str  # node name ("function_name/node" inside a function body)
@@ -66,6 +224,8 @@ class ScanResult:
     # Not denied, but worth a release engineer's eye: ops that make outputs vary between
     # identical requests (convert refuses them unless --allow-random).
     notices: list[OpFinding] = field(default_factory=list)
+    # A SavedModel's asset files (assets/, assets.extra/), relative to the version dir.
+    assets: list[str] = field(default_factory=list)
 
     @property
     def blocking(self) -> list[OpFinding]:
@@ -78,6 +238,7 @@ class ScanResult:
             "clean": not self.blocking,
             "findings": [f.to_json() for f in self.findings],
             "notices": [f.to_json() for f in self.notices],
+            "assets": list(self.assets),
         }
 
     def summary(self) -> str:
@@ -91,15 +252,80 @@ class ScanResult:
         more = f" and {len(self.blocking) - 6} more" if len(self.blocking) > 6 else ""
         return f"{self.target}: denied ops on the serving path: {listing}{more}"
 
+    def refusal(self) -> str:
+        """The one-line error convert gives for a blocking result: what, and the flag that allows it."""
+        return f"{self.summary()}: remove them, or allow each with --allow-op {self.blocking[0].op_type}"
 
-def _is_registered(op_type: str) -> bool:
+
+# --- classification ---------------------------------------------------------------------------
+
+
+def _op_def(op_type: str):  # type: ignore[no-untyped-def]
     tensorflow()
     from tensorflow.python.framework import op_def_registry
 
-    return op_def_registry.get(op_type) is not None
+    return op_def_registry.get(op_type)
+
+
+@functools.lru_cache(maxsize=None)
+def classify_op(op_type: str) -> str | None:
+    """Why ``op_type`` is denied on a server, from its registered OpDef; None for an allowed op.
+
+    Attr values are not looked at here (see :func:`classify_node`).
+    """
+    op_def = _op_def(op_type)
+    if op_def is None:
+        return UNKNOWN
+    if op_type in _NAMED:
+        return _NAMED[op_type]
+    for fragment, reason in _NAME_FRAGMENTS:
+        if fragment in op_type:
+            return reason
+    if _DEBUG_OP.match(op_type) or _SUMMARY_WRITE.match(op_type):
+        return PRINTING
+    from tensorflow.core.framework import types_pb2
+
+    args = [*op_def.input_arg, *op_def.output_arg]
+    if any(arg.name in _DATASET_ARGS for arg in args):
+        return DATASET
+    strings = {arg.name for arg in op_def.input_arg if arg.type == types_pb2.DT_STRING}
+    if strings & _NETWORK_INPUTS or any(a.name in _NETWORK_ATTRS for a in op_def.attr):
+        return NETWORK
+    if strings & _PATH_INPUTS or any(a.name in _PATH_ATTRS for a in op_def.attr):
+        return FILE_SYSTEM
+    if op_def.is_stateful and not _known_in_process(op_type):
+        return UNCLASSIFIED
+    return None
+
+
+def _known_in_process(op_type: str) -> bool:
+    return (op_type in _IN_PROCESS_STATEFUL or op_type.startswith(_IN_PROCESS_PREFIXES)
+            or op_type.endswith(_CANDIDATE_SAMPLER))
+
+
+def classify_node(node) -> str | None:  # type: ignore[no-untyped-def]
+    """Why ``node`` (a NodeDef) is denied, or None: its op type's verdict, then attrs naming files."""
+    reason = classify_op(node.op)
+    if reason is not None:
+        return reason
+    # Attrs are checked only where the op declares them (TensorFlow rejects undeclared ones).
+    declared = {a.name for a in _op_def(node.op).attr}
+    for name, names_no_file in _OPTIONAL_PATH_ATTRS.items():
+        if name in declared and name in node.attr and node.attr[name].s.decode(errors="replace") not in ("", names_no_file):
+            return FILE_SYSTEM
+    return None
+
+
+def is_random(op_type: str) -> bool:
+    """True for an op that draws random numbers (a notice, not a denial)."""
+    return op_type.startswith(RANDOM_OP_PREFIXES) and op_type not in _NOT_RANDOM
+
+
+# --- walking graphs ---------------------------------------------------------------------------
 
 
 def _called_functions(node) -> list[str]:  # type: ignore[no-untyped-def]
+    """Functions a node may call: as its op, or named in an attr (PartitionedCall's f, While's body)."""
     names = [node.op]
     for attr in node.attr.values():
         if attr.func.name:
@@ -108,59 +334,208 @@ def _called_functions(node) -> list[str]:  # type: ignore[no-untyped-def]
     return names
 
 
-def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
-    """Scan every node of ``graph_def`` (already cut to the serving path) and its function bodies."""
-    functions = {f.signature.name: f for f in graph_def.library.function}
-    nodes = [(node.name, node.op) for node in graph_def.node]
-    # Only functions reachable from the graph's nodes (and from each other) count: called as an
-    # op, or named in an attr (PartitionedCall's f, While's body, Case's branches).
-    pending = [name for node in graph_def.node for name in _called_functions(node)]
+def _functions_reached(nodes: Iterable, functions: dict) -> set[str]:  # type: ignore[type-arg]
+    pending = [name for node in nodes for name in _called_functions(node)]
     seen: set[str] = set()
     while pending:
         name = pending.pop()
         if name in seen or name not in functions:
             continue
         seen.add(name)
-        for node in functions[name].node_def:
-            nodes.append((f"{name}/{node.name}", node.op))
-            pending.extend(_called_functions(node))
-    findings, notices = [], []
-    for name, op_type in nodes:
-        if op_type in functions:
+        pending.extend(called for node in functions[name].node_def for called in _called_functions(node))
+    return seen
+
+
+def reachable_functions(graph_def) -> set[str]:  # type: ignore[no-untyped-def]
+    """Names of the library functions ``graph_def``'s nodes call, directly or through each other."""
+    return _functions_reached(graph_def.node, {f.signature.name: f for f in graph_def.library.function})
+
+
+def _node_name(tensor_or_input: str) -> str:
+    return tensor_or_input.lstrip("^").split(":")[0]
+
+
+def _closure(graph_def, roots: Iterable[str]) -> list:  # type: ignore[no-untyped-def, type-arg]
+    """The nodes ``roots`` depend on (data and control inputs), roots included; unknown names skipped."""
+    by_name = {node.name: node for node in graph_def.node}
+    pending = [_node_name(r) for r in roots]
+    seen: dict[str, object] = {}
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in by_name:
             continue
-        if op_type.startswith(RANDOM_OP_PREFIXES):
-            notices.append(OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests"))
-        if op_type in DENYLIST:
-            findings.append(OpFinding(op_type, name, DENYLIST[op_type], allowed=op_type in allowed))
-        elif not _is_registered(op_type):
-            findings.append(OpFinding(op_type, name, "custom op unknown to TensorFlow: a stock TF Serving cannot load it",
-                                      allowed=op_type in allowed))
-    return ScanResult(target=target, findings=findings, ops_scanned=len(nodes), notices=notices)
+        seen[name] = by_name[name]
+        pending.extend(_node_name(i) for i in by_name[name].input)
+    return list(seen.values())
 
 
-def scan_saved_model(version_dir, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
-    """Scan the serving paths of a SavedModel: what its signatures' outputs need, per meta graph."""
-    tf = tensorflow()
-    from google.protobuf import message
+@dataclass
+class _Scan:
+    """Accumulates findings over (node name, NodeDef, checkpoint ops exempt) triples."""
+
+    functions: dict  # type: ignore[type-arg]
+    allowed: frozenset[str]
+    findings: list[OpFinding] = field(default_factory=list)
+    notices: list[OpFinding] = field(default_factory=list)
+    scanned: int = 0
+
+    def add(self, nodes: Iterator[tuple[str, object, bool]]) -> None:
+        for name, node, saver in nodes:
+            op_type = node.op  # type: ignore[attr-defined]
+            self.scanned += 1
+            if op_type in self.functions:
+                continue  # a call of a library function: its body is scanned on its own
+            if is_random(op_type):
+                self.notices.append(OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests"))
+            if saver and op_type in SAVER_OPS:
+                continue
+            reason = classify_node(node)
+            if reason is not None:
+                self.findings.append(OpFinding(op_type, name, reason, allowed=op_type in self.allowed))
+
+    def add_functions(self, saver_only: set[str]) -> None:
+        """Every function in the library, reachable or not; checkpoint ops exempt in the saver's own."""
+        for fname, function in self.functions.items():
+            self.add((f"{fname}/{node.name}", node, fname in saver_only) for node in function.node_def)
+
+
+def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+    """Scan every node of ``graph_def`` and every function in its library."""
+    scan = _Scan({f.signature.name: f for f in graph_def.library.function}, allowed)
+    scan.add((node.name, node, False) for node in graph_def.node)
+    scan.add_functions(saver_only=set())
+    return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=scan.notices)
+
+
+# Collections holding the ops a SavedModel loader runs after restoring the variables.
+INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer")
+
+
+def _collection_nodes(meta_graph, key: str) -> list[str]:  # type: ignore[no-untyped-def]
+    if key not in meta_graph.collection_def:
+        return []
+    collection = meta_graph.collection_def[key]
+    values = list(collection.node_list.value) + [v.decode(errors="replace") for v in collection.bytes_list.value]
+    return [_node_name(v) for v in values]
+
+
+def _saver_roots(meta_graph) -> list[str]:  # type: ignore[no-untyped-def]
+    saver = meta_graph.saver_def
+    return [name for name in (saver.restore_op_name, saver.save_tensor_name, saver.filename_tensor_name) if name]
+
+
+def scan_meta_graph(meta_graph, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+    """Scan what a SavedModel loader and server can run from ``meta_graph``.
+
+    That is: everything any signature reaches (``__saved_model_init_op`` is one), the init ops
+    (main_op, legacy_init_op, table initializers), the saver's restore and save ops (with
+    checkpoint ops exempt there: they load the variables), and every library function. Nodes no
+    root reaches (a TF1 training graph's input pipeline, its summaries) never run and are not
+    scanned.
+    """
+    graph_def = meta_graph.graph_def
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    roots = [t.name for sig in meta_graph.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
+    roots += [name for key in INIT_COLLECTIONS for name in _collection_nodes(meta_graph, key)]
+    served = _closure(graph_def, roots)
+    served_names = {node.name for node in served}
+    saver = [node for node in _closure(graph_def, _saver_roots(meta_graph)) if node.name not in served_names]
+    saver_only = _functions_reached(saver, functions) - _functions_reached(served, functions)
+    scan = _Scan(functions, allowed)
+    scan.add((node.name, node, False) for node in served)
+    scan.add((node.name, node, True) for node in saver)
+    scan.add_functions(saver_only)
+    return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=scan.notices)
+
+
+def scan_restore_path(meta_graph, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+    """Scan what restoring a TF1 checkpoint through ``meta_graph``'s saver runs, before it runs.
+
+    tfpack runs only the saver's restore op from a training meta graph (its init ops never); the
+    serving path is scanned after it is cut. An op hidden in the restore op's dependencies (a
+    WriteFile as a control input of ``save/restore_all``) would run at load, so it is refused here.
+    """
+    graph_def = meta_graph.graph_def
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    restore = [meta_graph.saver_def.restore_op_name] if meta_graph.saver_def.restore_op_name else []
+    nodes = _closure(graph_def, restore)
+    reached = _functions_reached(nodes, functions)
+    scan = _Scan({name: functions[name] for name in reached}, allowed)
+    scan.add((node.name, node, True) for node in nodes)
+    scan.add_functions(saver_only=reached)
+    return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=[])
+
+
+# --- SavedModels on disk ----------------------------------------------------------------------
+
+ASSET_DIRS = ("assets", "assets.extra")
+
+
+def read_saved_model(version_dir: Path):  # type: ignore[no-untyped-def]
+    """Parse ``version_dir``'s saved_model.pb (or .pbtxt) without loading or running any of it.
+
+    Raises:
+        SourceError: missing or not a SavedModel proto.
+    """
+    tensorflow()
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     from packager.errors import SourceError
-    from packager.graph.io_discovery import input_op_name
 
-    path = version_dir / "saved_model.pb"
+    binary, text = version_dir / "saved_model.pb", version_dir / "saved_model.pbtxt"
+    path = binary if binary.is_file() or not text.is_file() else text
     try:
-        saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
-    except (OSError, message.DecodeError) as exc:
-        raise SourceError(f"{path} is not a readable SavedModel: {exc}") from None
+        if path is text:
+            return text_format.Parse(path.read_text(encoding="utf-8"), saved_model_pb2.SavedModel())
+        return saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    except (OSError, UnicodeDecodeError, message.DecodeError, text_format.ParseError) as exc:
+        from packager.errors import first_line
+
+        raise SourceError(f"{path} is not a readable SavedModel: {first_line(exc)}") from None
+
+
+def _asset_findings(version_dir: Path, saved_model) -> tuple[list[str], list[OpFinding]]:  # type: ignore[no-untyped-def]
+    """The asset files on disk, and assets that point outside ``assets/`` (a loader would read there)."""
+    listed, findings = [], []
+    root = version_dir.resolve()
+    for directory in ASSET_DIRS:
+        base = version_dir / directory
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            relative = str(path.relative_to(version_dir))
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                findings.append(OpFinding("asset", relative, f"a symlink to {path.resolve()}, outside the version dir"))
+            elif path.is_file():
+                listed.append(relative)
+    for meta_graph in saved_model.meta_graphs:
+        for asset in meta_graph.asset_file_def:
+            name = asset.filename
+            # The loader feeds assets/NAME into the asset's tensor: NAME must stay inside assets/.
+            if not name or name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", name):
+                findings.append(OpFinding("asset", asset.tensor_info.name or name,
+                                          f"asset path {name!r} leads outside the assets directory"))
+    return listed, findings
+
+
+def scan_saved_model(version_dir, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+    """Scan everything a server can run from the SavedModel in ``version_dir`` (see :func:`scan_meta_graph`),
+    and its assets. Reads the proto only: nothing of the model is loaded or run.
+
+    Raises:
+        SourceError: saved_model.pb is missing or unreadable.
+    """
+    version_dir = Path(version_dir)
+    saved_model = read_saved_model(version_dir)
     findings: list[OpFinding] = []
+    notices: list[OpFinding] = []
     scanned = 0
     for meta_graph in saved_model.meta_graphs:
-        outputs = {
-            input_op_name(tensor.name)
-            for signature in meta_graph.signature_def.values() for tensor in signature.outputs.values()
-        }
-        serving = tf.compat.v1.graph_util.extract_sub_graph(meta_graph.graph_def, sorted(outputs)) if outputs else meta_graph.graph_def
-        result = scan_graph_def(serving, str(version_dir), allowed)
+        result = scan_meta_graph(meta_graph, str(version_dir), allowed)
         findings.extend(f for f in result.findings if f not in findings)
+        notices.extend(f for f in result.notices if f not in notices)
         scanned += result.ops_scanned
-    return ScanResult(target=str(version_dir), findings=findings, ops_scanned=scanned)
+    assets, asset_findings = _asset_findings(version_dir, saved_model)
+    return ScanResult(target=str(version_dir), findings=findings + asset_findings, ops_scanned=scanned,
+                      notices=notices, assets=assets)

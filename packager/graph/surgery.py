@@ -24,7 +24,28 @@ def prune_for_serving(graph_def, output_tensor_names: list[str], *, clear_device
         for node in pruned.node:
             node.device = ""
     clear_function_devices(pruned)
+    drop_unreachable_functions(pruned)
     return pruned
+
+
+def drop_unreachable_functions(graph_def) -> None:  # type: ignore[no-untyped-def]
+    """Remove library functions no node calls (in place), with their gradient entries.
+
+    extract_sub_graph keeps the whole library: a training graph's dataset functions
+    (``_make_dataset_*``) and gradients would otherwise be written into the served model, and
+    the op scan, which covers every function in a model's library, would rightly deny them.
+    """
+    from packager.graph.op_scan import reachable_functions
+
+    keep = reachable_functions(graph_def)
+    functions = [f for f in graph_def.library.function if f.signature.name in keep]
+    gradients = [g for g in graph_def.library.gradient if g.function_name in keep and g.gradient_func in keep]
+    if len(functions) == len(graph_def.library.function) and len(gradients) == len(graph_def.library.gradient):
+        return
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(functions)
+    del graph_def.library.gradient[:]
+    graph_def.library.gradient.extend(gradients)
 
 
 def clear_function_devices(graph_def) -> None:  # type: ignore[no-untyped-def]

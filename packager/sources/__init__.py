@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packager.errors import SourceError, UsageError
 from packager.sources.base import LoadedSource, TensorRef
+
+if TYPE_CHECKING:
+    from packager.graph.op_scan import ScanResult
 
 GRAPH_SUFFIXES = frozenset({".pb", ".pbtxt", ".graphdef"})
 KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
@@ -29,6 +33,8 @@ class SourceOptions:
         ema: auto|on|off — restore checkpoint variables from their ExponentialMovingAverage shadows.
         batchnorm: auto|inference|batch — what a Keras file's BatchNormalization layers called
             with training=True become (graph sources are rewritten by graph.batchnorm instead).
+        allowed_ops: op types the op scan lets through (``--allow-op``); a SavedModel or a
+            checkpoint's restore path is scanned with them before any of it runs.
     """
 
     checkpoint: Path | None = None
@@ -37,6 +43,7 @@ class SourceOptions:
     unsafe: bool = False
     ema: str = "auto"
     batchnorm: str = "auto"
+    allowed_ops: frozenset[str] = frozenset()
 
 
 def detect_format(path: Path) -> str:
@@ -85,6 +92,27 @@ def detect_format(path: Path) -> str:
     )
 
 
+def scan_restore(path: Path, allowed_ops: frozenset[str] = frozenset()) -> ScanResult | None:
+    """Scan what restoring the checkpoint at ``path`` through its .meta graph's saver would run.
+
+    Returns None for a checkpoint without a .meta graph (nothing of the source runs).
+    """
+    from packager.graph.op_scan import scan_restore_path
+    from packager.sources.checkpoint import read_meta_graph, resolve_checkpoint
+
+    meta_graph_path = resolve_checkpoint(path).meta_graph
+    if meta_graph_path is None:
+        return None
+    return scan_restore_path(read_meta_graph(meta_graph_path), str(path), allowed_ops)
+
+
+def refuse_unscanned_restore(path: Path, allowed_ops: frozenset[str] = frozenset()) -> None:
+    """Raise UsageError when restoring ``path`` would run a denied op (before it is imported)."""
+    result = scan_restore(path, allowed_ops)
+    if result is not None and result.blocking:
+        raise UsageError(result.refusal())
+
+
 def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedSource:
     """Load ``path`` in whatever supported format it is."""
     source_format = detect_format(path)
@@ -100,12 +128,13 @@ def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedS
     if source_format == "saved_model":
         from packager.sources.saved_model import load_saved_model
 
-        return load_saved_model(path if path.is_dir() else path.parent)
+        return load_saved_model(path if path.is_dir() else path.parent, options.allowed_ops)
     if source_format == "checkpoint":
         from packager.sources import checkpoint
 
         if options.builder is not None:
             return checkpoint.load_checkpoint_with_builder(path, options.builder, ema=options.ema)
+        refuse_unscanned_restore(path, options.allowed_ops)
         return checkpoint.load_checkpoint_with_meta_graph(path, ema=options.ema)
     if source_format == "frozen_graph":
         if options.checkpoint is not None:

@@ -11,17 +11,30 @@ from pathlib import Path
 
 import numpy as np
 
-from packager.errors import SourceError, first_line
+from packager.errors import SourceError, UsageError, first_line
+from packager.graph.op_scan import scan_saved_model
 from packager.layout import DEFAULT_SIGNATURE
 from packager.sources.base import LoadedSource, TensorRef
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
 
 
-def load_saved_model(path: Path) -> LoadedSource:
-    """Load a SavedModel directory's serving signature as a frozen GraphDef."""
+def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> LoadedSource:
+    """Load a SavedModel directory's serving signature as a frozen GraphDef.
+
+    The SavedModel is scanned before it is loaded: loading runs its code (the saver's restore
+    op, its main_op / legacy_init_op / ``__saved_model_init_op``, resource initializers), so a
+    denied op anywhere a loader or server could run is refused while nothing of it has run.
+
+    Raises:
+        UsageError: the scan found ops not in ``allowed_ops`` (exit 2).
+        SourceError: the SavedModel cannot be read, loaded or frozen.
+    """
     tf = tensorflow()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    scan = scan_saved_model(path, allowed_ops)
+    if scan.blocking:
+        raise UsageError(scan.refusal())
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # corrupt protos surface as DecodeError, OSError or OpError
