@@ -74,7 +74,7 @@ def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress:
     report = prepared.readiness
     if prepared.goldens:
         progress.step("one sample alone vs inside a batch: batch independent?")
-        run = graph_runner(prepared.graph_def, prepared.signatures, soft_placement=prepared.keep_devices)
+        run = graph_runner(prepared.graph_def, prepared.signatures)
         report.add(check_batch_independence_of(run, prepared, options))
     else:
         report.add(Verdict("batch_independence", "skipped", "no golden inputs to run the model on"))

@@ -78,11 +78,14 @@ def reference_session(graph: object):  # -> tf.compat.v1.Session
     against.
 
     It places softly (training graphs pin ops to GPUs this host may not have) and runs the graph
-    as written, without Grappler: the reference is plain TensorFlow semantics, and skipping
-    Grappler's first-run optimisation of a large graph saves about a second. The written
+    as written, without Grappler or constant folding: the reference is plain TensorFlow
+    semantics, and skipping the first-run optimisation of a large graph saves about a second. The written
     SavedModel is still checked with Grappler on, as a model server runs it.
     """
     tf = tensorflow()
     config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
     config.graph_options.rewrite_options.disable_meta_optimizer = True
+    # Nor the session's own graph optimisations (constant folding would copy a large model's
+    # weights once more before the first run): the reference runs the graph as written.
+    config.graph_options.optimizer_options.opt_level = tf.compat.v1.OptimizerOptions.L0
     return tf.compat.v1.Session(graph=graph, config=config)
