@@ -38,6 +38,7 @@ from packager.graph.constants import ControlPlaceholder, parse_constants
 from packager.graph.input_constraints import derive_input_constraints
 from packager.graph.io_discovery import has_batch_dimension, training_subgraphs
 from packager.graph.op_scan import ScanResult, scan_graph_def
+from packager.graph.serving_path import derandomize, random_ops_as_constants, reachable_random_ops
 from packager.graph.signature import SignaturePlan, plan_signature
 from packager.graph.surgery import prune_for_serving
 from packager.layout import (
@@ -59,9 +60,7 @@ from packager.readiness import (
     check_determinism,
     check_finite,
     independence_batch,
-    derandomize,
     raise_first_failure,
-    random_ops,
 )
 from packager.sources import SourceOptions, TensorRef, load_source
 from packager.sources.graph_def import VARIABLE_OPS
@@ -185,6 +184,8 @@ class Prepared:
     reference_graph: bool
     sample_inputs: dict[str, Any] | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # what inspect shows of the source and plan
+    # Outputs named with --outputs although they have no batch dimension: no row per sample.
+    batchless_outputs: frozenset[str] = frozenset()
 
     @property
     def reference(self) -> str:
@@ -238,8 +239,11 @@ def written_graph_def(export_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def _control_flags(controls: list[ControlPlaceholder]) -> list[str]:
-    """``--constant`` suggestions for the flags that may switch randomness off."""
-    return [f"--constant {c.name}=false" for c in controls if c.dtype == "bool"]
+    """``--constant`` suggestions for the control placeholders that may switch training
+    behaviour (dropout, batch statistics) off: a bool flag to false, a scalar without default
+    (keep_prob) to the value inference needs."""
+    return [f"--constant {c.name}=false" if c.dtype == "bool" else f"--constant {c.name}=VALUE"
+            for c in controls if c.dtype == "bool" or not c.has_default]
 
 
 def _outputs_verdict(plan: SignaturePlan) -> Verdict:
@@ -363,7 +367,7 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     if options.allow_random:
         # The model is served with its random ops; the proof runs both sides derandomized.
         proof_graph, unprovable = derandomize(graph_def)
-        rewrites["random_ops"] = random_ops(graph_def)
+        rewrites["random_ops"] = [op for ops in reachable_random_ops(graph_def) for op in ops]
         reference_graph = True
         if not rewrites["random_ops"]:
             random_problem = "--allow-random, but no random op is on the serving path: drop --allow-random"
@@ -442,22 +446,29 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
         reference_graph=reference_graph,
         sample_inputs=sample_record,
         facts=facts,
+        batchless_outputs=frozenset(key for key, reason in plan.output_findings.items()
+                                    if plan.outputs_named and "no batch dimension" in reason),
     )
 
 
-def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, options: ProofOptions) -> Verdict:
-    """Batch independence of the model ``run`` serves, or why it was not checked."""
+def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, options: ProofOptions,
+                                served_graph_def: Any) -> Verdict:
+    """Batch independence of the model ``run`` serves (``served_graph_def``), or why it was not
+    checked. A stochastic model (--allow-random) is checked on a copy whose random draws are
+    constants: its samples differ between runs, what they share must not."""
     if options.batch_dependent:
         return Verdict("batch_independence", "allowed", "--batch-dependent: outputs may mix samples on purpose")
     if prepared.readiness.status("determinism") == "failed":
         return Verdict("batch_independence", "skipped", "the model is not deterministic: its samples differ anyway")
+    if options.allow_random:
+        run = graph_runner(random_ops_as_constants(served_graph_def)[0], prepared.signatures)
     batches = {}
     for name, (inputs, _) in prepared.signatures.items():
         batched = [r.key for r in inputs if has_batch_dimension(r.shape)]
         if batched:
             batches[name] = independence_batch(prepared.goldens[name], batched)
     return check_batch_independence(run, batches, options.tolerance, prepared.graph_def,
-                                    stochastic=options.allow_random)
+                                    exempt=prepared.batchless_outputs, fixes=tuple(_control_flags(prepared.controls)))
 
 
 @contextmanager
@@ -536,7 +547,7 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
                                              f"signature {name} of the written SavedModel vs the {prepared.reference}")
                 max_error = max(max_error, comparison.max_abs_error)
             progress.step("one sample alone vs inside a batch: batch independent?")
-            report.add(check_batch_independence_of(run, prepared, options))
+            report.add(check_batch_independence_of(run, prepared, options, written_graph_def(staging)))
         raise_first_failure(report)
         Goldens(inputs=prepared.goldens[DEFAULT_SIGNATURE], outputs=prepared.expected[DEFAULT_SIGNATURE]).save(staging / GOLDENS_FILE)
         write_warmup_requests(staging / WARMUP_FILE, options.name, prepared.goldens[DEFAULT_SIGNATURE])

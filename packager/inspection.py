@@ -75,7 +75,7 @@ def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress:
     if prepared.goldens:
         progress.step("one sample alone vs inside a batch: batch independent?")
         run = graph_runner(prepared.graph_def, prepared.signatures)
-        report.add(check_batch_independence_of(run, prepared, options))
+        report.add(check_batch_independence_of(run, prepared, options, prepared.graph_def))
     else:
         report.add(Verdict("batch_independence", "skipped", "no golden inputs to run the model on"))
     facts = prepared.facts

@@ -23,8 +23,7 @@ import numpy as np
 
 from packager.errors import UsageError, VerificationError
 from packager.equivalence import compare_outputs
-from packager.graph.op_scan import RANDOM_OP_PREFIXES
-from packager.tf_runtime import tensorflow
+from packager.graph.serving_path import batch_mixing_ops, reachable_random_ops
 
 CHECKS = ("inference_outputs", "finite_goldens", "determinism", "batch_independence")
 Status = Literal["passed", "failed", "allowed", "skipped"]
@@ -34,11 +33,6 @@ INDEPENDENCE_BATCH = 3  # odd and >= 3: an even split across two towers would hi
 DETERMINISM_TOLERANCE = 1e-6
 RANDOM_RERUNS = 4  # reruns when random ops are reachable: a shuffle of 2 rows repeats itself half the time
 
-# Reductions that mix samples when they reduce over axis 0 (the batch).
-_REDUCTION_OPS = frozenset({"Mean", "Sum", "Max", "Min", "Prod", "All", "Any", "EuclideanNorm", "ArgMax", "ArgMin"})
-_FUSED_BATCH_NORM = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
-# The seed tfpack gives unseeded random ops in the proof of a stochastic model (--allow-random).
-_PROOF_SEED = 20261124
 
 
 @dataclass(frozen=True)
@@ -73,159 +67,6 @@ class ReadinessReport:
 class NotServingReady(UsageError):
     """The model as it stands is not an inference model (exit 2): the message names the ops at
     fault and the flag that fixes it; ``result`` carries the readiness verdicts."""
-
-
-def _function_nodes(graph_def) -> Iterable[Any]:  # type: ignore[no-untyped-def]
-    """Every NodeDef of the graph and of its function library (map_fn/cond bodies)."""
-    yield from graph_def.node
-    for function in graph_def.library.function:
-        yield from function.node_def
-
-
-def _is_random(op_type: str) -> bool:
-    return op_type.startswith(RANDOM_OP_PREFIXES)
-
-
-def random_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
-    """Names of the ops that draw random numbers, ``op (Type)``, functions' bodies included."""
-    return sorted({f"{node.name} ({node.op})" for node in _function_nodes(graph_def) if _is_random(node.op)})
-
-
-_CONDITIONALS = frozenset({"If", "StatelessIf"})
-
-
-def serving_random_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
-    """The random ops a request can reach: the graph's and those of the functions it calls,
-    except the branch a cond with a constant predicate never takes (dropout behind
-    ``tf.cond(training)`` once ``--constant training=false`` folded it)."""
-    nodes = {node.name: node for node in graph_def.node}
-    functions = {f.signature.name: f for f in graph_def.library.function}
-
-    def constant_predicate(node) -> bool | None:  # type: ignore[no-untyped-def]
-        name = node.input[0].lstrip("^").split(":")[0] if node.input else ""
-        while name in nodes and nodes[name].op in ("Identity", "Snapshot"):
-            name = nodes[name].input[0].lstrip("^").split(":")[0]
-        producer = nodes.get(name)
-        if producer is None or producer.op != "Const":
-            return None
-        from tensorflow.python.framework import tensor_util
-
-        return bool(np.ravel(tensor_util.MakeNdarray(producer.attr["value"].tensor))[0])
-
-    def called(node, in_graph: bool) -> list[str]:  # type: ignore[no-untyped-def]
-        predicate = constant_predicate(node) if in_graph and node.op in _CONDITIONALS else None
-        if predicate is not None:
-            return [node.attr["then_branch" if predicate else "else_branch"].func.name]
-        names = [node.op] if node.op in functions else []
-        for attr in node.attr.values():
-            names.extend([attr.func.name] if attr.func.name else [])
-            names.extend(f.name for f in attr.list.func)
-        return names
-
-    found = [f"{node.name} ({node.op})" for node in graph_def.node if _is_random(node.op)]
-    pending = [name for node in graph_def.node for name in called(node, True)]
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in seen or name not in functions:
-            continue
-        seen.add(name)
-        for node in functions[name].node_def:
-            if _is_random(node.op):
-                found.append(f"{name}/{node.name} ({node.op})")
-            pending.extend(called(node, False))
-    return sorted(set(found))
-
-
-# Stateful random op -> its stateless twin, which draws from an explicit seed input instead of a
-# kernel's hidden state.
-_STATELESS_TWINS = {
-    "RandomUniform": "StatelessRandomUniform",
-    "RandomStandardNormal": "StatelessRandomNormal",
-    "TruncatedNormal": "StatelessTruncatedNormal",
-    "RandomUniformInt": "StatelessRandomUniformInt",
-}
-
-
-def derandomize(graph_def):  # type: ignore[no-untyped-def]
-    """A copy of ``graph_def`` whose stateful random ops draw from fixed seeds, for the proof of a
-    deliberately stochastic model (--allow-random).
-
-    Seeding the ops themselves is not enough: a stateful kernel inside a function body keeps its
-    stream across sessions of one process, so two "fresh" runs can still differ. Each op becomes
-    its stateless twin fed a constant seed, so the source's graph and the written model, each
-    derandomized the same way, compare like with like; what is served keeps its random ops.
-
-    Returns:
-        (GraphDef, names of the random ops that have no stateless twin and were left as they are)
-    """
-    tensorflow_module = tensorflow()
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
-
-    derandomized = graph_pb2.GraphDef()
-    derandomized.CopyFrom(graph_def)
-    left: list[str] = []
-
-    def rewrite(nodes, in_function: bool) -> list[Any]:  # type: ignore[no-untyped-def]
-        seeds = []
-        for position, node in enumerate(list(nodes)):
-            if not _is_random(node.op) or node.op.startswith("Stateless"):
-                continue  # a stateless op already draws from its seed input
-            twin = _STATELESS_TWINS.get(node.op)
-            if twin is None:
-                left.append(f"{node.name} ({node.op})")
-                continue
-            seed_name = f"{node.name}/tfpack_seed"
-            value = [node.attr["seed"].i or _PROOF_SEED, node.attr["seed2"].i or position + 1]
-            seed = node_def_pb2.NodeDef(name=seed_name, op="Const", device=node.device)
-            seed.attr["dtype"].type = tensorflow_module.int64.as_datatype_enum
-            seed.attr["value"].tensor.CopyFrom(tensorflow_module.make_tensor_proto(np.array(value, np.int64)))
-            seeds.append(seed)
-            out_type = node.attr["Tout" if node.op == "RandomUniformInt" else "dtype"].type
-            shape_type = node.attr["T"].type
-            inputs = list(node.input)
-            seed_input = f"{seed_name}:output:0" if in_function else f"{seed_name}:0"
-            node.op = twin
-            del node.input[:]
-            node.input.extend([inputs[0], seed_input, *inputs[1:]])
-            node.ClearField("attr")
-            node.attr["dtype"].type = out_type
-            node.attr["T"].type = shape_type
-            node.attr["Tseed"].type = tensorflow_module.int64.as_datatype_enum
-        return seeds
-
-    derandomized.node.extend(rewrite(derandomized.node, in_function=False))
-    for function in derandomized.library.function:
-        function.node_def.extend(rewrite(function.node_def, in_function=True))
-    return derandomized, left
-
-
-def _const_ints(node) -> list[int] | None:  # type: ignore[no-untyped-def]
-    if node is None or node.op != "Const":
-        return None
-    from tensorflow.python.framework import tensor_util
-
-    try:
-        return [int(v) for v in np.ravel(tensor_util.MakeNdarray(node.attr["value"].tensor))]
-    except (TypeError, ValueError):
-        return None
-
-
-def batch_mixing_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
-    """Ops that combine values across samples: batch norm on batch statistics, reductions over
-    axis 0, and the batch split of merged towers. The names a batch-independence failure cites."""
-    nodes = {node.name: node for node in graph_def.node}
-    found = []
-    for node in graph_def.node:
-        if node.op in _FUSED_BATCH_NORM and node.attr["is_training"].b:
-            found.append(f"{node.name} ({node.op}, is_training)")
-        elif node.op in _REDUCTION_OPS and len(node.input) > 1:
-            axes = _const_ints(nodes.get(node.input[1].split(":")[0]))
-            if axes is not None and 0 in axes:
-                found.append(f"{node.name} ({node.op} over axis 0)")
-        elif node.name.startswith("tfpack_tower_split/") and node.op in ("GatherV2", "Split", "SplitV"):
-            found.append(f"{node.name} ({node.op}, tower split)")
-    return found
 
 
 def _listing(names: list[str], limit: int = 5) -> str:
@@ -270,8 +111,12 @@ def check_determinism(
         control_flags: ``--constant NAME=VALUE`` suggestions for the control placeholders that
             may switch randomness off (a ``training`` flag).
     """
-    found = serving_random_ops(graph_def)
+    found, conditional = reachable_random_ops(graph_def)
     fix = (f"fix {' or '.join(control_flags)}, or " if control_flags else "") + "serve it as a stochastic model with --allow-random"
+    if conditional:
+        # The goldens may never take the branch a real request takes: no rerun can clear them.
+        return Verdict("determinism", "failed",
+                       f"random ops behind a condition on the request's values: {_listing(conditional)}: {fix}")
     stateless = [name for name in found if "(Stateless" in name]
     if stateless:
         # A stateless draw repeats itself on every request, so no rerun can show it: a dropout
@@ -319,36 +164,46 @@ class IndependenceBatch:
     distinct: bool
 
 
-def _varied_row(row: np.ndarray, repeat: int) -> np.ndarray:
-    """The ``repeat``-th reuse of a golden row, changed so that it differs from the row itself
-    while staying in the values the model was shown to accept."""
-    if repeat == 0:
+def _varied_row(row: np.ndarray, variant: int) -> np.ndarray:
+    """Variant ``variant`` of a sample, changed so that it differs from the sample itself while
+    staying in the values the model was shown to accept."""
+    if variant == 0:
         return row
     if np.issubdtype(row.dtype, np.floating):
-        return row + np.asarray(0.0625 * repeat, dtype=row.dtype)
+        return row + np.asarray(0.0625 * variant, dtype=row.dtype)
     if row.dtype == np.bool_:
-        return ~row if repeat % 2 else row
+        return ~row if variant % 2 else row
     if np.issubdtype(row.dtype, np.integer) and row.size and int(row.max()) > 0:
         # Within [0, max]: ids stay below the table size the goldens respected.
-        return ((row.astype(np.int64) + repeat) % (int(row.max()) + 1)).astype(row.dtype)
+        return ((row.astype(np.int64) + variant) % (int(row.max()) + 1)).astype(row.dtype)
+    if row.dtype.kind == "S":
+        return np.char.add(row, f"~{variant}".encode())
     return row
 
 
 def independence_batch(goldens: Mapping[str, np.ndarray], batched: Iterable[str],
                        batch: int = INDEPENDENCE_BATCH) -> IndependenceBatch:
-    """A batch of ``batch`` samples built from the goldens' rows, reused rows varied."""
+    """A batch of ``batch`` samples built from the goldens' rows; a row equal to an earlier one
+    (a reused golden row, or a sample file repeating one request) is varied."""
     batched = frozenset(batched)
-    feeds: dict[str, np.ndarray] = {}
-    for key, value in goldens.items():
-        if key not in batched:
-            feeds[key] = value
-            continue
-        rows = [_varied_row(value[i % len(value)], i // len(value)) for i in range(batch)]
-        feeds[key] = np.stack(rows).astype(value.dtype)
+    feeds: dict[str, np.ndarray] = dict(goldens)
+    if not batched:
+        return IndependenceBatch(feeds, batched, False)
+    size = len(next(goldens[k] for k in batched))
+    samples: list[dict[str, np.ndarray]] = []
+    for i in range(batch):
+        sample = {key: goldens[key][i % size] for key in batched}
+        variant = 0
+        while any(all(np.array_equal(sample[k], earlier[k]) for k in batched) for earlier in samples) and variant < batch:
+            variant += 1
+            sample = {key: _varied_row(goldens[key][i % size], variant) for key in batched}
+        samples.append(sample)
+    for key in batched:
+        feeds[key] = np.stack([sample[key] for sample in samples]).astype(goldens[key].dtype)
     distinct = all(
         any(not np.array_equal(feeds[key][i], feeds[key][j]) for key in batched)
         for i in range(batch) for j in range(i + 1, batch)
-    ) if batched else False
+    )
     return IndependenceBatch(feeds, batched, distinct)
 
 
@@ -358,31 +213,34 @@ def check_batch_independence(
     tolerance: float,
     graph_def,  # type: ignore[no-untyped-def]
     *,
-    stochastic: bool = False,
+    exempt: frozenset[str] = frozenset(),
+    fixes: tuple[str, ...] = (),
 ) -> Verdict:
     """Each sample's outputs inside a batch equal its outputs sent alone (batch 1).
 
     Every output must come one row per sample (a flattened or first-row-only output mixes or
-    drops samples in a way no per-sample comparison would see). A stochastic model's samples
-    differ between runs anyway: for it the model must run at both batch sizes and no op may mix
-    samples.
+    drops samples in a way no per-sample comparison would see), except those in ``exempt``
+    (batchless outputs named with --outputs).
 
     Args:
-        run: runs signature NAME of the model that will be served on feeds.
+        run: runs signature NAME of the model that will be served (for a stochastic model, a copy
+            whose random draws are constants) on feeds.
         batches: per signature with at least one batched input.
         graph_def: the serving graph, where ops that mix samples are looked for.
-        stochastic: --allow-random.
+        exempt: output keys allowed to have no row per sample.
+        fixes: control-placeholder flags that may switch batch statistics off.
     """
     mixing = batch_mixing_ops(graph_def)
-    cause = (f"ops that mix samples: {_listing(mixing)}" if mixing
-             else "no op that mixes samples found by type" + (f" (random ops: {_listing(random_ops(graph_def))})"
-                                                              if random_ops(graph_def) else ""))
-    fix = ("for batch norm use --batchnorm inference, or serve outputs that depend on the batch on purpose "
-           "with --batch-dependent")
-    undistinct = []
+    cause = f"ops that mix samples: {_listing(mixing)}" if mixing else "no op that mixes samples found by type"
+    fix = ("".join(f"fix {flag}, or " for flag in fixes[:1]) + "for batch norm use --batchnorm inference, or serve "
+           "outputs that depend on the batch on purpose with --batch-dependent")
     for signature, checked in batches.items():
         feeds = checked.feeds
         batch = len(next(feeds[k] for k in checked.batched))
+        if not checked.distinct:
+            return Verdict("batch_independence", "failed",
+                           f"signature {signature}: the samples are identical, so a mix of them cannot show ({cause}): "
+                           f"give --sample-inputs with different samples, or {fix}")
         try:
             together = run(signature, feeds)
             alone = [run(signature, {k: (v[i:i + 1] if k in checked.batched else v) for k, v in feeds.items()})
@@ -393,7 +251,9 @@ def check_batch_independence(
             return Verdict("batch_independence", "failed",
                            f"signature {signature} fails on a batch of 1 or {batch}: {first_line(exc)}"
                            + (f"; ops that split or mix the batch: {_listing(mixing)}" if mixing else ""))
-        for key, value in together.items():
+        checked_keys = [key for key in together if key not in exempt]
+        for key in checked_keys:
+            value = together[key]
             rows = np.shape(value)[0] if np.ndim(value) else None
             single_rows = [np.shape(s[key])[0] if np.ndim(s[key]) else None for s in alone]
             if rows != batch or any(r != 1 for r in single_rows):
@@ -401,32 +261,15 @@ def check_batch_independence(
                     "batch_independence", "failed",
                     f"signature {signature}: output {key!r} has shape {np.shape(value)} for a batch of {batch} "
                     f"and {np.shape(alone[0][key])} for one sample: its rows are not one per sample; {fix}")
-        if stochastic:
-            continue
-        if not checked.distinct:
-            undistinct.append(signature)
         for i, single in enumerate(alone):
-            row = {key: np.asarray(value)[i:i + 1] for key, value in together.items()}
+            row = {key: np.asarray(together[key])[i:i + 1] for key in checked_keys}
             try:
-                compare_outputs(row, single, tolerance, f"sample {i} alone vs inside a batch of {batch}")
+                compare_outputs(row, {key: single[key] for key in checked_keys}, tolerance,
+                                f"sample {i} alone vs inside a batch of {batch}")
             except VerificationError as exc:
                 return Verdict("batch_independence", "failed", f"signature {signature}: {exc}; {cause}: {fix}")
     if not batches:
         return Verdict("batch_independence", "skipped", "no signature has an input with a batch dimension")
-    if stochastic:
-        if mixing:
-            return Verdict("batch_independence", "failed",
-                           f"a stochastic model's samples cannot be compared, and {cause}: {fix}")
-        return Verdict("batch_independence", "passed",
-                       "stochastic model: runs at batch 1 and 3, one row per sample, no op mixes samples")
-    if undistinct:
-        if mixing:
-            return Verdict("batch_independence", "failed",
-                           f"signature(s) {', '.join(undistinct)}: the samples are identical, so a mix cannot show, "
-                           f"and {cause}: give --sample-inputs with different samples, or {fix}")
-        return Verdict("batch_independence", "skipped",
-                       f"signature(s) {', '.join(undistinct)}: the samples are identical; give --sample-inputs "
-                       "with different samples to check")
     return Verdict("batch_independence", "passed",
                    f"each of {INDEPENDENCE_BATCH} samples alone equals itself inside the batch")
 

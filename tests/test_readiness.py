@@ -431,3 +431,120 @@ def test_split_towers_take_one_sample_file_for_every_tower(tfpack_cli, tmp_path:
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["signatures"] == ["serving_default", "tower_0", "tower_1"]
+
+
+# --- a second review: what still slipped through or was refused wrongly ----------------------------
+
+
+def test_batch_statistics_behind_a_training_flag_name_the_constant_that_fixes_them(tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "bn_flag.pb", unready.batchnorm_behind_a_training_flag)
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "batch_independence", "is_training", "--constant is_training=false")
+    same = tmp_path / "same.npz"  # one request repeated: the samples are varied, the mix still shows
+    np.savez(same, x=np.tile(np.array([[0.5, 1.0, -1.0, 2.0]], np.float32), (3, 1)))
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same), tmp_path / "out",
+                   "batch_independence")
+    fixed = convert(tfpack_cli, source, tmp_path / "out", "--constant", "is_training=false")
+    assert fixed.exit_code == 0, fixed.stderr
+
+
+def test_random_ops_behind_a_condition_on_the_request_are_refused(tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "data_cond.pb", unready.random_behind_a_data_condition)
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "determinism", "behind a condition", "RandomUniform", "--allow-random")
+
+
+@pytest.mark.parametrize("build, flags", [
+    (unready.mean_over_runtime_axes, ()),
+    (unready.dropout_and_runtime_axes_mix, ("--allow-random",)),
+])
+def test_a_batch_mix_with_runtime_axes_is_found_by_its_numbers(build, flags, tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "mix.pb", build)
+    same = tmp_path / "same.npz"
+    np.savez(same, x=np.tile(np.array([[0.5, 1.0, -1.0, 2.0]], np.float32), (3, 1)))
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same, *flags), tmp_path / "out",
+                   "batch_independence", "axes known only at run time")
+
+
+def test_a_fixed_seed_random_crop_is_random(tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "crop.pb", unready.stateless_random_crop)
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
+                   "determinism", "StatelessSampleDistortedBoundingBox")
+
+
+def test_a_function_call_is_no_random_op(tfpack_cli, tmp_path: Path) -> None:
+    source = unready.write_frozen(tmp_path / "call.pb", unready.deterministic_function_call)
+    assert convert(tfpack_cli, source, tmp_path / "out").exit_code == 0
+    assert_refused(convert(tfpack_cli, source, tmp_path / "out2", "--allow-random"), tmp_path / "out2",
+                   "no random op", "drop --allow-random")
+
+
+def test_allow_random_proves_map_fn_draws_and_merged_towers(tfpack_cli, tmp_path: Path) -> None:
+    tf = tensorflow()
+
+    class Noisy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.map_fn(lambda row: row * tf.random.truncated_normal([4])
+                                   + tf.cast(tf.random.uniform([], 0, 4, tf.int32), tf.float32), x)}
+
+    module = Noisy()
+    tf.saved_model.save(module, str(tmp_path / "noisy"), signatures={"serving_default": module.serve})
+    result = convert(tfpack_cli, tmp_path / "noisy", tmp_path / "out", "--allow-random")
+    assert result.exit_code == 0, result.stderr
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        with v1.variable_scope(v1.get_variable_scope()):
+            for index in range(2):
+                with tf.name_scope(f"tower_{index}"):
+                    x = v1.placeholder(tf.float32, [None, 4], name="x")
+                    weights = v1.get_variable("w", initializer=unready.MIX_WEIGHTS)
+                    tf.identity(tf.nn.dropout(tf.matmul(x, weights), rate=0.5), name="y")
+                    v1.get_variable_scope().reuse_variables()
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            frozen = v1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), ["tower_0/y", "tower_1/y"])
+    towers = tmp_path / "towers.pb"
+    towers.write_bytes(frozen.SerializeToString())
+    merged = convert(tfpack_cli, towers, tmp_path / "out2", "--allow-random")
+    assert merged.exit_code == 0, merged.stderr
+    assert json.loads(merged.stdout)["towers"] == "merge"
+
+
+def test_a_keras_lstm_with_dropout_converts(tfpack_cli, tmp_path: Path) -> None:
+    import keras
+
+    steps = keras.Input(shape=(6, 3), name="steps")
+    model = keras.Model(steps, keras.layers.Dense(2, name="scores")(
+        keras.layers.LSTM(5, dropout=0.3, recurrent_dropout=0.2)(steps)))
+    model.save(tmp_path / "lstm.keras")
+    result = convert(tfpack_cli, tmp_path / "lstm.keras", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    goldens = Goldens.load(Path(json.loads(result.stdout)["version_dir"]) / GOLDENS_FILE)
+    np.testing.assert_allclose(goldens.outputs["scores"], model.predict(goldens.inputs["steps"], verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_constant_table_output_is_served_when_named_and_the_rest_still_checked(tfpack_cli, tmp_path: Path) -> None:
+    tf = tensorflow()
+
+    class WithClasses(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(unready.MIX_WEIGHTS)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.matmul(x, self.w), "classes": tf.constant([["a", "b"]])}
+
+    module = WithClasses()
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures={"serving_default": module.serve})
+    assert_refused(convert(tfpack_cli, tmp_path / "saved", tmp_path / "out"), tmp_path / "out",
+                   "inference_outputs", "classes (a constant with no batch dimension")
+    named = convert(tfpack_cli, tmp_path / "saved", tmp_path / "out", "--outputs", "y,classes")
+    assert named.exit_code == 0, named.stderr
+    readiness = json.loads(named.stdout)["readiness"]
+    assert readiness["inference_outputs"]["status"] == "allowed"
+    assert readiness["batch_independence"]["status"] == "passed"

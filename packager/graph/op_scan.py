@@ -66,6 +66,7 @@ RANDOM_OP_PREFIXES = (
     "Random", "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial", "Stateful",
     "StatelessRandom", "StatelessTruncatedNormal", "StatelessMultinomial", "StatelessParameterized",
     "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip", "NonDeterministicInts",
+    "StatelessSampleDistortedBoundingBox", "StatelessShuffle",
 )
 # "Stateful" above is for StatefulUniform & co., not for a function call.
 _NOT_RANDOM = frozenset({"StatefulPartitionedCall"})
@@ -318,7 +319,7 @@ def classify_node(node) -> str | None:  # type: ignore[no-untyped-def]
 
 def is_random(op_type: str) -> bool:
     """True for an op that draws random numbers (a notice, not a denial)."""
-    return op_type.startswith(RANDOM_OP_PREFIXES) and op_type not in _NOT_RANDOM
+    return (op_type.startswith(RANDOM_OP_PREFIXES) or op_type.endswith("CandidateSampler")) and op_type not in _NOT_RANDOM
 
 
 # --- walking graphs ---------------------------------------------------------------------------

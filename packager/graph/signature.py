@@ -20,6 +20,7 @@ from packager.graph.constants import ControlPlaceholder, find_control_placeholde
 from packager.graph.io_discovery import (
     GraphIndex,
     batched_ops,
+    has_batch_dimension,
     non_inference_reason,
     placeholder_sets,
     OutputCandidate,
@@ -35,6 +36,7 @@ from packager.graph.towers import TowerFamily, check_mode, detect_towers, merge_
 from packager.layout import DEFAULT_SIGNATURE
 from packager.sources.base import LoadedSource, TensorRef
 from packager.sources.graph_def import import_graph
+from packager.tf_runtime import shape_tuple
 
 Reference = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -210,9 +212,14 @@ def plan_signature(
         )
     if requested_outputs or declared:
         needs = placeholder_sets(index)
+        model_batched = any(has_batch_dimension(shape_tuple(graph.get_tensor_by_name(n).shape)) for n in input_names)
         for tensor_name in output_names:
-            reason = non_inference_reason([tensor_name], needs.get(input_op_name(tensor_name), frozenset()),
-                                          index, graph, source.losses)
+            placeholders = needs.get(input_op_name(tensor_name), frozenset())
+            reason = non_inference_reason([tensor_name], placeholders, index, graph, source.losses)
+            if (reason is None and not placeholders and model_batched
+                    and has_batch_dimension(shape_tuple(graph.get_tensor_by_name(tensor_name).shape)) is False):
+                # A constant table (class names): no row per sample, which TF Serving's batching rejects.
+                reason = "a constant with no batch dimension"
             if reason:
                 findings[tensor_name] = reason
     inputs, outputs = refs(input_names, source.inputs), refs(output_names, source.outputs)

@@ -114,3 +114,103 @@ def unique_op_name(name: str, taken: set[str]) -> str:
         counter += 1
     taken.add(candidate)
     return candidate
+
+
+_RESOURCE_UPDATES = frozenset({"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"})
+
+
+def drop_frozen_variable_updates(graph_def):  # type: ignore[no-untyped-def]
+    """Remove resource-variable updates whose variable freezing turned into a constant.
+
+    Keras 3 layers advance a seed generator's state on every call (an LSTM with dropout does,
+    even at inference, where no draw is used); frozen, the update would write to a constant and
+    TensorFlow refuses to import the graph. A served model never updates its weights: the updates
+    go, and so do the control edges that ordered other ops after them. Whatever they fed would
+    still be caught by the determinism proof.
+
+    Returns:
+        A new GraphDef, or the argument itself when there is nothing to drop.
+    """
+    tensorflow()
+    from tensorflow.core.framework import graph_pb2
+
+    nodes = {node.name: node for node in graph_def.node}
+    frozen_updates = {
+        node.name for node in graph_def.node
+        if node.op in _RESOURCE_UPDATES and node.input
+        and nodes.get(input_op_name(node.input[0])) is not None
+        and nodes[input_op_name(node.input[0])].op == "Const"
+    }
+    if not frozen_updates:
+        return graph_def
+    kept = graph_pb2.GraphDef()
+    kept.CopyFrom(graph_def)
+    del kept.node[:]
+    for node in graph_def.node:
+        if node.name in frozen_updates:
+            continue
+        copy = kept.node.add()
+        copy.CopyFrom(node)
+        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in frozen_updates)]
+        del copy.input[:]
+        copy.input.extend(inputs)
+    return kept
+
+
+def repair_frozen_functions(graph_def):  # type: ignore[no-untyped-def]
+    """Repair the function bodies (cond branches) of a graph frozen by TensorFlow's
+    convert_variables_to_constants, which leaves two kinds of damage there:
+
+    - a ReadVariableOp turned into an Identity keeps being referenced by its old output name
+      (``ReadVariableOp:value:0``; an Identity's output is ``output``): the function fails at
+      run time with "Return readvariableop -> ReadVariableOp:value:0 is not found";
+    - a variable update (a batch norm's AssignMovingAvg in the training branch) now receives the
+      frozen value instead of a resource: served models never update weights, so it goes, with
+      the control edges that ordered other ops after it.
+
+    Returns:
+        A new GraphDef, or the argument itself when no function needs repair.
+    """
+    tensorflow()
+    from tensorflow.core.framework import graph_pb2, types_pb2
+
+    def renamed(reference: str, identities: set[str]) -> str:
+        parts = reference.lstrip("^").split(":")
+        if len(parts) == 3 and parts[0] in identities and parts[1] != "output":
+            return f"{parts[0]}:output:{parts[2]}"
+        return reference
+
+    def needs_repair(function) -> bool:  # type: ignore[no-untyped-def]
+        identities = {n.name for n in function.node_def if n.op == "Identity"}
+        references = [i for n in function.node_def for i in n.input] + list(function.ret.values())
+        non_resources = {a.name for a in function.signature.input_arg if a.type != types_pb2.DT_RESOURCE}
+        return any(renamed(r, identities) != r for r in references) or any(
+            n.op in _RESOURCE_UPDATES and n.input and n.input[0].split(":")[0] in non_resources
+            for n in function.node_def)
+
+    if not any(needs_repair(f) for f in graph_def.library.function):
+        return graph_def
+    repaired = graph_pb2.GraphDef()
+    repaired.CopyFrom(graph_def)
+    for function in repaired.library.function:
+        if not needs_repair(function):
+            continue
+        identities = {n.name for n in function.node_def if n.op == "Identity"}
+        non_resources = {a.name for a in function.signature.input_arg if a.type != types_pb2.DT_RESOURCE}
+        dropped = {n.name for n in function.node_def
+                   if n.op in _RESOURCE_UPDATES and n.input and n.input[0].split(":")[0] in non_resources}
+        kept = [n for n in function.node_def if n.name not in dropped]
+        for node in kept:
+            inputs = [renamed(i, identities) for i in node.input if not (i.startswith("^") and i[1:] in dropped)]
+            del node.input[:]
+            node.input.extend(inputs)
+        del function.node_def[:]
+        function.node_def.extend(kept)
+        for key, value in list(function.ret.items()):
+            function.ret[key] = renamed(value, identities)
+        for key in [k for k, v in function.control_ret.items() if v in dropped]:
+            del function.control_ret[key]
+        signature_controls = [c for c in function.signature.control_output if c not in function.control_ret]
+        for name in signature_controls:
+            function.signature.control_output.remove(name)
+    return repaired

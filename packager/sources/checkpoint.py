@@ -23,7 +23,7 @@ from packager.errors import SourceError, UsageError, first_line
 from packager.graph.io_discovery import GraphIndex, gradient_roots, is_training_machinery, training_subgraphs
 from packager.graph.iterators import replace_data_inputs
 from packager.graph.legacy_repair import repair_legacy_graph
-from packager.graph.surgery import repair_reference_ops
+from packager.graph.surgery import repair_frozen_functions, repair_reference_ops
 from packager.sources.base import LoadedSource, TensorRef
 from packager.sources.graph_def import VARIABLE_OPS, read_graph_def
 from packager.tf_runtime import reference_session, tensorflow
@@ -285,7 +285,7 @@ def _freeze(session, graph_def, source: Path):  # type: ignore[no-untyped-def]
             frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, _keep_node_names(graph_def))
         # Training branches kept behind a tf.cond(is_training) still assign to what are now
         # constants; TensorFlow 2 would refuse to import them.
-        return repair_reference_ops(frozen)
+        return repair_frozen_functions(repair_reference_ops(frozen))
     except (tf.errors.OpError, ValueError, KeyError) as exc:
         raise SourceError(f"cannot fold the checkpoint's variables of {source} into constants: {first_line(exc)}") from None
 

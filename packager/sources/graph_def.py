@@ -67,9 +67,9 @@ def load_frozen_graph(path: Path) -> LoadedSource:
     """Load a frozen GraphDef; inputs and outputs are left for graph analysis to discover."""
     from packager.graph.iterators import replace_data_inputs
     from packager.graph.legacy_repair import repair_legacy_graph
-    from packager.graph.surgery import repair_reference_ops
+    from packager.graph.surgery import repair_frozen_functions, repair_reference_ops
 
-    repaired = repair_legacy_graph(repair_reference_ops(read_graph_def(path)))
+    repaired = repair_legacy_graph(repair_frozen_functions(repair_reference_ops(read_graph_def(path))))
     graph_def, replaced = replace_data_inputs(repaired.graph_def)
     variables = sorted(n.name for n in graph_def.node if n.op in VARIABLE_OPS)
     if variables:

@@ -24,6 +24,7 @@ import numpy as np
 
 from packager.errors import SourceError, UsageError, first_line
 from packager.graph.batchnorm import BATCHNORM_MODES
+from packager.graph.surgery import drop_frozen_variable_updates
 from packager.sources._keras_legacy import KERAS_3, TF_KERAS, apply_legacy_fixes, config_objects, write_with_config
 from packager.sources.base import LoadedSource, TensorRef
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
@@ -290,7 +291,8 @@ def frozen_graph_def(concrete: Any, output_names: list[str]):  # -> GraphDef
     converter = getattr(convert_to_constants, "_FunctionConverterDataInEager", None)
     replace_variables = getattr(convert_to_constants, "_replace_variables_by_constants", None)
     if converter is None or replace_variables is None:  # another TensorFlow: the public round trip
-        return convert_to_constants.convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+        return drop_frozen_variable_updates(
+            convert_to_constants.convert_variables_to_constants_v2(concrete).graph.as_graph_def())
     graph_def, _ = replace_variables(
         converter_data=converter(func=concrete, lower_control_flow=True, aggressive_inlining=False))
     inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
@@ -305,7 +307,7 @@ def frozen_graph_def(concrete: Any, output_names: list[str]):  # -> GraphDef
                 pending.append(name)
     if len(keep) < len(graph_def.node):
         graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted(keep))
-    return graph_def
+    return drop_frozen_variable_updates(graph_def)
 
 
 def load_keras_file(

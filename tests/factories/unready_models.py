@@ -211,3 +211,63 @@ def batchnorm_borrowing_another_layers_statistics(directory: Path) -> Path:
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             return Path(saver.save(session, str(directory / "model.ckpt")))
+
+
+def batchnorm_behind_a_training_flag() -> None:
+    """tf.compat.v1.layers.batch_normalization(training=is_training), is_training defaulting to
+    True: the batch statistics live in a cond branch (an If op, or Switch/Merge once lowered)."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    from tf_keras.src.legacy_tf_layers import normalization
+
+    x = v1.placeholder(tf.float32, [None, 4], name="x")
+    training = v1.placeholder_with_default(True, [], name="is_training")
+    tf.identity(normalization.batch_normalization(dense_input_of(x), training=training, name="bn"), name="y")
+
+
+def dense_input_of(x):  # type: ignore[no-untyped-def]
+    tf = tensorflow()
+    return tf.matmul(x, tf.compat.v1.get_variable("w", initializer=MIX_WEIGHTS))
+
+
+def random_behind_a_data_condition() -> None:
+    """Noise added only when a request's values are large: generic goldens never take that branch."""
+    tf = tensorflow()
+    hidden = dense_input()
+    tf.identity(tf.cond(tf.reduce_max(hidden) > 1000.0,
+                        lambda: hidden + tf.random.uniform(tf.shape(hidden)), lambda: hidden * 2.0), name="y")
+
+
+def mean_over_runtime_axes() -> None:
+    """Centred over the batch with axes computed at run time: no op type gives it away."""
+    tf = tensorflow()
+    hidden = dense_input()
+    tf.identity(hidden - tf.reduce_mean(hidden, axis=tf.range(0, 1)), name="y")
+
+
+def dropout_and_runtime_axes_mix() -> None:
+    tf = tensorflow()
+    hidden = tf.nn.dropout(dense_input(), rate=0.5)
+    tf.identity(hidden - tf.reduce_mean(hidden, axis=tf.range(0, 1)), name="y")
+
+
+def stateless_random_crop() -> None:
+    """A fixed-seed augmentation crop (stateless bounding-box sampling) left in the graph."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="x")
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        [8, 8, 1], [[[0.0, 0.0, 1.0, 1.0]]], seed=[1, 2], min_object_covered=0.1)
+    crop = tf.slice(images, tf.concat([[0], begin], 0), tf.concat([[-1], size], 0))
+    tf.identity(tf.reduce_mean(crop, axis=[1, 2, 3]) * v1.get_variable("s", initializer=np.float32(2.0)), name="y")
+
+
+def deterministic_function_call() -> None:
+    """A deterministic tf.function called from the graph (a StatefulPartitionedCall, no random op)."""
+    tf = tensorflow()
+
+    @tf.function
+    def scale(h):  # type: ignore[no-untyped-def]
+        return h * 3.0
+
+    tf.identity(scale(dense_input()), name="y")
