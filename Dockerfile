@@ -3,12 +3,18 @@
 #
 # `tfpack build` renders the build context (it never holds a private key):
 #   models/NAME/N/...             the version dirs, each with its model.sig
-#   models/models.config          only when the image serves several models
-#   trust/public_key.pem          the key the entrypoint verifies against, or
-#   trust/chain/NN.pem            the certificate chain it verifies certificate signatures against
-#   session_config.pbtxt          the servers' session ConfigProto (soft placement)
+#   etc/serving.json              what is served and trusted: models and versions, the server,
+#                                 allow-unsigned, allow-reload-config
+#   etc/models.config             the ModelServerConfig, each model pinned to the version it serves
+#   etc/trust/public_key.pem      the key the entrypoint verifies against, or
+#   etc/trust/chain/NN.pem        the certificate chain it verifies certificate signatures against
+#   etc/session_config.pbtxt      the servers' session ConfigProto (soft placement)
 #   wheels/tfpack-*.whl           tfpack itself, built from the current source
 #   verifier-requirements.txt     what the verifier needs where the base has no Python
+#
+# etc/ becomes /etc/tfpack, root-owned (files 0644, dirs 0755). The entrypoint reads only those
+# files: no environment variable changes what is served or trusted, and it refuses to start when
+# run-time arguments, TFPACK_* variables or mounts try to.
 #
 # BASE is either tfpack's embedded runtime (Debian bookworm with /opt/tfpack/venv holding
 # TensorFlow and tfpack-model-server's dependencies, built offline by `tfpack build`) or the
@@ -16,9 +22,8 @@
 ARG BASE=tensorflow/serving:2.21.0
 FROM ${BASE}
 
-ARG MODEL_SERVER=tensorflow_model_server
+ARG MODEL_SERVER_PATH=/usr/bin/tensorflow_model_server
 ARG MODEL_NAME=model
-ARG ALLOW_UNSIGNED=0
 
 USER root
 
@@ -48,23 +53,22 @@ RUN set -eu; \
     rm -rf /tmp/tfpack; \
     getent group 10001 >/dev/null || groupadd --gid 10001 tfpack; \
     getent passwd 10001 >/dev/null || useradd --uid 10001 --gid 10001 --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin tfpack
+        --home-dir /nonexistent --shell /usr/sbin/nologin tfpack; \
+    if [ ! -x "$MODEL_SERVER_PATH" ]; then \
+        echo "the base has no model server at $MODEL_SERVER_PATH" >&2; exit 1; \
+    fi
 
 # Root-owned and read-only for the server's user: a compromised server cannot swap a model.
-COPY trust/ /etc/tfpack/trust/
-COPY session_config.pbtxt /etc/tfpack/session_config.pbtxt
+COPY etc/ /etc/tfpack/
 COPY models/ /models/
 
+# TF Serving's variables, set to what is baked (overriding the base's MODEL_NAME=model); the
+# entrypoint refuses other values at run time rather than serve something else.
 ENV MODEL_NAME=${MODEL_NAME} \
-    MODEL_BASE_PATH=/models \
-    TFPACK_MODEL_SERVER=${MODEL_SERVER} \
-    TFPACK_PUBLIC_KEY=/etc/tfpack/trust/public_key.pem \
-    TFPACK_CERT_CHAIN=/etc/tfpack/trust/chain \
-    TFPACK_SESSION_CONFIG=/etc/tfpack/session_config.pbtxt \
-    TFPACK_ALLOW_UNSIGNED=${ALLOW_UNSIGNED}
+    MODEL_BASE_PATH=/models
 
 EXPOSE 8500 8501
 USER 10001:10001
-# -P: never import from the working directory, whatever a model dir happens to be called.
-ENTRYPOINT ["/opt/tfpack/venv/bin/python", "-P", "-m", "serving.entrypoint"]
+# -I: isolated mode; no PYTHON* variable, user site or working directory reaches the verifier.
+ENTRYPOINT ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.entrypoint"]
 CMD []

@@ -419,10 +419,13 @@ def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, .
 @click.option("--cert-chain", "cert_chain", multiple=True, type=click.Path(path_type=Path),
               help="Instead of a key: certificate chain (PEM) certificate signatures must chain to; may repeat.")
 @click.option("--allow-unsigned", is_flag=True, help="Serve unsigned models (recorded in the image labels).")
+@click.option("--allow-reload-config", is_flag=True,
+              help="Let ModelService.HandleReloadConfigRequest change the served models at run time, each "
+                   "new version dir verified first (embedded base only; otherwise reloads are refused).")
 @click.option("--push", is_flag=True, help="Push the tag after building.")
 @json_option
 def build(model_dir: Path, tag: str, base: str, public_key: Path | None, cert_chain: tuple[Path, ...],
-          allow_unsigned: bool, push: bool, as_json: bool) -> None:
+          allow_unsigned: bool, allow_reload_config: bool, push: bool, as_json: bool) -> None:
     """Build the serving image for MODEL_DIR (DIR/NAME with version dirs, or a dir of models)."""
     from packager.image import build_image
 
@@ -434,7 +437,7 @@ def build(model_dir: Path, tag: str, base: str, public_key: Path | None, cert_ch
     with _progress(as_json) as progress:
         result = _run(lambda: build_image(
             model_dir, tag, base=base, public_key=public_key, cert_chain=list(cert_chain),
-            allow_unsigned=allow_unsigned, push=push, progress=progress))
+            allow_unsigned=allow_unsigned, allow_reload_config=allow_reload_config, push=push, progress=progress))
     _emit(result, as_json, lambda r: _stdout.print(f"built {r.tag} ({r.image_id})", markup=False))
 
 

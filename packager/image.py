@@ -8,6 +8,11 @@ Signatures are verified here too, so a model that would refuse to start fails th
 Two kinds of base: ``embedded`` (tfpack's own runtime, built offline by :mod:`_runtime_base` and
 served by ``tfpack-model-server``) or any image with TensorFlow Serving's layout, such as
 ``tensorflow/serving:2.21.0`` (served by ``tensorflow_model_server``).
+
+What the image serves and trusts is decided here and baked into root-owned files under
+/etc/tfpack (serving.json, models.config pinning each model's version, trust/, the session
+config); the entrypoint reads only those and refuses run-time arguments or environment that would
+change them (see :mod:`serving.entrypoint`). Every version dir must also pass the op scan.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ from packager.layout import SIGNATURE_FILE, check_image_reference, check_model_n
 from packager.docker_engine import docker_client, docker_reason
 from packager.progress import SILENT, Progress
 from packager.signing import load_certificates, load_ec_public_key, verify
-from serving.entrypoint import MODEL_CONFIG_FILE
+from serving.entrypoint import (
+    MODEL_CONFIG_FILE,
+    SERVER_PATHS,
+    SERVING_FILE,
+    SESSION_CONFIG_FILE,
+    TRUST_DIR,
+    BakedServing,
+    model_config_text,
+)
 
 EMBEDDED_BASE = "embedded"
 EMBEDDED_MODEL_SERVER = "tfpack-model-server"
@@ -44,7 +57,6 @@ LABEL_PREFIX = "dev.tfpack"
 # Passed to either server as --tensorflow_session_config_file. Soft placement lets a model whose
 # ops are pinned to GPUs (merged towers: /device:*:N) run on whatever devices the host has;
 # tensorflow_model_server places strictly by default and would refuse to load it on a CPU host.
-SESSION_CONFIG_FILE = "session_config.pbtxt"
 SESSION_CONFIG = "# tensorflow.ConfigProto for the model server's sessions (written by tfpack build)\nallow_soft_placement: true\n"
 
 # What the entrypoint needs where the base has no Python of its own (tensorflow/serving):
@@ -72,6 +84,7 @@ class BuildResult:
     models: dict[str, list[int]]
     labels: dict[str, str]
     repo_digest: str | None = None  # set when pushed: NAME@sha256:...
+    serving: BakedServing | None = None  # what /etc/tfpack/serving.json holds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,6 +219,29 @@ def verify_signatures(
     return digests
 
 
+def scan_models(models: dict[str, list[Path]], verified: dict[Path, str], progress: Progress = SILENT) -> None:
+    """Refuse any version dir whose op scan finds a denied or unknown op.
+
+    Ops a verified dir's signed provenance allowed at convert (``--allow-op``) stay allowed; an
+    unsigned dir's own record is not trusted to allow anything.
+
+    Raises:
+        UsageError: the first dir that fails, with the scan's summary.
+    """
+    from packager.graph.op_scan import scan_saved_model
+    from packager.provenance import recorded_allowed_ops
+
+    for version_dir in (d for dirs in models.values() for d in dirs):
+        progress.step(f"scanning the ops of {version_dir}")
+        allowed = recorded_allowed_ops(version_dir) if version_dir in verified else frozenset()
+        result = scan_saved_model(version_dir, allowed)
+        if result.blocking:
+            raise UsageError(
+                f"{result.summary()}: 'tfpack build' refuses a model whose op scan fails "
+                "(reconvert it, or allow each op with 'tfpack convert --allow-op' and sign again)"
+            )
+
+
 def build_image(
     model_dir: Path,
     tag: str,
@@ -214,6 +250,7 @@ def build_image(
     public_key: Path | None = None,
     cert_chain: list[Path] | None = None,
     allow_unsigned: bool = False,
+    allow_reload_config: bool = False,
     push: bool = False,
     progress: Progress = SILENT,
 ) -> BuildResult:
@@ -227,23 +264,41 @@ def build_image(
         public_key: the PEM public key the signatures are checked against; baked into the image.
         cert_chain: instead of a key, the PEM certificate chain (root last or first, any order)
             certificate-signed models are checked against; baked into the image.
-        allow_unsigned: accept version dirs without model.sig (recorded in a label and the env).
+        allow_unsigned: accept version dirs without model.sig (recorded in a label and in
+            /etc/tfpack/serving.json).
+        allow_reload_config: let ModelService.HandleReloadConfigRequest change the served models
+            at run time; every version dir it loads is verified against the baked trust first.
+            Only the embedded server can do that; without it reloads are PERMISSION_DENIED.
         push: push ``tag`` after building it.
         progress: receives every long step.
 
     Raises:
-        UsageError: bad model dir, key, tag or base; no Docker engine; a failed push.
+        UsageError: bad model dir, key, tag or base; a version dir failing the op scan; no
+            Docker engine; a failed push.
         VerificationError: an unsigned or tampered version dir.
         TfpackError: the image build itself failed.
     """
     check_image_reference(tag, "--tag")
     if base != EMBEDDED_BASE:
         check_image_reference(base, "--base")
+        if allow_reload_config:
+            raise UsageError(
+                "--allow-reload-config needs --base embedded: tensorflow_model_server cannot "
+                "verify the models a reload loads"
+            )
     models = find_models(model_dir)
     key_pem = _public_key_pem(public_key) if public_key is not None else None
     chain_pems = [_certificate_pem(path) for path in cert_chain or []]
     digests = verify_signatures(
         models, public_key, cert_chain=cert_chain, allow_unsigned=allow_unsigned, progress=progress
+    )
+    scan_models(models, digests, progress)
+    serving = BakedServing(
+        model_server=EMBEDDED_MODEL_SERVER if base == EMBEDDED_BASE else TF_SERVING_MODEL_SERVER,
+        models={name: [int(d.name) for d in dirs] for name, dirs in models.items()},
+        allow_unsigned=allow_unsigned,
+        allow_reload_config=allow_reload_config,
+        trust="cert_chain" if chain_pems else "public_key" if key_pem is not None else "none",
     )
     client = docker_client()
     if base == EMBEDDED_BASE:
@@ -253,19 +308,20 @@ def build_image(
     labels = image_labels(
         models, digests, tag=tag, base=base_image, model_server=model_server,
         allow_unsigned=allow_unsigned, public_key_pem=key_pem, chain_pems=chain_pems,
+        serving=serving,
     )
     with tempfile.TemporaryDirectory(prefix="tfpack-build-") as work:
         context = Path(work) / "context"
-        render_context(context, models, public_key_pem=key_pem, chain_pems=chain_pems, progress=progress)
+        render_context(context, models, public_key_pem=key_pem, chain_pems=chain_pems,
+                       serving=serving, progress=progress)
         image_id = _docker_build(
             client,
             context,
             tag=tag,
             buildargs={
                 "BASE": base_image,
-                "MODEL_SERVER": model_server,
+                "MODEL_SERVER_PATH": SERVER_PATHS[model_server],
                 "MODEL_NAME": next(iter(models)),
-                "ALLOW_UNSIGNED": "1" if allow_unsigned else "0",
             },
             labels=labels,
             progress=progress,
@@ -279,6 +335,7 @@ def build_image(
         models={name: [int(d.name) for d in dirs] for name, dirs in models.items()},
         labels=labels,
         repo_digest=repo_digest,
+        serving=serving,
     )
 
 
@@ -288,9 +345,21 @@ def render_context(
     *,
     public_key_pem: bytes | None,
     chain_pems: list[bytes] | None = None,
+    serving: BakedServing | None = None,
     progress: Progress = SILENT,
 ) -> None:
-    """Write the build context the repo-root Dockerfile expects into the new dir ``context``."""
+    """Write the build context the repo-root Dockerfile expects into the new dir ``context``.
+
+    ``serving`` defaults to what :func:`build_image` would bake for ``models`` on the embedded
+    base with the trust given.
+    """
+    if serving is None:
+        serving = BakedServing(
+            model_server=EMBEDDED_MODEL_SERVER,
+            models={name: [int(d.name) for d in dirs] for name, dirs in models.items()},
+            trust="cert_chain" if chain_pems else "public_key" if public_key_pem is not None else "none",
+            allow_unsigned=public_key_pem is None and not chain_pems,
+        )
     context.mkdir(parents=True)
     dockerfile = _source_file("Dockerfile")
     shutil.copyfile(dockerfile, context / "Dockerfile")
@@ -299,34 +368,23 @@ def render_context(
         for version_dir in dirs:
             shutil.copytree(version_dir, context / "models" / name / version_dir.name)
     (context / "models").mkdir(exist_ok=True)
-    if len(models) > 1:
-        (context / "models" / MODEL_CONFIG_FILE).write_text(model_server_config(list(models)))
     _make_world_readable(context / "models")
-    trust = context / "trust"
-    trust.mkdir()
+    etc = context / "etc"
+    trust = etc / TRUST_DIR
+    trust.mkdir(parents=True)
     if public_key_pem is not None:
         (trust / "public_key.pem").write_bytes(public_key_pem)
     if chain_pems:
         (trust / "chain").mkdir()
         for position, pem in enumerate(chain_pems):
             (trust / "chain" / f"{position:02d}.pem").write_bytes(pem)
-    (context / SESSION_CONFIG_FILE).write_text(SESSION_CONFIG)
+    (etc / SERVING_FILE).write_text(serving.dumps())
+    (etc / MODEL_CONFIG_FILE).write_text(model_config_text(serving.served_versions))
+    (etc / SESSION_CONFIG_FILE).write_text(SESSION_CONFIG)
+    _make_world_readable(etc)
     (context / "verifier-requirements.txt").write_text("\n".join(VERIFIER_REQUIREMENTS) + "\n")
     progress.step("building a wheel of tfpack from its source")
     build_wheel(context / "wheels")
-
-
-def model_server_config(names: list[str], models_root: str = "/models") -> str:
-    """A text-format ModelServerConfig serving the latest version of each model in ``names``."""
-    entries = "".join(
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{models_root}/{name}"\n'
-        '    model_platform: "tensorflow"\n'
-        "  }\n"
-        for name in names
-    )
-    return "model_config_list {\n" + entries + "}\n"
 
 
 def image_labels(
@@ -339,6 +397,7 @@ def image_labels(
     allow_unsigned: bool,
     public_key_pem: bytes | None,
     chain_pems: list[bytes] | None = None,
+    serving: BakedServing | None = None,
 ) -> dict[str, str]:
     """OCI annotations plus dev.tfpack.* labels naming every model version and its signed digest."""
     _, image_version = docker.utils.parse_repository_tag(tag)
@@ -369,6 +428,14 @@ def image_labels(
         labels[f"{LABEL_PREFIX}.cert-chain.sha256"] = hashlib.sha256(b"".join(chain_pems)).hexdigest()
     if allow_unsigned:
         labels[f"{LABEL_PREFIX}.allow-unsigned"] = "true"
+    if serving is not None:
+        labels[f"{LABEL_PREFIX}.serving.sha256"] = hashlib.sha256(serving.dumps().encode()).hexdigest()
+        labels[f"{LABEL_PREFIX}.reload-config"] = (
+            "verified" if serving.allow_reload_config
+            else "refused" if serving.model_server == EMBEDDED_MODEL_SERVER
+            # tensorflow_model_server always serves HandleReloadConfigRequest: say so.
+            else "unguarded"
+        )
     return labels
 
 
@@ -429,7 +496,10 @@ def _certificate_pem(path: Path) -> bytes:
 
 
 def _make_world_readable(root: Path) -> None:
-    """The server runs as uid 10001 over root-owned files: let it read, not write, them."""
+    """The server runs as uid 10001 over root-owned files: let it read, not write, them.
+
+    COPY keeps these modes and makes root the owner: files 0644 (or 0755), dirs 0755.
+    """
     for path in [root, *root.rglob("*")]:
         mode = path.stat().st_mode
         extra = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | stat.S_IWUSR

@@ -63,6 +63,14 @@ def check_model_name(name: str, flag: str = "--name") -> str:
 
 
 _VERSION_NAME = re.compile(r"^[0-9]+$")  # ASCII digits only: "²" and "١" are not versions
+# A version is an int64 (ModelSpec.version, TF Serving's ParseVersionNumber: safe_strto64);
+# a directory naming a larger number is no version TF Serving would load.
+MAX_VERSION = 2**63 - 1
+
+
+def _version_number(name: str) -> int:
+    digits = name.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else MAX_VERSION + 1
 
 
 def find_version_dirs(model_base_path: Path) -> tuple[dict[int, Path], list[str]]:
@@ -77,14 +85,23 @@ def find_version_dirs(model_base_path: Path) -> tuple[dict[int, Path], list[str]
     if not model_base_path.is_dir():
         return {}, []
     found: dict[int, list[Path]] = {}
+    too_large: list[Path] = []
     for child in sorted(model_base_path.iterdir()):
         if _VERSION_NAME.match(child.name) and child.is_dir():
-            found.setdefault(int(child.name), []).append(child)
+            if _version_number(child.name) > MAX_VERSION:
+                too_large.append(child)
+            else:
+                found.setdefault(int(child.name), []).append(child)
     unique = {version: dirs[0] for version, dirs in sorted(found.items()) if len(dirs) == 1}
     problems = [
         f"{' and '.join(str(d) for d in dirs)} all name version {version} of {model_base_path}: "
         "remove all but one (a server would load any of them)"
         for version, dirs in sorted(found.items()) if len(dirs) > 1
+    ]
+    problems += [
+        f"{path} is not a version dir: versions are at most {MAX_VERSION} (int64), as TF "
+        "Serving reads them"
+        for path in too_large
     ]
     return unique, problems
 

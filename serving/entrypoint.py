@@ -1,152 +1,529 @@
-"""The serving image's entrypoint: verify every signed version dir, then exec the model server.
+"""The serving image's entrypoint: verify every version dir, then exec the model server on exactly those.
 
-Run as ``python -m serving.entrypoint [EXTRA SERVER FLAGS...]``. The image (see the repo-root
-Dockerfile) sets:
+Run as ``python -I -m serving.entrypoint [TUNING FLAGS...]``. Everything that decides *what* is
+served and *whom* to trust was baked into root-owned files by ``tfpack build``; the entrypoint
+reads only those, never the environment:
 
-    MODEL_BASE_PATH         where the models live (/models), as in the tensorflow/serving image
-    MODEL_NAME              the model to serve when there is no models.config
-    TFPACK_PUBLIC_KEY       the public key baked at build time, or
-    TFPACK_CERT_CHAIN       a directory of PEM certificates: certificate signatures chain to them
-    TFPACK_SESSION_CONFIG   a ConfigProto text file passed as --tensorflow_session_config_file
-    TFPACK_MODEL_SERVER     tfpack-model-server (embedded base) or tensorflow_model_server
-    TFPACK_ALLOW_UNSIGNED   "1" when the image was built with --allow-unsigned
+    /etc/tfpack/serving.json          the models and versions, the server, allow-unsigned,
+                                      allow-reload-config (BakedServing)
+    /etc/tfpack/models.config         the ModelServerConfig: each model pinned to the version
+                                      it serves; must equal the one serving.json implies
+    /etc/tfpack/trust/                public_key.pem, or chain/NN.pem
+    /etc/tfpack/session_config.pbtxt  the servers' session ConfigProto
 
-Every numeric version dir of every model under MODEL_BASE_PATH is verified, not just the one
-that will be served first: the server may load any of them later. Nothing is served unless all
-pass. A version dir without model.sig is only tolerated in an image built with allow-unsigned; a
-signature that is present is always checked, so allow-unsigned never lets a tampered model load.
+It refuses to start (exit 2, naming each offender) when run-time arguments or environment try to
+change any of that: a server flag outside the tuning allowlist (model paths, config files, poll
+settings, ports, trust), TFPACK_* variables, a MODEL_NAME that is not a baked model, a
+MODEL_BASE_PATH other than /models, Python variables that would load code into the server, a mount
+over /etc/tfpack, /opt/tfpack or the server binary, or a file such as models.config dropped into
+/models. Then every numeric version dir of every model dir under /models is verified (exit 3 on
+any failure): the served ones and any others, so nothing unverified sits where a server looks.
+
+The server's command line is built here: the baked config file (versions pinned, so a version
+dir that appears later is never loaded), file-system polling off, and for tfpack-model-server
+config reloads refused (or, in an image built to allow them, each newly loaded dir verified
+against the baked trust first).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from packager.errors import TfpackError, VerificationError
-from packager.layout import SIGNATURE_FILE
+from packager.errors import TfpackError, UsageError, VerificationError
+from packager.layout import check_model_name
 from packager.layout import version_dirs as layout_version_dirs
-from packager.signing import verify
 
+ETC_DIR = Path("/etc/tfpack")
+MODELS_ROOT = Path("/models")
+SERVING_FILE = "serving.json"
 MODEL_CONFIG_FILE = "models.config"
+SESSION_CONFIG_FILE = "session_config.pbtxt"
+TRUST_DIR = "trust"
+MOUNTINFO = Path("/proc/self/mountinfo")
 GRPC_PORT = 8500
 REST_PORT = 8501
+EMBEDDED_SERVER = "tfpack-model-server"
+TF_SERVING_SERVER = "tensorflow_model_server"
+SERVER_PATHS = {
+    EMBEDDED_SERVER: "/opt/tfpack/venv/bin/tfpack-model-server",
+    TF_SERVING_SERVER: "/usr/bin/tensorflow_model_server",
+}
+SERVING_FORMAT = 1
+_MAX_VERSION = 2**63 - 1
 _PREFIX = "tfpack-entrypoint:"
+
+# Server flags an operator may pass at run time (`docker run IMAGE --flag=value`, k8s args):
+# performance and behaviour tuning that cannot change which files are served or whom to trust.
+# Everything else is refused; the reasons below name the common ones.
+TUNING_FLAGS = frozenset({
+    "rest_api_num_threads", "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
+    "enable_batching", "enable_per_model_batching_parameters",
+    "allow_version_labels_for_unavailable_models",
+    "num_load_threads", "num_unload_threads", "max_num_load_retries", "load_retry_interval_micros",
+    "flush_filesystem_caches",
+    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
+    "grpc_channel_arguments", "grpc_max_threads",
+    "enable_model_warmup", "num_request_iterations_for_warmup",
+    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
+    "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
+    "xla_gpu_compilation_enabled", "enable_profiler", "mixed_precision", "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
+    "use_alts_credentials", "version",
+})
+# tfpack-model-server's own tuning flags an operator may pass (embedded base only); its other
+# --tfpack_* flags are the entrypoint's to set.
+EMBEDDED_TUNING_FLAGS = frozenset({"tfpack_max_request_tensor_bytes"})
+_REFUSED_FLAG_REASONS = {
+    "model_name": "the image serves the models baked into it",
+    "model_base_path": "the image serves the models baked into it",
+    "model_config_file": "the image serves its baked /etc/tfpack/models.config",
+    "model_config_file_poll_wait_seconds": "the image's model config is fixed",
+    "file_system_poll_wait_seconds": "the image loads only the version dirs it verified at start-up",
+    "saved_model_tags": "the image serves the meta graph it was built and verified for",
+    "tensorflow_session_config_file": "the image passes its baked session config",
+    "platform_config_file": "config files are baked at build time, not taken at run time",
+    "batching_parameters_file": "config files are baked at build time, not taken at run time",
+    "monitoring_config_file": "config files are baked at build time, not taken at run time",
+    "ssl_config_file": "config files are baked at build time, not taken at run time "
+                       "(terminate TLS in front of the container)",
+    "thread_pool_factory_config_file": "config files are baked at build time, not taken at run time",
+    "port": "the image listens on 8500 (gRPC); map ports with docker run -p",
+    "rest_api_port": "the image listens on 8501 (REST); map ports with docker run -p",
+    "grpc_socket_path": "the image listens on TCP ports only",
+}
+# Environment read by Python itself that could make the server import other code; the image's
+# own harmless ones (PYTHONUNBUFFERED, ...) pass.
+_HARMLESS_PYTHON_ENV = frozenset({
+    "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8",
+    "PYTHONHASHSEED", "PYTHONFAULTHANDLER", "PYTHONNOUSERSITE",
+})
+_CODE_LOADING_ENV = frozenset({"TF_PLUGGABLE_DEVICE_LIBRARY_PATH"})
+
+
+class RefusedOverride(UsageError):
+    """Run-time arguments, environment or mounts that would change what is served or trusted."""
 
 
 @dataclass(frozen=True)
-class ServingEnvironment:
-    """What the image tells the entrypoint through its environment."""
+class BakedServing:
+    """/etc/tfpack/serving.json: what ``tfpack build`` decided, read back and checked."""
 
-    model_base_path: Path
-    model_name: str
-    public_key: Path
-    model_server: str
-    allow_unsigned: bool
-    cert_chain_dir: Path = Path("/etc/tfpack/trust/chain")
-    session_config: Path = Path("/etc/tfpack/session_config.pbtxt")
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> ServingEnvironment:
-        return cls(
-            model_base_path=Path(environ.get("MODEL_BASE_PATH", "/models")),
-            model_name=environ.get("MODEL_NAME", "model"),
-            public_key=Path(environ.get("TFPACK_PUBLIC_KEY", "/etc/tfpack/trust/public_key.pem")),
-            model_server=environ.get("TFPACK_MODEL_SERVER", "tensorflow_model_server"),
-            allow_unsigned=environ.get("TFPACK_ALLOW_UNSIGNED", "0") == "1",
-            cert_chain_dir=Path(environ.get("TFPACK_CERT_CHAIN", "/etc/tfpack/trust/chain")),
-            session_config=Path(environ.get("TFPACK_SESSION_CONFIG", "/etc/tfpack/session_config.pbtxt")),
-        )
+    model_server: str  # EMBEDDED_SERVER or TF_SERVING_SERVER
+    models: dict[str, list[int]]  # name -> the baked versions, ascending
+    allow_unsigned: bool = False
+    allow_reload_config: bool = False
+    trust: str = "public_key"  # "public_key", "cert_chain" or "none" (allow-unsigned only)
 
     @property
-    def cert_chain(self) -> list[Path]:
-        """The baked certificate chain; empty when the image trusts a public key instead."""
-        return sorted(self.cert_chain_dir.glob("*.pem")) if self.cert_chain_dir.is_dir() else []
+    def server_path(self) -> str:
+        return SERVER_PATHS[self.model_server]
+
+    @property
+    def served_versions(self) -> dict[str, int]:
+        """The version each model serves: the highest baked one, as TF Serving's default policy."""
+        return {name: versions[-1] for name, versions in self.models.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SERVING_FORMAT,
+            "model_server": self.model_server,
+            "models": self.models,
+            "allow_unsigned": self.allow_unsigned,
+            "allow_reload_config": self.allow_reload_config,
+            "trust": self.trust,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def loads(cls, text: str, where: str = SERVING_FILE) -> BakedServing:
+        """Parse and check serving.json.
+
+        Raises:
+            UsageError: not a serving.json this entrypoint understands.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{where} is not JSON: {exc}") from None
+
+        def bad(why: str) -> UsageError:
+            return UsageError(f"{where} is not a tfpack serving config ({why}): rebuild the image")
+
+        if not isinstance(data, dict) or data.get("format") != SERVING_FORMAT:
+            raise bad(f"format must be {SERVING_FORMAT}")
+        if data.get("model_server") not in SERVER_PATHS:
+            raise bad(f"model_server must be one of {sorted(SERVER_PATHS)}")
+        models = data.get("models")
+        if not isinstance(models, dict) or not models:
+            raise bad("no models")
+        checked: dict[str, list[int]] = {}
+        for name, versions in models.items():
+            check_model_name(name, "model")
+            if (not isinstance(versions, list) or not versions
+                    or not all(type(v) is int and 0 <= v <= _MAX_VERSION for v in versions)
+                    or versions != sorted(set(versions))):
+                raise bad(f"model {name}: versions must be ascending int64s")
+            checked[name] = versions
+        flags = {key: data.get(key, False) for key in ("allow_unsigned", "allow_reload_config")}
+        if not all(isinstance(value, bool) for value in flags.values()):
+            raise bad("allow_unsigned and allow_reload_config must be true or false")
+        if data.get("trust") not in ("public_key", "cert_chain", "none"):
+            raise bad("trust must be public_key, cert_chain or none")
+        if data["trust"] == "none" and not flags["allow_unsigned"]:
+            raise bad("no trust material and allow_unsigned false")
+        if flags["allow_reload_config"] and data["model_server"] != EMBEDDED_SERVER:
+            raise bad("only tfpack-model-server can verify reloaded models")
+        return cls(model_server=data["model_server"], models=checked, trust=data["trust"], **flags)
+
+
+def model_config_text(served: Mapping[str, int], models_root: str = str(MODELS_ROOT)) -> str:
+    """A text-format ModelServerConfig pinning each model to the one version it serves.
+
+    ``specific`` rather than TF Serving's default ``latest``: a version dir that appears under a
+    base path later is never aspired to, whatever the server's polling does.
+    """
+    entries = "".join(
+        "  config {\n"
+        f'    name: "{name}"\n'
+        f'    base_path: "{models_root}/{name}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy {\n"
+        "      specific {\n"
+        f"        versions: {version}\n"
+        "      }\n"
+        "    }\n"
+        "  }\n"
+        for name, version in served.items()
+    )
+    return "model_config_list {\n" + entries + "}\n"
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the baked files and the models are; tests point it at a temp dir."""
+
+    etc_dir: Path = ETC_DIR
+    models_root: Path = MODELS_ROOT
+    mountinfo: Path = MOUNTINFO
+    require_root_owned: bool = True
+
+    @property
+    def serving_file(self) -> Path:
+        return self.etc_dir / SERVING_FILE
 
     @property
     def model_config(self) -> Path:
-        return self.model_base_path / MODEL_CONFIG_FILE
+        return self.etc_dir / MODEL_CONFIG_FILE
+
+    @property
+    def session_config(self) -> Path:
+        return self.etc_dir / SESSION_CONFIG_FILE
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.etc_dir / TRUST_DIR
 
 
-def version_dirs(model_base_path: Path) -> list[Path]:
-    """Every numeric version dir of every model dir directly under ``model_base_path``."""
-    if not model_base_path.is_dir():
+# --- what run time may and may not change ------------------------------------------------------
+
+
+def check_environment(environ: Mapping[str, str], baked: BakedServing) -> list[str]:
+    """One line per environment variable that would change what is served or trusted."""
+    problems: list[str] = []
+    for name in sorted(environ):
+        value = environ[name]
+        if name.startswith("TFPACK_"):
+            problems.append(
+                f"{name} is set: trust and serving settings are baked into {ETC_DIR} at build "
+                "time and never taken from the environment"
+            )
+        elif name == "MODEL_NAME" and value not in baked.models:
+            try:
+                check_model_name(value, "MODEL_NAME")
+                why = f"this image serves {', '.join(baked.models)}"
+            except UsageError as exc:
+                why = str(exc)
+            problems.append(f"MODEL_NAME={value!r}: {why}")
+        elif name == "MODEL_BASE_PATH" and value != str(MODELS_ROOT):
+            problems.append(f"MODEL_BASE_PATH={value!r}: this image serves its models from {MODELS_ROOT}")
+        elif (name.startswith("PYTHON") and not name.startswith("PYTHON_")
+              and name not in _HARMLESS_PYTHON_ENV) or name in _CODE_LOADING_ENV:
+            problems.append(f"{name} is set: it could load other code into the model server")
+    return problems
+
+
+def check_arguments(argv: Sequence[str], model_server: str = EMBEDDED_SERVER) -> tuple[list[str], list[str]]:
+    """(the tuning flags to pass on, one line per refused argument)."""
+    from serving.flags import TF_SERVING_FLAGS, TFPACK_FLAGS, FlagError, _convert
+
+    allowed = TUNING_FLAGS | (EMBEDDED_TUNING_FLAGS if model_server == EMBEDDED_SERVER else frozenset())
+    kinds = {**TF_SERVING_FLAGS, **TFPACK_FLAGS}
+    passed: list[str] = []
+    problems: list[str] = []
+    for argument in argv:
+        name, has_value, value = argument.lstrip("-").partition("=")
+        if not argument.startswith("-") or not name:
+            problems.append(f"{argument!r}: only --flag=value server flags are taken at run time")
+            continue
+        if name not in allowed:
+            reason = _REFUSED_FLAG_REASONS.get(name) or (
+                "tensorflow_model_server has no such flag" if name not in kinds
+                or (name in TFPACK_FLAGS and model_server != EMBEDDED_SERVER)
+                else "tfpack-model-server's own flags are set by the entrypoint" if name in TFPACK_FLAGS
+                else "not a tuning flag this image accepts at run time (see TUNING_FLAGS)"
+            )
+            problems.append(f"{argument}: {reason}")
+            continue
+        kind = kinds[name][0]
+        if not has_value and kind is not bool:
+            problems.append(f"{argument}: give a value, --{name}=VALUE")
+            continue
+        try:
+            _convert(name, kind, value if has_value else "true")
+        except FlagError as exc:
+            problems.append(f"{argument}: {exc}")
+            continue
+        passed.append(f"--{name}={value}" if has_value else f"--{name}")
+    return passed, problems
+
+
+def _unescape_mount_point(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, index = [], 0
+    while index < len(field):
+        if field[index] == "\\" and field[index + 1:index + 4].isdigit():
+            out.append(chr(int(field[index + 1:index + 4], 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
+
+
+def check_mounts(layout: ImageLayout) -> list[str]:
+    """One line per mount over (or above) the baked files, the entrypoint or either server."""
+    try:
+        lines = layout.mountinfo.read_text().splitlines()
+    except OSError:
+        return []  # no /proc: nothing mounted over anything either
+    protected = [str(layout.etc_dir), "/opt/tfpack", *SERVER_PATHS.values()]
+    problems: list[str] = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        mount_point = _unescape_mount_point(fields[4])
+        if mount_point == "/":
+            continue
+        for path in protected:
+            if mount_point == path or mount_point.startswith(path + "/") or path.startswith(mount_point + "/"):
+                problems.append(
+                    f"{mount_point} is mounted at run time: it would replace {path}, which the "
+                    "image baked (trust, serving config, entrypoint or server)"
+                )
+                break
+    return problems
+
+
+def check_models_root(layout: ImageLayout) -> list[str]:
+    """One line per entry directly under /models that is not a model dir (e.g. a models.config)."""
+    root = layout.models_root
+    if not root.is_dir():
+        return [f"{root} is missing or not a directory"]
+    return [
+        f"{entry} is not a model dir: the image serves its baked {layout.model_config}; "
+        "files under /models are not taken at run time"
+        for entry in sorted(root.iterdir()) if not entry.is_dir()
+    ]
+
+
+def _check_root_owned(paths: list[Path]) -> list[str]:
+    problems = []
+    for path in paths:
+        info = path.lstat()
+        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or stat.S_ISLNK(info.st_mode):
+            problems.append(f"{path} must be a root-owned file or dir writable by root only")
+    return problems
+
+
+# --- the baked files ---------------------------------------------------------------------------
+
+
+def load_baked(layout: ImageLayout) -> BakedServing:
+    """Read serving.json and check the baked files around it.
+
+    Raises:
+        UsageError: serving.json missing or malformed, or baked files not root-owned.
+        VerificationError: models.config differs from what serving.json implies, or the trust
+            material serving.json names is missing.
+    """
+    try:
+        text = layout.serving_file.read_text()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {layout.serving_file} ({exc.strerror}): this image was not built by "
+            "this tfpack's 'tfpack build'"
+        ) from None
+    baked = BakedServing.loads(text, str(layout.serving_file))
+    if layout.require_root_owned:
+        owned = [layout.etc_dir, layout.serving_file, layout.model_config, layout.trust_dir]
+        owned += sorted(layout.trust_dir.rglob("*")) if layout.trust_dir.is_dir() else []
+        problems = _check_root_owned([p for p in owned if p.exists() or p.is_symlink()])
+        if problems:
+            raise UsageError("; ".join(problems))
+    expected = model_config_text(baked.served_versions, str(layout.models_root))
+    try:
+        actual = layout.model_config.read_text()
+    except OSError as exc:
+        raise VerificationError(f"cannot read {layout.model_config}: {exc.strerror}") from None
+    if actual != expected:
+        raise VerificationError(
+            f"{layout.model_config} is not the model config {layout.serving_file} implies: "
+            "it was changed after the build"
+        )
+    return baked
+
+
+def _trust(layout: ImageLayout, baked: BakedServing):  # type: ignore[no-untyped-def]
+    from serving.trust import CHAIN_DIR, PUBLIC_KEY_FILE, Trust
+
+    trust = Trust.from_dir(layout.trust_dir, allow_unsigned=baked.allow_unsigned)
+    found = "cert_chain" if trust.cert_chain else "public_key" if trust.public_key else "none"
+    if found != baked.trust:
+        expected = {"public_key": PUBLIC_KEY_FILE, "cert_chain": f"{CHAIN_DIR}/*.pem", "none": "nothing"}
+        raise VerificationError(
+            f"{layout.trust_dir} should hold {expected[baked.trust]} (as built) but holds "
+            f"{expected[found]}"
+        )
+    return trust
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+def version_dirs(models_root: Path) -> list[Path]:
+    """Every numeric version dir of every model dir directly under ``models_root``."""
+    if not models_root.is_dir():
         return []
     return [
         version_dir
-        for model_dir in sorted(p for p in model_base_path.iterdir() if p.is_dir())
+        for model_dir in sorted(p for p in models_root.iterdir() if p.is_dir())
         for version_dir in layout_version_dirs(model_dir).values()
     ]
 
 
-def verify_models(env: ServingEnvironment) -> tuple[list[Path], list[Path]]:
-    """Verify all version dirs; return (verified dirs, unsigned dirs the image allows).
+def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path], list[Path]]:
+    """Verify every version dir under /models; return (verified dirs, unsigned dirs allowed).
 
     Raises:
-        VerificationError: no version dir at all, or any dir failing; the message names every
-            failing dir and file, on one line.
+        VerificationError: any dir failing, or a served version dir missing; the message names
+            every failing dir and file, on one line.
+        UsageError: two dirs name one version.
     """
-    dirs = version_dirs(env.model_base_path)
-    if not dirs:
-        raise VerificationError(
-            f"no model version dir under {env.model_base_path}: nothing to serve"
-        )
+    trust = _trust(layout, baked)
     verified: list[Path] = []
     unsigned: list[Path] = []
     failures: list[str] = []
-    for version_dir in dirs:
-        if not (version_dir / SIGNATURE_FILE).is_file() and env.allow_unsigned:
-            unsigned.append(version_dir)
-            continue
+    for version_dir in version_dirs(layout.models_root):
         try:
-            chain = env.cert_chain
-            verify(version_dir, None if chain else env.public_key, certificate_chain=chain or None)
-            verified.append(version_dir)
+            (verified if trust.check(version_dir) else unsigned).append(version_dir)
         except TfpackError as exc:
             failures.append(str(exc))
+    checked = set(verified) | set(unsigned)
+    for name, version in baked.served_versions.items():
+        served = layout_version_dirs(layout.models_root / name).get(version)
+        if served is None or served not in checked:
+            failures.append(
+                f"{layout.models_root / name}/{version} (the version this image serves) is missing"
+            )
     if failures:
         raise VerificationError(" | ".join(failures))
     return verified, unsigned
 
 
-def server_command(env: ServingEnvironment, extra_args: Sequence[str]) -> list[str]:
-    """The server's argv, with the flags tensorflow/serving's tf_serving_entrypoint.sh sets."""
-    command = [env.model_server, f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}"]
-    if env.model_config.is_file():
-        command.append(f"--model_config_file={env.model_config}")
-    else:
-        command += [
-            f"--model_name={env.model_name}",
-            f"--model_base_path={env.model_base_path / env.model_name}",
-        ]
-    session_flag = "--tensorflow_session_config_file"
-    if env.session_config.is_file() and not any(a.startswith(session_flag) for a in extra_args):
-        command.append(f"{session_flag}={env.session_config}")
-    return command + list(extra_args)
+def server_command(layout: ImageLayout, baked: BakedServing, tuning: Sequence[str]) -> list[str]:
+    """The server's argv: everything that decides what is served comes from the baked files."""
+    command = [
+        baked.server_path,
+        f"--port={GRPC_PORT}",
+        f"--rest_api_port={REST_PORT}",
+        f"--model_config_file={layout.model_config}",
+        # TF Serving: 0 polls the base paths once, at start-up; the pinned versions are loaded
+        # from what the entrypoint just verified.
+        "--file_system_poll_wait_seconds=0",
+    ]
+    if layout.session_config.is_file():
+        command.append(f"--tensorflow_session_config_file={layout.session_config}")
+    if baked.model_server == EMBEDDED_SERVER:
+        if baked.allow_reload_config:
+            command += ["--tfpack_allow_reload_config=true", f"--tfpack_trust_dir={layout.trust_dir}"]
+            if baked.allow_unsigned:
+                command.append("--tfpack_allow_unsigned=true")
+        else:
+            command.append("--tfpack_allow_reload_config=false")
+    return command + list(tuning)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def prepare(
+    argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()
+) -> list[str]:
+    """Check everything and verify every model; return the server's argv.
+
+    Raises:
+        RefusedOverride: run-time arguments, environment, mounts or files that would change
+            what is served or trusted (all named, one line).
+        UsageError: the baked files are unusable.
+        VerificationError: a model or a baked file fails verification.
+    """
+    # First: what is mounted over the baked files decides whether they can be read at all.
+    mounted = check_mounts(layout)
+    if mounted:
+        raise RefusedOverride(" | ".join(mounted))
+    baked = load_baked(layout)
+    tuning, problems = check_arguments(argv, baked.model_server)
+    problems = check_environment(environ, baked) + problems + check_models_root(layout)
+    if problems:
+        raise RefusedOverride(" | ".join(problems))
+    verified, unsigned = verify_models(layout, baked)
+    for version_dir in unsigned:
+        _say(f"warning: {version_dir} is unsigned; serving it because the image was built with allow-unsigned")
+    if verified:
+        _say(f"signatures verified: {', '.join(str(d) for d in verified)}")
+    if baked.model_server == TF_SERVING_SERVER:
+        _say(
+            "note: tensorflow_model_server always answers ModelService.HandleReloadConfigRequest "
+            f"on port {GRPC_PORT}; expose that port to trusted clients only"
+        )
+    return server_command(layout, baked, tuning)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         layout: ImageLayout = ImageLayout()) -> int:
     """Verify, then replace this process with the model server; return an exit code on failure."""
-    extra_args = list(sys.argv[1:] if argv is None else argv)
-    env = ServingEnvironment.from_environ(os.environ if environ is None else environ)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    environment = dict(os.environ if environ is None else environ)
     try:
-        verified, unsigned = verify_models(env)
+        command = prepare(arguments, environment, layout)
     except TfpackError as exc:
         _say(f"refusing to serve: {exc}")
         return exc.exit_code
     except Exception as exc:  # a bug must still refuse, in one line, not serve or dump a traceback
         _say(f"refusing to serve: verification failed unexpectedly: {type(exc).__name__}: {exc}")
         return 1
-    for version_dir in unsigned:
-        _say(f"warning: {version_dir} is unsigned; serving it because the image allows that")
-    if verified:
-        _say(f"signatures verified: {', '.join(str(d) for d in verified)}")
-    command = server_command(env, extra_args)
     _say(f"exec {' '.join(command)}")
     try:
-        os.execvp(command[0], command)
+        os.execve(command[0], command, environment)
     except OSError as exc:
         _say(f"cannot start {command[0]}: {exc.strerror}")
         return 127

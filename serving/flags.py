@@ -8,6 +8,10 @@ of the wrong type or a stray positional argument is a usage error.
 
 Accepted spellings, as in TensorFlow's parser: ``--name=value``, ``-name=value``, and for booleans
 ``--name`` / ``--name=true|false|1|0``. ``--name value`` is accepted as well, for convenience.
+
+A few flags are tfpack's own (TFPACK_FLAGS, all named ``--tfpack_*`` so they can never collide
+with one of tensorflow_model_server's): the image entrypoint uses them to lock the embedded server
+down to what it verified. Their defaults keep tensorflow_model_server's behaviour.
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ TF_SERVING_FLAGS: dict[str, tuple[type, Any]] = {
 }
 
 
+# tfpack-model-server's own flags; tensorflow_model_server has none of them.
+TFPACK_FLAGS: dict[str, tuple[type, Any]] = {
+    # false: ModelService.HandleReloadConfigRequest answers PERMISSION_DENIED (images built
+    # without allow-reload-config); true (the default) keeps TF Serving's behaviour.
+    "tfpack_allow_reload_config": (bool, True),
+    # A directory of trust material (public_key.pem, or chain/*.pem): every version dir is
+    # verified against it right before it loads, whatever asked for the load (start-up, a poll,
+    # a reload). Empty: no verification, as in TF Serving.
+    "tfpack_trust_dir": (str, ""),
+    # With --tfpack_trust_dir: a version dir without model.sig loads (one that has a signature
+    # is still verified).
+    "tfpack_allow_unsigned": (bool, False),
+    # The most bytes a request's input tensors may take decoded (and a REST body may hold);
+    # 0: sized for the server's memory (serving.inference.default_max_request_tensor_bytes).
+    "tfpack_max_request_tensor_bytes": (int, 0),
+}
+
+_ALL_FLAGS = {**TF_SERVING_FLAGS, **TFPACK_FLAGS}
+
+
 class FlagError(ValueError):
     """The command line cannot be parsed; the message says which argument and why."""
 
@@ -106,6 +130,11 @@ class ServerOptions:
     prefer_tflite_model: bool = False
     tensorflow_session_config_file: str = ""
     version: bool = False
+    tfpack_allow_reload_config: bool = True
+    tfpack_trust_dir: str = ""
+    tfpack_allow_unsigned: bool = False
+    tfpack_max_request_tensor_bytes: int = 0
+    rest_api_num_threads: int = 0
 
 
 _IMPLEMENTED = frozenset(field.name for field in dataclasses.fields(ServerOptions))
@@ -150,12 +179,12 @@ def parse_flags(argv: list[str]) -> ParsedFlags:
         if not argument.startswith("-") or argument in {"-", "--"}:
             raise FlagError(f"unexpected argument {argument!r}: flags look like --name=value")
         name, has_value, text = argument.lstrip("-").partition("=")
-        if name not in TF_SERVING_FLAGS:
+        if name not in _ALL_FLAGS:
             raise FlagError(
                 f"unknown flag --{name}: tensorflow_model_server 2.21 has no such flag "
                 "(run with --help for the list)"
             )
-        kind, _default = TF_SERVING_FLAGS[name]
+        kind, _default = _ALL_FLAGS[name]
         if not has_value:
             if kind is bool:
                 text = "true"
@@ -217,4 +246,7 @@ def usage() -> str:
     for name, (kind, default) in TF_SERVING_FLAGS.items():
         note = "" if name in _IMPLEMENTED else "  (accepted, no effect)"
         lines.append(f"  --{name}={kind.__name__} (default {default!r}){note}")
+    lines += ["", "tfpack-model-server's own flags (tensorflow_model_server has none of them):"]
+    for name, (kind, default) in TFPACK_FLAGS.items():
+        lines.append(f"  --{name}={kind.__name__} (default {default!r})")
     return "\n".join(lines)

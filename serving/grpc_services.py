@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
 from serving.config import ConfigError, check_model_server_config
 from serving.examples import ExampleInference
 from serving.inference import Inference
-from serving.manager import ModelManager
+from serving.manager import ModelManager, reload_config_denied
 from serving.metrics import REGISTRY
 from serving.status import ServingError, invalid_argument
 
@@ -51,6 +51,11 @@ def _answer(
         status = error.error_code_name
         _LOG.debug("%s failed: %s", api, error.message)
         context.abort(error.code, error.message)
+        raise  # unreachable: abort raises
+    except Exception as error:  # a bug: answer INTERNAL, log one line, keep serving
+        status = grpc.StatusCode.INTERNAL.name
+        _LOG.error("%s failed: %s: %s", api, type(error).__name__, error)
+        context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(error).__name__}")
         raise  # unreachable: abort raises
     finally:
         if model_name is not None:
@@ -104,6 +109,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         def reload() -> model_management_pb2.ReloadConfigResponse:
+            # Refused before the config is even parsed: an image serves what it verified.
+            if not self._manager.allows_reload_config:
+                raise reload_config_denied()
             try:
                 check_model_server_config(request.config)
             except ConfigError as error:

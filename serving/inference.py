@@ -8,6 +8,9 @@ get_model_metadata_impl.cc) and model_servers/get_model_status_impl.cc.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import grpc
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
@@ -20,13 +23,50 @@ from tensorflow_serving.apis import (
 from serving import tensors
 from serving.manager import ModelManager
 from serving.servables import SavedModelServable
-from serving.status import failed_precondition, internal, invalid_argument, not_found
+from serving.status import failed_precondition, internal, invalid_argument, not_found, too_large
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 SIGNATURE_DEF_FIELD = "signature_def"
+
+
+# The automatic cap on a request's tensor bytes: a sixteenth of the memory the server may use
+# (its cgroup's limit, else the machine's), so that a request's tensors, their protobuf form
+# and the outputs computed from them fit beside the model, between 64 MiB and the 2 GiB a
+# protobuf message can hold.
+_AUTO_LIMIT_SHARE = 16
+_AUTO_LIMIT_FLOOR = 64 << 20
+_AUTO_LIMIT_CEILING = 2**31 - 1
+_CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def _memory_bytes() -> int | None:
+    limits = []
+    for path in _CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isascii() and text.isdigit():
+            limits.append(int(text))
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        pass
+    return min(limits) if limits else None
+
+
+def default_max_request_tensor_bytes() -> int:
+    """The cap on a request's tensor bytes when --tfpack_max_request_tensor_bytes is 0 (automatic)."""
+    memory = _memory_bytes()
+    if memory is None:
+        return _AUTO_LIMIT_FLOOR
+    return max(_AUTO_LIMIT_FLOOR, min(memory // _AUTO_LIMIT_SHARE, _AUTO_LIMIT_CEILING))
 
 
 def _joined(keys: object) -> str:
@@ -59,6 +99,7 @@ class Inference:
         manager: ModelManager,
         *,
         tensor_content: bool = False,
+        max_request_tensor_bytes: int = 0,
     ) -> None:
         """Create the handlers.
 
@@ -66,9 +107,16 @@ class Inference:
             manager: Resolves model specs to servables.
             tensor_content: Pack Predict outputs into tensor_content
                 (--enable_serialization_as_tensor_content).
+            max_request_tensor_bytes: The most bytes a request's input tensors may take once
+                decoded (--tfpack_max_request_tensor_bytes; 0: sized for the server's memory, see
+                default_max_request_tensor_bytes). The REST API also caps bodies with it.
         """
         self._manager = manager
         self._tensor_content = tensor_content
+        self.max_request_tensor_bytes = (
+            max_request_tensor_bytes if max_request_tensor_bytes > 0
+            else default_max_request_tensor_bytes()
+        )
 
     def predict(
         self, request: predict_pb2.PredictRequest, timeout_ms: int | None = None
@@ -99,7 +147,9 @@ class Inference:
                 f"Sent extra: {{{_joined(requested - expected)}}}. "
                 f"Missing but required: {{{_joined(expected - requested)}}}."
             )
-        feeds = {}
+        # Every input is checked, and the total counted, before any is decoded: a request
+        # is refused without allocating what it claims.
+        total_bytes = 0
         for index, (alias, proto) in enumerate(sorted(request.inputs.items())):
             info = signature.inputs.get(alias)
             if info is None:
@@ -107,16 +157,23 @@ class Inference:
                     f"input tensor alias not found in signature: {alias}. "
                     f"Inputs expected to be in the set {{{_joined(expected)}}}."
                 )
-            try:
-                value = tensors.to_ndarray(proto)
-            except (TypeError, ValueError):
-                raise invalid_argument(f"tensor parsing error: {alias}") from None
             if proto.dtype != info.dtype:
                 raise invalid_argument(
                     f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
                     f"{tensors.dtype_name(proto.dtype)} is provided"
                 )
-            feeds[info.name] = value
+            total_bytes += tensors.check_request_tensor(proto, alias)
+        if total_bytes > self.max_request_tensor_bytes:
+            raise too_large(
+                f"Request tensors take {total_bytes} bytes, above the limit of "
+                f"{self.max_request_tensor_bytes} bytes (--tfpack_max_request_tensor_bytes)"
+            )
+        feeds = {}
+        for alias, proto in sorted(request.inputs.items()):
+            try:
+                feeds[signature.inputs[alias].name] = tensors.to_ndarray(proto)
+            except (TypeError, ValueError, OverflowError):  # e.g. int_val 300 for an int8
+                raise invalid_argument(f"tensor parsing error: {alias}") from None
 
         aliases: list[str] = []
         for alias in request.output_filter:

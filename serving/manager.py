@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ class VersionStatus:
 
     state: int
     error: str = ""
+    refused: bool = False  # the version dir failed verification: it was never loaded
 
 
 @dataclass
@@ -57,6 +57,18 @@ class LoadPolicy:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     batch_scheduler: BatchScheduler | None = None  # --enable_batching: shared by all servables
+    # Called with each version dir right before it loads (--tfpack_trust_dir); raising refuses
+    # the load for good, whatever asked for it: start-up, a file-system poll or a reload.
+    verify_version_dir: Callable[[Path], None] | None = None
+
+
+def reload_config_denied() -> ServingError:
+    """The answer to a config reload in a server started with --tfpack_allow_reload_config=false."""
+    return ServingError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "HandleReloadConfigRequest is refused: this server serves only the models it verified at "
+        "start-up (built without allow-reload-config)",
+    )
 
 
 def version_dirs(base_path: Path) -> dict[int, Path]:
@@ -96,6 +108,8 @@ class ModelManager:
         on_loaded: Callable[[Servable], None] | None = None,
         *,
         allow_labels_for_unavailable_versions: bool = False,
+        allow_reload_config: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         """Create a manager serving nothing yet.
 
@@ -105,14 +119,20 @@ class ModelManager:
                 (model warmup); a LoadError or ServingError from it fails that load.
             allow_labels_for_unavailable_versions: Let a version label point at a version that
                 is not loaded (--allow_version_labels_for_unavailable_models).
+            allow_reload_config: Let :meth:`reload_config` replace the config at run time
+                (--tfpack_allow_reload_config); images built without it refuse.
+            stop: Set when the server is stopping (SIGTERM): no load is retried after it is
+                set, and a wait between retries ends at once.
         """
         self._load_policy = load_policy
         self.on_loaded = on_loaded  # may be set after construction, before the first sync
         self._allow_unavailable_labels = allow_labels_for_unavailable_versions
+        self.allows_reload_config = allow_reload_config
         self._models: dict[str, _Model] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()  # guards _models and each model's dicts
         self._sync_lock = threading.Lock()  # one sync pass at a time
+        self._stop = stop if stop is not None else threading.Event()
 
     # ----------------------------------------------------------------------------------------
     # Configuration and loading
@@ -161,11 +181,17 @@ class ModelManager:
         """Switch to ``config``: load what it adds, unload what it drops, then apply labels.
 
         Raises:
-            ServingError: If a newly wanted version fails to load or a label is invalid.
+            ServingError: PERMISSION_DENIED if reloading is not allowed or a newly wanted
+                version fails verification; UNKNOWN if one fails to load; a label error.
         """
+        if not self.allows_reload_config:
+            raise reload_config_denied()
         self.set_config(config)
         self.sync()
         wanted = {model.name for model in config.model_config_list.config}
+        refusals = self.load_failures(wanted, refused_only=True)
+        if refusals:
+            raise ServingError(grpc.StatusCode.PERMISSION_DENIED, "; ".join(refusals))
         failures = self.load_failures(wanted)
         if failures:
             raise ServingError(grpc.StatusCode.UNKNOWN, "; ".join(failures))
@@ -211,9 +237,21 @@ class ModelManager:
                 model.statuses[version] = VersionStatus(State.END)
 
     def _load(self, model: _Model, version: int, version_dir: Path) -> None:
+        if self._stop.is_set():
+            return  # stopping: start no load
         name = model.config.name
         with self._lock:
             model.statuses[version] = VersionStatus(State.LOADING)
+        verify = self._load_policy.verify_version_dir
+        if verify is not None:
+            try:
+                verify(version_dir)
+            except Exception as failure:  # noqa: BLE001 - any failure to verify refuses the load
+                error = f"{version_dir} failed verification, not loaded: {failure}"
+                _LOG.error("Loading servable: {name: %s version: %d} refused: %s", name, version, error)
+                with self._lock:
+                    model.statuses[version] = VersionStatus(State.END, error=error, refused=True)
+                return
         attempts = 1 + max(self._load_policy.max_num_load_retries, 0)
         error = ""
         for attempt in range(attempts):
@@ -222,7 +260,9 @@ class ModelManager:
                     "Retrying load of servable version {name: %s version: %d} (retry %d of %d)",
                     name, version, attempt, attempts - 1,
                 )
-                time.sleep(self._load_policy.load_retry_interval_seconds)
+                if self._stop.wait(self._load_policy.load_retry_interval_seconds):
+                    error = f"{error} (not retried: the server is stopping)"
+                    break
             try:
                 servable = self._load_version(name, version, version_dir)
                 if self.on_loaded is not None:
@@ -256,11 +296,12 @@ class ModelManager:
             del model.servables[version]
             model.statuses[version] = VersionStatus(State.END)
 
-    def load_failures(self, names: set[str] | None = None) -> list[str]:
+    def load_failures(self, names: set[str] | None = None, *, refused_only: bool = False) -> list[str]:
         """Return "name version N: error" for each version whose load failed for good.
 
         Args:
             names: Only these models (default: all).
+            refused_only: Only versions refused by verification.
         """
         with self._lock:
             return [
@@ -268,7 +309,7 @@ class ModelManager:
                 for name, model in self._models.items()
                 if names is None or name in names
                 for version, status in sorted(model.statuses.items())
-                if status.state == State.END and status.error
+                if status.state == State.END and status.error and (status.refused or not refused_only)
             ]
 
     def models_without_versions(self) -> list[str]:

@@ -96,6 +96,7 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
             read_session_config(Path(options.tensorflow_session_config_file))
             if options.tensorflow_session_config_file else b""
         )
+        verify_version_dir = _version_dir_verifier(options)
     except (ConfigError, ValueError) as error:
         print(f"tfpack-model-server: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -114,10 +115,20 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_seconds=max(options.load_retry_interval_micros, 0) / 1e6,
             batch_scheduler=BatchScheduler(batching) if options.enable_batching else None,
+            verify_version_dir=verify_version_dir,
         ),
         allow_labels_for_unavailable_versions=options.allow_version_labels_for_unavailable_models,
+        allow_reload_config=options.tfpack_allow_reload_config,
+        stop=stop.event,  # SIGTERM ends a wait between load retries
     )
-    inference = Inference(manager, tensor_content=options.enable_serialization_as_tensor_content)
+    if verify_version_dir is not None:
+        _LOG.info("Every version dir is verified against %s before it loads", options.tfpack_trust_dir)
+    if not options.tfpack_allow_reload_config:
+        _LOG.info("HandleReloadConfigRequest is refused (--tfpack_allow_reload_config=false)")
+    inference = Inference(
+        manager, tensor_content=options.enable_serialization_as_tensor_content,
+        max_request_tensor_bytes=options.tfpack_max_request_tensor_bytes,
+    )
     examples = ExampleInference(
         manager, check_method_names=options.enable_signature_method_name_check
     )
@@ -128,6 +139,8 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
     # Ports open only after every model's first load attempt, as in TF Serving.
     while True:
         manager.sync()
+        if stop.event.is_set():
+            return EXIT_OK
         failures = manager.load_failures()
         if failures:
             print(f"Failed to start server. Error: {'; '.join(failures)}", file=sys.stderr)
@@ -165,7 +178,9 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
             api = RestApi(
                 inference, examples, manager, options.rest_api_timeout_in_ms, metrics_path
             )
-            rest_server = start_rest_server(api, options.rest_api_port)
+            rest_server = start_rest_server(
+                api, options.rest_api_port, num_threads=options.rest_api_num_threads
+            )
             _LOG.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
     except (RuntimeError, OSError) as error:
         print(f"Failed to start server. Error: {error}", file=sys.stderr)
@@ -188,6 +203,33 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
         grpc_server.stop(_GRPC_GRACE_SECONDS)
     _LOG.info("Server stopped")
     return EXIT_OK
+
+
+def _version_dir_verifier(options: ServerOptions):  # type: ignore[no-untyped-def]
+    """The check each version dir passes before it loads (--tfpack_trust_dir), or None.
+
+    Raises:
+        ValueError: the trust dir holds nothing to verify with.
+    """
+    if not options.tfpack_trust_dir:
+        if options.tfpack_allow_unsigned:
+            raise ValueError("--tfpack_allow_unsigned needs --tfpack_trust_dir")
+        return None
+    from packager.errors import TfpackError
+    from serving.trust import Trust
+
+    try:
+        trust = Trust.from_dir(
+            Path(options.tfpack_trust_dir), allow_unsigned=options.tfpack_allow_unsigned
+        )
+    except TfpackError as error:
+        raise ValueError(f"--tfpack_trust_dir: {error}") from None
+
+    def verify_version_dir(version_dir: Path) -> None:
+        if not trust.check(version_dir):
+            _LOG.warning("%s is unsigned; loading it because --tfpack_allow_unsigned is set", version_dir)
+
+    return verify_version_dir
 
 
 def _poll(manager: object, poll_seconds: int, stop: threading.Event) -> None:

@@ -6,6 +6,15 @@ item, a plain value when the signature has one input, else an object per item) o
 ``{"b64": "..."}``. Responses: ``{"predictions": [...]}`` or ``{"outputs": ...}``.
 Classify/Regress: ``{"context": {features}, "examples": [{features}, ...]}`` ->
 ``{"results": [[[label, score], ...], ...]}`` / ``{"results": [value, ...]}``.
+
+Limits, as TF Serving has them or tighter. TF Serving parses with rapidjson's iterative parser
+(util/json_tensor.cc ParseJson: ``kParseIterativeFlag``), so depth costs it no stack; Python's
+parser recurses, so nesting is capped at MAX_JSON_DEPTH levels, more than a tensor of
+TensorShape's 254 dims inside "instances" and an object needs. A body is also refused (413)
+when the values it holds would take more memory to parse than the request tensor cap allows.
+Integers must fit the input's dtype (TF Serving: ``IsInt()``/``IsInt64()``/``IsUint64()``, else
+the "is not of expected type" error; for int8/int16/uint8 it truncates, this refuses), and an
+example's integer feature must fit int64 ("Only int64_t is supported").
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -22,7 +32,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from serving import tensors
-from serving.status import internal, invalid_argument
+from serving.status import internal, invalid_argument, too_large
 
 INSTANCES, INPUTS, SIGNATURE_NAME = "instances", "inputs", "signature_name"
 EXAMPLES, CONTEXT = "examples", "context"
@@ -30,6 +40,12 @@ _B64 = "b64"
 _BYTES_SUFFIX = "_bytes"  # string outputs whose alias ends so are returned base64-encoded
 
 _FLOAT_TYPES = {types_pb2.DT_FLOAT: (24, "float"), types_pb2.DT_DOUBLE: (53, "double")}
+_INT_RANGES = {
+    types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**15), 2**15 - 1),
+    types_pb2.DT_INT8: (-(2**7), 2**7 - 1), types_pb2.DT_UINT8: (0, 2**8 - 1),
+    types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_UINT64: (0, 2**64 - 1),
+}
 _INT_TYPES = {
     types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
     types_pb2.DT_UINT8: "int_val", types_pb2.DT_INT64: "int64_val",
@@ -37,18 +53,104 @@ _INT_TYPES = {
 }
 
 
+MAX_JSON_DEPTH = 256
+# What parsing one JSON value costs Python at most, roughly: a container (list or dict and
+# its slot in its parent) and any other value (a float object and its slot).
+_CONTAINER_COST, _VALUE_COST = 64, 32
+# A JSON string literal: ASCII quotes around anything but unescaped quotes.
+_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_DEPTH_CHUNK = 1 << 20
+_MAX_DEBUG_TEXT = 256  # json_tensor.cc kMaxJsonDebugStringBytes
+
+
 def _text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= _MAX_DEBUG_TEXT else text[:_MAX_DEBUG_TEXT] + "..."
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object (NaN and Infinity are allowed)."""
+def _parse_cost(text: bytes) -> int:
+    containers = text.count(b"[") + text.count(b"{")
+    return containers * _CONTAINER_COST + (text.count(b",") + 1) * _VALUE_COST
+
+
+def _nesting_depth(text: bytes) -> int:
+    """Return the deepest nesting of arrays and objects in ``text`` (JSON without strings)."""
+    text = np.frombuffer(text, np.uint8)
+    depth = deepest = 0
+    for start in range(0, len(text), _DEPTH_CHUNK):
+        chunk = text[start:start + _DEPTH_CHUNK]
+        steps = np.isin(chunk, _OPEN).astype(np.int64) - np.isin(chunk, _CLOSE)
+        if steps.any():
+            running = np.cumsum(steps) + depth
+            deepest = max(deepest, int(running.max()))
+            depth = int(running[-1])
+    return deepest
+
+
+def _check_strings(document: Any) -> None:
+    """Refuse a string holding a lone surrogate (\\ud800): it has no UTF-8 form. rapidjson
+    fails such a document at parse time; Python's parser lets it through."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise invalid_argument(
+                    "JSON Parse error: The surrogate pair in string is invalid."
+                ) from None
+
+
+def parse_body(body: bytes, max_decoded_bytes: int | None = None) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object (NaN and Infinity are allowed).
+
+    Args:
+        body: The request body.
+        max_decoded_bytes: Refuse (413) a body whose values would take more memory than this
+            once parsed (None: no limit).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for malformed JSON, nesting deeper than
+            MAX_JSON_DEPTH or a non-object document; a 413 error when above the limit.
+    """
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
+    # Counted over the whole body first (cheap); when that is too much, over the body without
+    # its strings, whose brackets and commas are no values.
+    cost = _parse_cost(body)
+    too_costly = max_decoded_bytes is not None and cost > max_decoded_bytes
+    if too_costly or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+        outside_strings = _STRING_LITERAL.sub(b"", body)
+        depth = _nesting_depth(outside_strings)
+        if depth > MAX_JSON_DEPTH:
+            raise invalid_argument(
+                f"JSON Parse error: nesting depth {depth} exceeds the limit of {MAX_JSON_DEPTH}"
+            )
+        cost = _parse_cost(outside_strings)
+        if max_decoded_bytes is not None and cost > max_decoded_bytes:
+            raise too_large(
+                f"JSON body of {len(body)} bytes holds values that would take about {cost} "
+                f"bytes to parse, above the limit of {max_decoded_bytes} bytes; send large "
+                "tensors over gRPC"
+            )
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, int digits limit
         raise invalid_argument(f"JSON Parse error: {error}") from None
+    except RecursionError:  # not expected under MAX_JSON_DEPTH; never a traceback
+        raise invalid_argument(
+            f"JSON Parse error: nesting exceeds the limit of {MAX_JSON_DEPTH}"
+        ) from None
+    if _SURROGATE_ESCAPE.search(body):
+        _check_strings(document)
     if not isinstance(document, dict):
         raise invalid_argument(f"Is not object. Request: {_text(document)}")
     return document
@@ -73,6 +175,13 @@ def _type_error(value: Any, dtype: int) -> Exception:
     )
 
 
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+        raise invalid_argument("Unable to base64 decode") from None
+
+
 def _add_value(value: Any, dtype: int, proto: tensor_pb2.TensorProto) -> None:
     if dtype in _FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -86,13 +195,13 @@ def _add_value(value: Any, dtype: int, proto: tensor_pb2.TensorProto) -> None:
     elif dtype in _INT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(value, dtype)
+        low, high = _INT_RANGES[dtype]
+        if not low <= value <= high:
+            raise _type_error(value, dtype)
         getattr(proto, _INT_TYPES[dtype]).append(value)
     elif dtype == types_pb2.DT_STRING:
         if _is_b64(value):
-            try:
-                proto.string_val.append(base64.b64decode(value[_B64], validate=True))
-            except (binascii.Error, ValueError):
-                raise invalid_argument("Unable to base64 decode") from None
+            proto.string_val.append(_b64decode(value[_B64]))
         elif isinstance(value, str):
             proto.string_val.append(value.encode())
         else:
@@ -314,9 +423,17 @@ def _feature(name: str, value: Any) -> feature_pb2.Feature:
     feature = feature_pb2.Feature()
     if all(isinstance(v, str) or _is_b64(v) for v in values):
         feature.bytes_list.value.extend(
-            base64.b64decode(v[_B64]) if isinstance(v, dict) else v.encode() for v in values
+            _b64decode(v[_B64]) if isinstance(v, dict) else v.encode() for v in values
         )
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        for v in values:
+            if not -(2**63) <= v < 2**63:
+                # json_tensor.cc AddValueToFeature: "has uint64_t element. Only int64_t is
+                # supported." (rapidjson reads larger integers as doubles; refused here too)
+                raise invalid_argument(
+                    f"Feature: {name} has element {_text(v)} outside int64. Only int64_t is "
+                    "supported."
+                )
         feature.int64_list.value.extend(values)
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         feature.float_list.value.extend(values)

@@ -35,14 +35,19 @@ _HTTP_STATUS = {
 class ServingError(Exception):
     """A request failed with a canonical status code and a TF Serving-style message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._http_status = http_status
 
     @property
     def http_status(self) -> int:
         """The HTTP status code TF Serving's REST API answers with for this error."""
+        if self._http_status is not None:
+            return self._http_status
         return int(_HTTP_STATUS.get(self.code, HTTPStatus.INTERNAL_SERVER_ERROR))
 
     @property
@@ -69,3 +74,11 @@ def failed_precondition(message: str) -> ServingError:
 def internal(message: str) -> ServingError:
     """Return an INTERNAL error."""
     return ServingError(grpc.StatusCode.INTERNAL, message)
+
+
+def too_large(message: str) -> ServingError:
+    """Return the error for a request above a size limit: RESOURCE_EXHAUSTED over gRPC (as
+    gRPC's own "message larger than max"), 413 Payload Too Large over REST."""
+    return ServingError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    )

@@ -7,8 +7,9 @@ it; every image and container they create is removed again.
 
 from __future__ import annotations
 
-import dataclasses
 import io
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -44,14 +45,13 @@ from packager.image import (
     BuildResult,
     build_image,
     find_models,
-    model_server_config,
     render_context,
     verify_signatures,
 )
 from packager.layout import SIGNATURE_FILE
 from packager.progress import SILENT
 from packager.signing import sign, signed_digest
-from serving.entrypoint import ServingEnvironment, main, server_command, verify_models
+from serving.entrypoint import BakedServing, ImageLayout, main, model_config_text, prepare, verify_models
 
 MODEL = "half"
 VARIABLES_FILE = "variables/variables.data-00000-of-00001"
@@ -183,14 +183,14 @@ def test_verify_signatures_names_unsigned_and_tampered_dirs(
         verify_signatures(find_models(tampered), keys[1], allow_unsigned=True)
 
 
-def test_model_server_config_is_a_text_format_model_server_config() -> None:
+def test_model_config_pins_each_model_to_the_version_it_serves() -> None:
     config = text_format.Parse(
-        model_server_config([MODEL, "twin"]), model_server_config_pb2.ModelServerConfig()
+        model_config_text({MODEL: 2, "twin": 7}), model_server_config_pb2.ModelServerConfig()
     )
-    assert [(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config] == [
-        (MODEL, "/models/half", "tensorflow"),
-        ("twin", "/models/twin", "tensorflow"),
-    ]
+    assert [
+        (c.name, c.base_path, c.model_platform, list(c.model_version_policy.specific.versions))
+        for c in config.model_config_list.config
+    ] == [(MODEL, "/models/half", "tensorflow", [2]), ("twin", "/models/twin", "tensorflow", [7])]
 
 
 def test_build_context_holds_models_public_key_and_wheel_but_no_private_key(
@@ -203,13 +203,19 @@ def test_build_context_holds_models_public_key_and_wheel_but_no_private_key(
     dockerfile = (context / "Dockerfile").read_text()
     assert "ARG BASE=tensorflow/serving:2.21.0\nFROM ${BASE}" in dockerfile
     assert "USER 10001:10001" in dockerfile and "EXPOSE 8500 8501" in dockerfile
-    assert '"-m", "serving.entrypoint"' in dockerfile
+    assert '"-I", "-m", "serving.entrypoint"' in dockerfile
+    assert not [line for line in dockerfile.splitlines() if "TFPACK_" in line and not line.startswith("#")]
     for name in (MODEL, "twin"):
         for version in ("1", "2"):
             assert (context / "models" / name / version / SIGNATURE_FILE).is_file()
-    config = (context / "models" / "models.config").read_text()
-    assert 'base_path: "/models/twin"' in config
-    assert (context / "trust" / "public_key.pem").read_bytes() == public_pem
+    assert not (context / "models" / "models.config").exists()
+    assert (context / "etc" / "models.config").read_text() == model_config_text({MODEL: 2, "twin": 2})
+    baked = BakedServing.loads((context / "etc" / "serving.json").read_text())
+    assert baked.models == {MODEL: [1, 2], "twin": [1, 2]}
+    assert (baked.trust, baked.allow_unsigned, baked.allow_reload_config) == ("public_key", False, False)
+    assert (context / "etc" / "trust" / "public_key.pem").read_bytes() == public_pem
+    for path in (context / "etc").rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
     assert [w.name for w in (context / "wheels").iterdir()] == ["tfpack-0.1.0-py3-none-any.whl"]
     assert "model-signing" in (context / "verifier-requirements.txt").read_text()
     for path in context.rglob("*"):
@@ -222,35 +228,50 @@ def test_build_refuses_a_private_key_as_public_key(signed_model: Path, keys) -> 
         build_image(signed_model, "tfpack-test/never:1", public_key=keys[0])
 
 
-def test_entrypoint_verifies_every_version_before_choosing_flags(
+def _baked_layout(root: Path, models: Path, public_key: Path | None, **serving) -> ImageLayout:
+    """An image's /etc/tfpack and /models under ``root``, as tfpack build bakes them."""
+    shutil.copytree(models, root / "models")
+    baked = BakedServing(
+        model_server=serving.pop("model_server", TF_SERVING_MODEL_SERVER),
+        models={m.name: sorted(int(v.name) for v in m.iterdir() if v.name.isdigit())
+                for m in sorted((root / "models").iterdir())},
+        trust="public_key" if public_key else "none", **serving,
+    )
+    (root / "etc" / "trust").mkdir(parents=True)
+    if public_key is not None:
+        shutil.copyfile(public_key, root / "etc" / "trust" / "public_key.pem")
+    (root / "etc" / "serving.json").write_text(baked.dumps())
+    (root / "etc" / "models.config").write_text(model_config_text(baked.served_versions, str(root / "models")))
+    return ImageLayout(etc_dir=root / "etc", models_root=root / "models", mountinfo=root / "no-mountinfo",
+                       require_root_owned=os.geteuid() == 0)
+
+
+def test_entrypoint_verifies_every_version_before_building_the_command_line(
     tmp_path: Path, two_models: Path, keys
 ) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(two_models, models)
-    env = ServingEnvironment(
-        model_base_path=models, model_name=MODEL, public_key=keys[1],
-        model_server=TF_SERVING_MODEL_SERVER, allow_unsigned=False,
-    )
-    assert verify_models(env) == (
+    layout = _baked_layout(tmp_path, two_models, keys[1])
+    models = layout.models_root
+    baked = BakedServing.loads(layout.serving_file.read_text())
+    assert verify_models(layout, baked) == (
         [models / name / version for name in (MODEL, "twin") for version in ("1", "2")], []
     )
-    assert server_command(env, ["--enable_batching"]) == [
-        TF_SERVING_MODEL_SERVER, "--port=8500", "--rest_api_port=8501",
-        f"--model_name={MODEL}", f"--model_base_path={models / MODEL}", "--enable_batching",
+    env = {"MODEL_NAME": MODEL, "MODEL_BASE_PATH": "/models"}
+    assert prepare(["--enable_batching"], env, layout) == [
+        "/usr/bin/tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
+        f"--model_config_file={layout.model_config}", "--file_system_poll_wait_seconds=0",
+        "--enable_batching",
     ]
-    (models / "models.config").write_text(model_server_config([MODEL, "twin"]))
-    assert server_command(env, [])[3:] == [f"--model_config_file={models / 'models.config'}"]
 
     (models / "twin" / "1" / SIGNATURE_FILE).unlink()
     with pytest.raises(VerificationError, match="twin/1 is unsigned"):
-        verify_models(env)
-    allowing = dataclasses.replace(env, allow_unsigned=True)
-    assert verify_models(allowing)[1] == [models / "twin" / "1"]
+        verify_models(layout, baked)
+    allowing = BakedServing.loads(json.dumps({**baked.to_json(), "allow_unsigned": True}))
+    assert verify_models(layout, allowing)[1] == [models / "twin" / "1"]
 
     # allow-unsigned tolerates a missing signature, never a signature that does not match.
     _flip_last_byte(models / MODEL / "2" / "saved_model.pb")
     with pytest.raises(VerificationError, match="modified: saved_model.pb"):
-        verify_models(allowing)
+        verify_models(layout, allowing)
 
 
 def test_entrypoint_verifies_the_directories_the_server_loads(tmp_path: Path, two_models: Path, keys) -> None:
@@ -258,23 +279,20 @@ def test_entrypoint_verifies_the_directories_the_server_loads(tmp_path: Path, tw
     ("01" beside "1") must not slip past verification into the server."""
     from serving.manager import version_dirs as server_version_dirs
 
-    models = tmp_path / "models"
-    shutil.copytree(two_models, models)
-    env = ServingEnvironment(
-        model_base_path=models, model_name=MODEL, public_key=keys[1],
-        model_server=TF_SERVING_MODEL_SERVER, allow_unsigned=False,
-    )
+    layout = _baked_layout(tmp_path, two_models, keys[1])
+    models = layout.models_root
+    baked = BakedServing.loads(layout.serving_file.read_text())
     for name in ("\u0661", "\u00b2"):  # Arabic-Indic one, superscript two: str.isdigit() is true
         shutil.copytree(models / MODEL / "1", models / MODEL / name)
         (models / MODEL / name / "saved_model.pb").write_bytes(b"unsigned, different")
     assert sorted(server_version_dirs(models / MODEL)) == [1, 2]
-    assert verify_models(env)[0] == [models / name / version for name in (MODEL, "twin") for version in ("1", "2")]
+    assert verify_models(layout, baked)[0] == [models / name / version for name in (MODEL, "twin") for version in ("1", "2")]
 
     shutil.copytree(models / MODEL / "1", models / MODEL / "01")
     with pytest.raises(UsageError, match="name version 1"):
-        verify_models(env)
+        verify_models(layout, baked)
     assert sorted(server_version_dirs(models / MODEL)) == [2]  # the server serves neither spelling
-    assert main([], {"MODEL_BASE_PATH": str(models), "TFPACK_PUBLIC_KEY": str(keys[1])}) == 2
+    assert main([], {}, layout) == 2
 
 
 # --- with Docker -------------------------------------------------------------------------------
@@ -393,14 +411,29 @@ def test_image_config_matches_tf_serving_conventions(
     config = client.images.get(embedded_image.tag).attrs["Config"]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["MODEL_NAME"] == MODEL and env["MODEL_BASE_PATH"] == "/models"
-    assert env["TFPACK_MODEL_SERVER"] == EMBEDDED_MODEL_SERVER
-    assert env["TFPACK_ALLOW_UNSIGNED"] == "0"
+    assert not [name for name in env if name.startswith("TFPACK_")]  # trust is in files, not env
     assert set(config["ExposedPorts"]) == {"8500/tcp", "8501/tcp"}
     assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.entrypoint"]
     baked_key = client.containers.run(
         embedded_image.tag, entrypoint=["cat", "/etc/tfpack/trust/public_key.pem"], remove=True
     )
     assert baked_key == keys[1].read_bytes()
+    listing = client.containers.run(
+        embedded_image.tag, remove=True,
+        entrypoint=["find", "/etc/tfpack", "-printf", "%p %u:%g %m\\n"],
+    ).decode().split("\n")
+    owners_modes = {line.split(" ")[0]: line.split(" ", 1)[1] for line in listing if line}
+    assert set(owners_modes) == {
+        "/etc/tfpack", "/etc/tfpack/trust", "/etc/tfpack/trust/public_key.pem",
+        "/etc/tfpack/serving.json", "/etc/tfpack/models.config", "/etc/tfpack/session_config.pbtxt",
+    }
+    for path, owner_mode in owners_modes.items():
+        is_dir = path in ("/etc/tfpack", "/etc/tfpack/trust")
+        assert owner_mode == ("root:root 755" if is_dir else "root:root 644"), path
+    assert BakedServing.loads(client.containers.run(
+        embedded_image.tag, entrypoint=["cat", "/etc/tfpack/serving.json"], remove=True
+    ).decode()) == embedded_image.serving
 
 
 @pytest.mark.docker
@@ -531,13 +564,16 @@ def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
     assert "tfpack-entrypoint: signatures verified" in logs
     assert (
         "tensorflow_model_server --port=8500 --rest_api_port=8501 "
-        "--model_config_file=/models/models.config "
+        "--model_config_file=/etc/tfpack/models.config --file_system_poll_wait_seconds=0 "
         "--tensorflow_session_config_file=/etc/tfpack/session_config.pbtxt --enable_batching"
     ) in logs
+    assert "--tfpack_" not in logs  # tensorflow_model_server has no such flags
+    assert "always answers ModelService.HandleReloadConfigRequest" in logs
+    assert result.labels["dev.tfpack.reload-config"] == "unguarded"
     served_config = client.containers.run(
-        result.tag, entrypoint=["cat", "/models/models.config"], remove=True
+        result.tag, entrypoint=["cat", "/etc/tfpack/models.config"], remove=True
     ).decode()
-    assert served_config == model_server_config([MODEL, "twin"])
+    assert served_config == model_config_text({MODEL: 2, "twin": 2})
 
 
 def _free_port() -> int:
@@ -621,8 +657,10 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
     )
     assert result.labels["dev.tfpack.allow-unsigned"] == "true"
     assert not any(key.endswith(".digest") for key in result.labels)
+    assert result.serving is not None and result.serving.allow_unsigned
+    assert result.serving.trust == "none"
     env = client.images.get(result.tag).attrs["Config"]["Env"]
-    assert "TFPACK_ALLOW_UNSIGNED=1" in env
+    assert not [item for item in env if item.startswith("TFPACK_")]
     container = _run(client, result.tag)
     try:
         exit_code, logs = _wait_for_exit(container)
@@ -630,4 +668,4 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
         container.remove(force=True)
     assert exit_code == 0, logs
     assert f"warning: /models/{MODEL}/1 is unsigned" in logs
-    assert f"--model_name={MODEL} --model_base_path=/models/{MODEL}" in logs
+    assert "--model_config_file=/etc/tfpack/models.config" in logs

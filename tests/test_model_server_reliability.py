@@ -184,11 +184,20 @@ def rest_declared_oversized(server: ServerHandle) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def short_tensor_request() -> predict_pb2.PredictRequest:
+    """dims [4, 1] with a single value: TensorFlow would pad it out; the server refuses."""
+    request = predict_request(np.ones([1, 1], np.float32))
+    request.inputs["x"].tensor_shape.dim[0].size = 4
+    return request
+
+
 GRPC_MALFORMED: list[tuple[str, Callable[[], predict_pb2.PredictRequest], grpc.StatusCode, str]] = [
     ("wrong dtype", lambda: predict_request(np.array([[1]], np.int32)),
      grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but int32 is provided"),
-    ("wrong shape", lambda: predict_request(np.ones([1, 3], np.float32)),
-     grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+    # A shape the graph can take is fed as TF Serving's C++ session feeds it (elementwise here);
+    # a tensor whose values do not fill its shape never is.
+    ("values short of the shape", lambda: short_tensor_request(),
+     grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error"),
     ("unknown input", lambda: predict_request(np.ones([1, 1], np.float32), alias="z"),
      grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: z"),
     ("oversized", lambda: predict_request(np.ones([1 << 19, 1], np.float32)),
@@ -197,7 +206,7 @@ GRPC_MALFORMED: list[tuple[str, Callable[[], predict_pb2.PredictRequest], grpc.S
 
 REST_MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("wrong dtype", b'{"instances": [["one"]]}', 400, "is not of expected type: float"),
-    ("wrong shape", b'{"instances": [[1.0, 2.0, 3.0]]}', 400, "shape"),
+    ("ragged instances", b'{"instances": [[1.0], [2.0, 3.0]]}', 400, "Expecting shape [1] but got: [2]"),
     ("unknown input", b'{"inputs": {"z": [[1.0]]}}', 400, "Missing named input: x in 'inputs'"),
 ]
 

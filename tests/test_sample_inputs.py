@@ -267,7 +267,8 @@ def test_json_float_for_int_is_refused_in_both_forms(tmp_path: Path) -> None:
 
 
 def test_json_ints_out_of_range_are_refused(tmp_path: Path) -> None:
-    assert "out of range" in _error(_json(tmp_path, {"instances": [[1, 2, 3, 2**40]]}), [IDS])
+    # TF Serving's own wording: the REST codec refuses an integer its dtype cannot hold.
+    assert "is not of expected type: int32" in _error(_json(tmp_path, {"instances": [[1, 2, 3, 2**40]]}), [IDS])
     small = TensorRef("b", "b:0", "uint8", (None,))
     assert "'b'" in _error(_json(tmp_path, {"inputs": [1, 300]}), [small])
 
