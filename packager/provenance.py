@@ -177,3 +177,17 @@ def check_statement_subject(version_dir: Path, signed_resources: list[dict[str, 
             f"{version_dir / STATEMENT_FILE} describes other model files (subject sha256:{recorded}, "
             f"files sha256:{root.hexdigest()}): the model changed after its provenance was written"
         )
+
+
+def recorded_allowed_ops(version_dir: Path) -> frozenset[str]:
+    """The ops ``tfpack convert --allow-op`` let through, as the version's provenance records
+    them (empty when there is no readable record). Trust it only as far as the record is signed
+    or about to be signed by the caller."""
+    from packager.layout import PROVENANCE_FILE
+
+    try:
+        record = json.loads((version_dir / PROVENANCE_FILE).read_text())
+        allowed = record.get("options", {}).get("allowed_ops") or []
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    return frozenset(op for op in allowed if isinstance(op, str)) if isinstance(allowed, list) else frozenset()

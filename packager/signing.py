@@ -142,6 +142,7 @@ def sign(
     if (private_key is None) == (pkcs11_uri is None):
         raise UsageError("give exactly one signing key: --key KEY.pem or --pkcs11-uri URI")
     _refuse_private_keys(version_dir)
+    _refuse_failed_scan(version_dir)
     if chain and certificate is None:
         raise UsageError("a certificate chain goes with a signing certificate (--cert)")
     signing_certificate = None
@@ -454,6 +455,21 @@ def _is_der_private_key(data: bytes) -> bool:
     except Exception:  # not a key: cryptography raises ValueError, UnsupportedAlgorithm, ...
         return False
     return True
+
+
+def _refuse_failed_scan(version_dir: Path) -> None:
+    """Refuse to sign a version dir whose op scan fails: a signature is a promise that what the
+    image serves was scanned (ops allowed at convert with --allow-op, as the provenance the
+    signature will cover records them, stay allowed)."""
+    from packager.graph.op_scan import scan_saved_model
+    from packager.provenance import recorded_allowed_ops
+
+    if not (version_dir / "saved_model.pb").is_file():
+        return  # a TFLite-only or foreign dir: nothing for the TensorFlow op scan to read
+    result = scan_saved_model(version_dir, recorded_allowed_ops(version_dir))
+    if result.blocking:
+        raise UsageError(f"{result.summary()}: 'tfpack sign' refuses a model whose op scan fails "
+                         "(reconvert it, or allow each op with 'tfpack convert --allow-op')")
 
 
 def _refuse_private_keys(version_dir: Path) -> None:

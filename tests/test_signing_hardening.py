@@ -115,3 +115,15 @@ def test_out_of_range_flags_are_usage_errors(flags, needle: str, tfpack_cli, tmp
     assert result.exit_code == 2, result.stderr
     assert needle in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_version_dir_whose_op_scan_fails_is_never_signed(signing_keys, tfpack_cli, tmp_path: Path) -> None:
+    """A dataset reader smuggled into a version dir after convert (issue 10's /etc/passwd model)."""
+    from factories.hostile_models import write_dataset_saved_model
+
+    version_dir = tmp_path / "m" / "1"
+    write_dataset_saved_model(version_dir, "fixed_length", Path("/etc/passwd"))
+    result = tfpack_cli("sign", version_dir, "--key", signing_keys["private"])
+    assert result.exit_code == 2, result.stderr
+    assert "FixedLengthRecordDataset" in result.stderr and "refuses a model whose op scan fails" in result.stderr
+    assert not (version_dir / SIGNATURE_FILE).exists()
