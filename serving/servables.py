@@ -10,8 +10,11 @@ kind of named tensors.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,6 +27,7 @@ from serving.status import ServingError
 _LOG = logging.getLogger(__name__)
 
 SAVED_MODEL_FILE = "saved_model.pb"
+_MAX_CALLABLES = 64  # distinct (inputs, outputs, deadline) combinations kept per servable
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class SavedModelServable:
         self.meta_graph = meta_graph
         self._session = session
         self._batching = batch_scheduler.session(self._run) if batch_scheduler else None
+        self._callables: OrderedDict[tuple[tuple[str, ...], tuple[str, ...], int | None], Any] = OrderedDict()
+        self._callables_lock = threading.Lock()
 
     @property
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -131,14 +137,40 @@ class SavedModelServable:
     def _run(
         self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None
     ) -> list[np.ndarray]:
-        options = config_pb2.RunOptions(timeout_in_ms=timeout_ms) if timeout_ms else None
+        names = tuple(feeds)
         try:
-            return self._session.run(fetches, feed_dict=feeds, options=options)
+            run = self._callable(names, tuple(fetches), timeout_ms)
+            return list(run(*(feeds[name] for name in names)))
         except tf.errors.OpError as error:
             raise ServingError(_status_code(error), error.message) from None
         except (ValueError, TypeError) as error:
-            # The Python client checks feed shapes before TensorFlow sees them.
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int | None) -> Any:
+        """A session callable for these feeds and fetches, made once and reused.
+
+        TensorFlow Serving runs the C++ session, which feeds a tensor whatever the placeholder's
+        declared shape says: half_plus_two (x: [None, 1]) answers a request shaped [1] or [3]
+        elementwise, and clients depend on that. ``Session.run`` (and the public
+        ``make_callable``) check feed shapes in Python first and refuse; a callable made from
+        CallableOptions feeds the way the C++ session does. A dtype the graph cannot take is
+        still refused by TensorFlow itself.
+        """
+        key = (feeds, fetches, timeout_ms)
+        with self._callables_lock:
+            found = self._callables.get(key)
+            if found is not None:
+                self._callables.move_to_end(key)
+                return found
+        options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+        if timeout_ms:
+            options.run_options.timeout_in_ms = timeout_ms
+        made = self._session._make_callable_from_options(options)  # noqa: SLF001 — see the docstring
+        with self._callables_lock:
+            self._callables[key] = made
+            while len(self._callables) > _MAX_CALLABLES:  # one per distinct request shape of keys
+                self._callables.popitem(last=False)
+        return made
 
     def close(self) -> None:
         """Release the session now (used when a load is abandoned)."""
