@@ -109,6 +109,7 @@ class ServerOptions:
     model_name: str = "default"
     model_base_path: str = ""
     model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
     file_system_poll_wait_seconds: int = 1

@@ -194,6 +194,12 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
             target=_poll, args=(manager, poll_seconds, stop.event), name="fs-poll", daemon=True
         )
         poller.start()
+    config_seconds = options.model_config_file_poll_wait_seconds
+    if options.model_config_file and config_seconds > 0:
+        threading.Thread(
+            target=_poll_config, args=(manager, Path(options.model_config_file), config_seconds, stop.event),
+            name="config-poll", daemon=True,
+        ).start()
 
     stop.event.wait()
     if rest_server is not None:
@@ -239,6 +245,32 @@ def _poll(manager: object, poll_seconds: int, stop: threading.Event) -> None:
             manager.sync()  # type: ignore[attr-defined]
         except Exception:  # a poll must never kill the server; the next one retries
             _LOG.exception("File system poll failed")
+
+
+def _poll_config(manager: object, path: Path, poll_seconds: int, stop: threading.Event) -> None:
+    """Re-read the model config file every ``poll_seconds`` and apply it when it changed, as
+    TF Serving's PollFilesystemAndReloadConfig does (server.cc): a bad file or a failed reload is
+    logged and the models served stay as they are; the next change is tried again."""
+    from serving.config import ConfigError, read_model_server_config
+    from serving.status import ServingError
+
+    try:
+        applied = path.read_bytes()
+    except OSError:
+        applied = b""
+    while not stop.wait(poll_seconds):
+        try:
+            current = path.read_bytes()
+            if current == applied:
+                continue
+            applied = current
+            config = read_model_server_config(path)
+            _LOG.info("Reloading model config from %s", path)
+            manager.reload_config(config)  # type: ignore[attr-defined]
+        except (OSError, ConfigError, ServingError) as error:
+            _LOG.error("Failed to reload the model config from %s: %s", path, getattr(error, "message", error))
+        except Exception:  # a poll must never kill the server
+            _LOG.exception("Model config poll failed")
 
 
 def main(argv: list[str] | None = None) -> int:

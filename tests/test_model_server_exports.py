@@ -82,3 +82,24 @@ def test_keras_model_exported_for_serving(models) -> None:
         outputs = _predict(server, "keras", {"features": features})
     (served,) = outputs.values()
     np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_tf_keras_sequential_saved_with_tf_saved_model_save(strategy: str, tmp_path: Path) -> None:
+    """TF Serving's own test_sequential_keras_saved_model_save and its distribution-strategy
+    variant: a Keras 2 (tf_keras) Sequential, built under a MirroredStrategy or not, saved with
+    tf.saved_model.save and served unchanged."""
+    import tf_keras
+
+    scope = tf.distribute.MirroredStrategy(["/cpu:0"]).scope() if strategy == "mirrored" else tf.init_scope()
+    with scope:
+        tf_keras.utils.set_random_seed(3)
+        model = tf_keras.Sequential([tf_keras.layers.Input(shape=(1,), name="x"), tf_keras.layers.Dense(1, name="y")])
+    tf.saved_model.save(model, str(tmp_path / "keras2" / "1"))
+    x = np.array([[1.0], [2.0], [3.0]], np.float32)
+    want = model(x).numpy()
+    with running_model_server([f"--model_base_path={tmp_path / 'keras2'}", "--model_name=keras2"], rest=False) as server:
+        (served,) = _predict(server, "keras2", {"x": x}).values()
+        (single,) = _predict(server, "keras2", {"x": np.array([[2.0]], np.float32)}).values()
+    np.testing.assert_allclose(served, want, rtol=1e-6)
+    np.testing.assert_allclose(single, want[1:2], rtol=1e-6)

@@ -88,3 +88,35 @@ def test_a_dtype_the_signature_does_not_take_is_still_refused(server: ServerHand
         predict(server, HALF_PLUS_TWO, np.array([1.0], np.float64))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == "Expects arg[0] to be float but double is provided"
+
+
+def test_the_model_config_file_is_polled_and_applied(tmp_path: Path) -> None:
+    """--model_config_file_poll_wait_seconds: a model added to the file is served, without a
+    restart; a broken file is logged and changes nothing (TF Serving's server.cc behaviour)."""
+    import time
+
+    write_half_plus_two_tf1(tmp_path / HALF_PLUS_TWO)
+    write_half_plus_two_tf1(tmp_path / "half_plus_three", offset=3.0)
+    config = tmp_path / "models.config"
+
+    def entries(*names: str) -> str:
+        return "model_config_list {\n" + "".join(
+            f'  config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}\n'
+            for n in names) + "}\n"
+
+    config.write_text(entries(HALF_PLUS_TWO))
+    with running_model_server([f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]) as server:
+        config.write_text("model_config_list { this is not a config")
+        time.sleep(2.5)
+        np.testing.assert_allclose(tf.make_ndarray(predict(server, HALF_PLUS_TWO, np.array([2.0], np.float32)).outputs["y"]), [3.0])
+        config.write_text(entries(HALF_PLUS_TWO, "half_plus_three"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = predict(server, "half_plus_three", np.array([2.0], np.float32))
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, server.stderr()
+                time.sleep(0.5)
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]), [4.0])
+        assert "Failed to reload the model config" in server.stderr()
