@@ -45,6 +45,9 @@ VENV = "/opt/tfpack/venv"
 RUNTIME_REPOSITORY = "tfpack-runtime"
 ROOTFS_REPOSITORY = "tfpack-rootfs"
 BASE_KEY_LABEL = "dev.tfpack.runtime-base.key"
+# Bumped when how the base is made changes in a way its inputs do not show (2: no VOLUME left
+# behind by the wheelhouse mount), so that a cached base of the old recipe is not reused.
+_RECIPE_REVISION = 2
 
 # The serving stack, pinned to the versions tfpack is tested with on the host. tensorflow-cpu
 # instead of tensorflow keeps CUDA out of the image; tensorflow-serving-api would pull the full
@@ -104,7 +107,7 @@ def wheelhouse_key() -> str:
 
 def base_key() -> str:
     """Hash of everything that decides the runtime base image."""
-    return _digest(rootfs_key(), wheelhouse_key(), VENV, _INSTALL_SCRIPT)
+    return _digest(rootfs_key(), wheelhouse_key(), VENV, _INSTALL_SCRIPT, _RECIPE_REVISION)
 
 
 def runtime_base_tag() -> str:
@@ -177,7 +180,10 @@ def _build_runtime_base(client: docker.DockerClient, tag: str, progress: Progres
     container = client.containers.create(
         rootfs_image,
         command=["/bin/sh", "-c", _INSTALL_SCRIPT],
-        volumes={str(wheelhouse): {"bind": "/wheelhouse", "mode": "ro"}},
+        # A bind mount in the host config only: ``volumes=`` would also declare /wheelhouse a
+        # VOLUME in the container's config, which the commit would carry into every serving
+        # image (an anonymous volume the entrypoint rightly refuses as a run-time mount).
+        mounts=[docker.types.Mount("/wheelhouse", str(wheelhouse), type="bind", read_only=True)],
         network_disabled=True,
     )
     try:

@@ -366,9 +366,11 @@ def contract(args: tuple[str, ...], as_json: bool) -> None:
 @click.option("--prompt-password", is_flag=True,
               help=f"Ask for the key's password or the token's PIN (or set {ENV_KEY_PASSWORD}; never pass it "
                    "as an argument).")
+@click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP",
+              help="Vouch for an op 'tfpack convert --allow-op' let onto the serving path; may repeat.")
 @json_option
 def sign(version_dir: Path, key: Path | None, pkcs11_uri: str | None, certificate: Path | None,
-         chain: tuple[Path, ...], prompt_password: bool, as_json: bool) -> None:
+         chain: tuple[Path, ...], prompt_password: bool, allowed_ops: tuple[str, ...], as_json: bool) -> None:
     """Sign VERSION_DIR into VERSION_DIR/model.sig (OpenSSF model-signing bundle)."""
     from packager.signing import sign as sign_version_dir
 
@@ -385,7 +387,7 @@ def sign(version_dir: Path, key: Path | None, pkcs11_uri: str | None, certificat
     with _progress(as_json) as progress:
         result = _run(lambda: sign_version_dir(
             version_dir, key, password=password, certificate=certificate, chain=list(chain),
-            pkcs11_uri=pkcs11_uri, progress=progress))
+            pkcs11_uri=pkcs11_uri, allowed_ops=frozenset(allowed_ops), progress=progress))
     _emit(result, as_json, lambda r: _stdout.print(
         f"signed {r.files} files of {r.version_dir} -> {r.signature} ({r.to_json()['digest']})", markup=False))
 

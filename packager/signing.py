@@ -115,6 +115,7 @@ def sign(
     certificate: Path | None = None,
     chain: list[Path] | None = None,
     pkcs11_uri: str | None = None,
+    allowed_ops: frozenset[str] = frozenset(),
     progress: Progress = SILENT,
 ) -> SignResult:
     """Sign every file of ``version_dir`` into ``version_dir/model.sig``.
@@ -131,18 +132,20 @@ def sign(
         pkcs11_uri: RFC 7512 URI of a key in a PKCS#11 token, e.g.
             ``pkcs11:token=release;object=model-signing?module-name=libsofthsm2``. It must not
             carry ``pin-value`` (pass ``password``, or use ``pin-source=file:...``).
+        allowed_ops: op types the signer vouches for (``tfpack sign --allow-op``): the op scan
+            lets them through, and the provenance may not allow any other.
         progress: receives the step being performed.
 
     Raises:
         UsageError: missing paths, an unreadable, unsupported or encrypted key without (or with
             a wrong) password, a certificate that does not belong to the key or cannot sign, an
-            unusable PKCS#11 token or key.
+            unusable PKCS#11 token or key, a failing op scan, a provenance allowing ops the
+            signer did not vouch for.
     """
     version_dir = _check_version_dir(version_dir)
     if (private_key is None) == (pkcs11_uri is None):
         raise UsageError("give exactly one signing key: --key KEY.pem or --pkcs11-uri URI")
     _refuse_private_keys(version_dir)
-    _refuse_failed_scan(version_dir)
     if chain and certificate is None:
         raise UsageError("a certificate chain goes with a signing certificate (--cert)")
     signing_certificate = None
@@ -158,6 +161,9 @@ def sign(
         key = _load_private_key(_require_file(private_key, "private key"), password)
         signer = _key_signer(key, private_key, signing_certificate, certificate, trust_chain)
         kind = "key" if certificate is None else "certificate"
+    # After the signer is made: TensorFlow (which the scan imports) loaded before a PKCS#11
+    # module crashes the process (their native libraries clash); loaded after, both work.
+    _refuse_failed_scan(version_dir, allowed_ops)
 
     signature_path = version_dir / SIGNATURE_FILE
     temporary = version_dir.parent / f".{version_dir.name}.{SIGNATURE_FILE}.tmp"
@@ -457,19 +463,26 @@ def _is_der_private_key(data: bytes) -> bool:
     return True
 
 
-def _refuse_failed_scan(version_dir: Path) -> None:
+def _refuse_failed_scan(version_dir: Path, allowed: frozenset[str]) -> None:
     """Refuse to sign a version dir whose op scan fails: a signature is a promise that what the
-    image serves was scanned (ops allowed at convert with --allow-op, as the provenance the
-    signature will cover records them, stay allowed)."""
+    image serves was scanned. Only the signer decides what is allowed (``allowed``): the
+    provenance inside the dir is the caller's file until it is signed, so one that allows more
+    (which ``tfpack build`` would then honour) is refused too."""
     from packager.graph.op_scan import scan_saved_model
     from packager.provenance import recorded_allowed_ops
 
-    if not (version_dir / "saved_model.pb").is_file():
-        return  # a TFLite-only or foreign dir: nothing for the TensorFlow op scan to read
-    result = scan_saved_model(version_dir, recorded_allowed_ops(version_dir))
+    unvouched = sorted(recorded_allowed_ops(version_dir) - allowed)
+    if unvouched:
+        raise UsageError(
+            f"{version_dir}'s provenance allows {', '.join(unvouched)} on the serving path: sign it with "
+            f"--allow-op {' --allow-op '.join(unvouched)} to vouch for that, or reconvert without --allow-op"
+        )
+    if not any((version_dir / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+        return  # a TFLite-only dir: nothing for the TensorFlow op scan to read
+    result = scan_saved_model(version_dir, allowed)
     if result.blocking:
         raise UsageError(f"{result.summary()}: 'tfpack sign' refuses a model whose op scan fails "
-                         "(reconvert it, or allow each op with 'tfpack convert --allow-op')")
+                         f"(reconvert it, or vouch for each op with --allow-op {result.blocking[0].op_type})")
 
 
 def _refuse_private_keys(version_dir: Path) -> None:

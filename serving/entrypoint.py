@@ -106,7 +106,17 @@ _HARMLESS_PYTHON_ENV = frozenset({
     "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8",
     "PYTHONHASHSEED", "PYTHONFAULTHANDLER", "PYTHONNOUSERSITE",
 })
-_CODE_LOADING_ENV = frozenset({"TF_PLUGGABLE_DEVICE_LIBRARY_PATH"})
+_CODE_LOADING_ENV = frozenset({
+    "TF_PLUGGABLE_DEVICE_LIBRARY_PATH", "GCONV_PATH", "XLA_FLAGS", "TF_XLA_FLAGS", "TF_DUMP_GRAPH_PREFIX",
+    "OPENSSL_CONF", "OPENSSL_MODULES", "SSL_CERT_FILE", "SSL_CERT_DIR",
+})
+# The dynamic loader's variables (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...) all load or redirect code.
+_CODE_LOADING_PREFIXES = ("LD_",)
+# Mount points a container engine or Kubernetes sets up by itself; anything else mounted at run
+# time (over /models, a Python site dir, a shared library) is refused: what the image verified is
+# what it runs. /tmp is a scratch tmpfs (a read-only root filesystem needs one).
+_ENGINE_MOUNTS = ("/proc", "/sys", "/dev", "/tmp", "/run/secrets", "/var/run/secrets")
+_ENGINE_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"})
 
 
 class RefusedOverride(UsageError):
@@ -258,7 +268,7 @@ def check_environment(environ: Mapping[str, str], baked: BakedServing) -> list[s
         elif name == "MODEL_BASE_PATH" and value != str(MODELS_ROOT):
             problems.append(f"MODEL_BASE_PATH={value!r}: this image serves its models from {MODELS_ROOT}")
         elif (name.startswith("PYTHON") and not name.startswith("PYTHON_")
-              and name not in _HARMLESS_PYTHON_ENV) or name in _CODE_LOADING_ENV:
+              and name not in _HARMLESS_PYTHON_ENV) or name in _CODE_LOADING_ENV or name.startswith(_CODE_LOADING_PREFIXES):
             problems.append(f"{name} is set: it could load other code into the model server")
     return problems
 
@@ -311,8 +321,16 @@ def _unescape_mount_point(field: str) -> str:
     return "".join(out)
 
 
-def check_mounts(layout: ImageLayout) -> list[str]:
-    """One line per mount over (or above) the baked files, the entrypoint or either server."""
+def check_mounts(layout: ImageLayout, *, scope: str = "all") -> list[str]:
+    """One line per run-time mount other than the container engine's own and /tmp: over (or
+    above) the baked files, the entrypoint or a server, under /models, or anywhere else.
+
+    Args:
+        scope: "baked" names only mounts over the baked files, the entrypoint and the servers
+            (checked before the baked files are read); "models" adds /models (an image built to
+            allow config reloads takes models from other mounts, each verified by the server
+            right before it loads); "all" adds every other mount.
+    """
     try:
         lines = layout.mountinfo.read_text().splitlines()
     except OSError:
@@ -324,15 +342,22 @@ def check_mounts(layout: ImageLayout) -> list[str]:
         if len(fields) < 5:
             continue
         mount_point = _unescape_mount_point(fields[4])
-        if mount_point == "/":
+        if mount_point == "/" or mount_point in _ENGINE_FILES or any(
+                mount_point == root or mount_point.startswith(root + "/") for root in _ENGINE_MOUNTS):
             continue
-        for path in protected:
-            if mount_point == path or mount_point.startswith(path + "/") or path.startswith(mount_point + "/"):
-                problems.append(
-                    f"{mount_point} is mounted at run time: it would replace {path}, which the "
-                    "image baked (trust, serving config, entrypoint or server)"
-                )
-                break
+        replaced = next((path for path in protected if mount_point == path or mount_point.startswith(path + "/")
+                         or path.startswith(mount_point + "/")), None)
+        if replaced is not None:
+            problems.append(f"{mount_point} is mounted at run time: it would replace {replaced}, which the "
+                            "image baked (trust, serving config, entrypoint or server)")
+        elif scope == "baked":
+            continue
+        elif mount_point == str(layout.models_root) or mount_point.startswith(str(layout.models_root) + "/"):
+            problems.append(f"{mount_point} is mounted at run time: the image serves the version dirs it baked; "
+                            "a mounted one could be swapped between verification and loading")
+        elif scope == "all":
+            problems.append(f"{mount_point} is mounted at run time: only the engine's own mounts and /tmp are "
+                            "accepted (a mount could replace code the entrypoint or the server loads)")
     return problems
 
 
@@ -487,11 +512,12 @@ def prepare(
         VerificationError: a model or a baked file fails verification.
     """
     # First: what is mounted over the baked files decides whether they can be read at all.
-    mounted = check_mounts(layout)
+    mounted = check_mounts(layout, scope="baked")
     if mounted:
         raise RefusedOverride(" | ".join(mounted))
     baked = load_baked(layout)
     tuning, problems = check_arguments(argv, baked.model_server)
+    problems += check_mounts(layout, scope="models" if baked.allow_reload_config else "all")
     problems = check_environment(environ, baked) + problems + check_models_root(layout)
     if problems:
         raise RefusedOverride(" | ".join(problems))

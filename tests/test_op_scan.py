@@ -410,3 +410,16 @@ def test_a_saved_models_own_saver_is_not_denied_but_a_file_op_hidden_in_it_is(tm
                 break
     (version_dir / "saved_model.pb").write_bytes(saved_model.SerializeToString())
     assert [f.op_type for f in scan_saved_model(version_dir).blocking] == ["ReadFile"]
+
+
+def test_a_save_hung_off_the_restore_op_is_scanned_not_exempted(tfpack_cli, tmp_path: Path) -> None:
+    from factories.hostile_models import write_save_behind_restore
+
+    target = tmp_path / "victim.txt"
+    source = write_save_behind_restore(tmp_path / "saver_evil", target)
+    target.unlink(missing_ok=True)  # building the model ran the Save once
+    scanned = tfpack_cli("scan", source)
+    assert scanned.exit_code == 3 and "Save (evil_save" in scanned.stdout + scanned.stderr
+    converted = tfpack_cli("convert", source, "--name", "m", "--output-dir", tmp_path / "out")
+    assert converted.exit_code == 2 and "Save (evil_save" in converted.stderr
+    assert not target.exists()

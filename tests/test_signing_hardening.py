@@ -127,3 +127,28 @@ def test_a_version_dir_whose_op_scan_fails_is_never_signed(signing_keys, tfpack_
     assert result.exit_code == 2, result.stderr
     assert "FixedLengthRecordDataset" in result.stderr and "refuses a model whose op scan fails" in result.stderr
     assert not (version_dir / SIGNATURE_FILE).exists()
+
+
+def test_only_the_signer_decides_which_denied_ops_are_allowed(signing_keys, tfpack_cli, tmp_path: Path) -> None:
+    """A provenance inside the dir claiming 'convert --allow-op ReadFile' is the caller's file
+    until signed: 'tfpack sign' takes the allowance only from its own --allow-op."""
+    import tensorflow as tf
+
+    from packager.layout import PROVENANCE_FILE
+
+    class Reader(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):  # type: ignore[no-untyped-def]
+            return {"y": x + 1.0, "leak": tf.reshape(tf.io.read_file("/etc/hostname"), [1])}
+
+    version_dir = tmp_path / "m" / "1"
+    module = Reader()
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    (version_dir / PROVENANCE_FILE).parent.mkdir(exist_ok=True)
+    (version_dir / PROVENANCE_FILE).write_text(json.dumps({"options": {"allowed_ops": ["ReadFile"]}}))
+    forged = tfpack_cli("sign", version_dir, "--key", signing_keys["private"])
+    assert forged.exit_code == 2, forged.stderr
+    assert "provenance allows ReadFile" in forged.stderr and "--allow-op ReadFile" in forged.stderr
+    assert not (version_dir / SIGNATURE_FILE).exists()
+    vouched = tfpack_cli("sign", version_dir, "--key", signing_keys["private"], "--allow-op", "ReadFile")
+    assert vouched.exit_code == 0, vouched.stderr

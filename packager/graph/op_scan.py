@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,8 @@ _NAMED: dict[str, str] = {
 # The checkpoint ops a SavedModel's own saver may hold: the server runs its restore op (with the
 # variables path fed) to load the weights; nothing runs its save op.
 SAVER_OPS = frozenset(op for op, reason in _NAMED.items() if reason == CHECKPOINT)
+# What a loader runs to read the variables; the others only write checkpoints.
+RESTORE_OPS = frozenset({"Restore", "RestoreV2", "RestoreSlice"})
 
 # Op-name fragments -> category, for families whose every member has the effect.
 _NAME_FRAGMENTS: tuple[tuple[str, str], ...] = (
@@ -372,7 +374,7 @@ def _closure(graph_def, roots: Iterable[str]) -> list:  # type: ignore[no-untype
 
 @dataclass
 class _Scan:
-    """Accumulates findings over (node name, NodeDef, checkpoint ops exempt) triples."""
+    """Accumulates findings over (node name, NodeDef, op types exempt there) triples."""
 
     functions: dict  # type: ignore[type-arg]
     allowed: frozenset[str]
@@ -380,31 +382,32 @@ class _Scan:
     notices: list[OpFinding] = field(default_factory=list)
     scanned: int = 0
 
-    def add(self, nodes: Iterator[tuple[str, object, bool]]) -> None:
-        for name, node, saver in nodes:
+    def add(self, nodes: Iterator[tuple[str, object, frozenset[str]]]) -> None:
+        for name, node, exempt in nodes:
             op_type = node.op  # type: ignore[attr-defined]
             self.scanned += 1
             if op_type in self.functions:
                 continue  # a call of a library function: its body is scanned on its own
             if is_random(op_type):
                 self.notices.append(OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests"))
-            if saver and op_type in SAVER_OPS:
+            if op_type in exempt:
                 continue
             reason = classify_node(node)
             if reason is not None:
                 self.findings.append(OpFinding(op_type, name, reason, allowed=op_type in self.allowed))
 
-    def add_functions(self, saver_only: set[str]) -> None:
-        """Every function in the library, reachable or not; checkpoint ops exempt in the saver's own."""
+    def add_functions(self, exempt: Mapping[str, frozenset[str]]) -> None:
+        """Every function in the library, reachable or not, with the op types exempt in each
+        (checkpoint ops in the saver's own functions)."""
         for fname, function in self.functions.items():
-            self.add((f"{fname}/{node.name}", node, fname in saver_only) for node in function.node_def)
+            self.add((f"{fname}/{node.name}", node, exempt.get(fname, frozenset())) for node in function.node_def)
 
 
 def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
     """Scan every node of ``graph_def`` and every function in its library."""
     scan = _Scan({f.signature.name: f for f in graph_def.library.function}, allowed)
-    scan.add((node.name, node, False) for node in graph_def.node)
-    scan.add_functions(saver_only=set())
+    scan.add((node.name, node, frozenset()) for node in graph_def.node)
+    scan.add_functions({})
     return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=scan.notices)
 
 
@@ -440,13 +443,41 @@ def scan_meta_graph(meta_graph, target: str, allowed: frozenset[str] = frozenset
     roots += [name for key in INIT_COLLECTIONS for name in _collection_nodes(meta_graph, key)]
     served = _closure(graph_def, roots)
     served_names = {node.name for node in served}
-    saver = [node for node in _closure(graph_def, _saver_roots(meta_graph)) if node.name not in served_names]
-    saver_only = _functions_reached(saver, functions) - _functions_reached(served, functions)
+    restore = [node for node in _restore_closure(meta_graph) if node.name not in served_names]
+    restore_names = {node.name for node in restore}
+    saver = meta_graph.saver_def
+    save_only = [node for node in _closure(graph_def, [saver.save_tensor_name] if saver.save_tensor_name else [])
+                 if node.name not in served_names | restore_names]
+    served_functions = _functions_reached(served, functions)
+    restore_functions = _functions_reached(restore, functions) - served_functions
+    save_functions = _functions_reached(save_only, functions) - served_functions - restore_functions
     scan = _Scan(functions, allowed)
-    scan.add((node.name, node, False) for node in served)
-    scan.add((node.name, node, True) for node in saver)
-    scan.add_functions(saver_only)
+    scan.add((node.name, node, frozenset()) for node in served)
+    scan.add((node.name, node, _restore_exemption(meta_graph, node)) for node in restore)
+    # The save path only runs when a checkpoint is written (never by a loader or a server).
+    scan.add((node.name, node, SAVER_OPS) for node in save_only)
+    scan.add_functions({**{f: RESTORE_OPS for f in restore_functions}, **{f: SAVER_OPS for f in save_functions}})
     return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=scan.notices)
+
+
+def _restore_closure(meta_graph) -> list:  # type: ignore[no-untyped-def, type-arg]
+    """Everything a loader runs to restore the variables: the restore op and what it depends on."""
+    restore = meta_graph.saver_def.restore_op_name
+    return _closure(meta_graph.graph_def, [restore] if restore else [])
+
+
+def _restore_exemption(meta_graph, node) -> frozenset[str]:  # type: ignore[no-untyped-def]
+    """The checkpoint op types a node of the restore path may be: only a restore whose prefix is
+    the saver's own filename tensor (what a loader feeds the variables' path to). A Save hung off
+    the restore op, or a restore from a path baked into the graph, would run at load: scanned."""
+    if node.op not in RESTORE_OPS or not node.input:
+        return frozenset()
+    by_name = {n.name: n for n in meta_graph.graph_def.node}
+    filename = _node_name(meta_graph.saver_def.filename_tensor_name)
+    name = _node_name(node.input[0])
+    while name in by_name and name != filename and by_name[name].op in ("Identity", "Snapshot") and by_name[name].input:
+        name = _node_name(by_name[name].input[0])
+    return RESTORE_OPS if filename and name == filename else frozenset()
 
 
 def scan_restore_path(meta_graph, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
@@ -458,12 +489,11 @@ def scan_restore_path(meta_graph, target: str, allowed: frozenset[str] = frozens
     """
     graph_def = meta_graph.graph_def
     functions = {f.signature.name: f for f in graph_def.library.function}
-    restore = [meta_graph.saver_def.restore_op_name] if meta_graph.saver_def.restore_op_name else []
-    nodes = _closure(graph_def, restore)
+    nodes = _restore_closure(meta_graph)
     reached = _functions_reached(nodes, functions)
     scan = _Scan({name: functions[name] for name in reached}, allowed)
-    scan.add((node.name, node, True) for node in nodes)
-    scan.add_functions(saver_only=reached)
+    scan.add((node.name, node, _restore_exemption(meta_graph, node)) for node in nodes)
+    scan.add_functions({name: RESTORE_OPS for name in reached})
     return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=[])
 
 

@@ -132,3 +132,28 @@ def write_restore_hook_checkpoint(directory: Path, target: Path) -> Path:
             node.input.append("^drop_file")
     meta_path.write_bytes(meta_graph.SerializeToString())
     return Path(prefix)
+
+
+def write_save_behind_restore(directory: Path, target: Path) -> Path:
+    """A TF1 SavedModel whose saver's restore op has a control dependency on a ``Save`` of a
+    constant path: loading the model (or converting it) would write ``target``. The checkpoint
+    op is a saver op by type, but no loader's restore needs it: it must be scanned, not exempted."""
+    tf = tensorflow()
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None], name="x")
+        variable = v1.Variable(2.0, name="v")
+        y = tf.identity(x * variable, name="y")
+        evil = tf.raw_ops.Save(filename=tf.constant(str(target)), tensor_names=tf.constant(["payload"]),
+                               data=[tf.constant("written at load")], name="evil_save")
+        with tf.control_dependencies([evil]):
+            saver = v1.train.Saver([variable], sharded=False)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(directory))
+            builder.add_meta_graph_and_variables(
+                session, ["serve"], saver=saver,
+                signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+            builder.save()
+    return directory
