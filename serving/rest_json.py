@@ -109,6 +109,12 @@ def _check_strings(document: Any) -> None:
                 ) from None
 
 
+class _Document(dict):  # type: ignore[type-arg]
+    """A parsed request body; ``booleans`` is False when the body holds no boolean literal."""
+
+    booleans = True
+
+
 def parse_body(body: bytes, max_decoded_bytes: int | None = None) -> dict[str, Any]:
     """Parse a request body that must be a JSON object (NaN and Infinity are allowed).
 
@@ -153,7 +159,11 @@ def parse_body(body: bytes, max_decoded_bytes: int | None = None) -> dict[str, A
         _check_strings(document)
     if not isinstance(document, dict):
         raise invalid_argument(f"Is not object. Request: {_text(document)}")
-    return document
+    parsed = _Document(document)
+    # Outside strings "true"/"false" are the only way to write a boolean; a string holding
+    # them only costs the dense numeric path (see _dense_array), never correctness.
+    parsed.booleans = b"true" in body or b"false" in body
+    return parsed
 
 
 def signature_name(document: dict[str, Any]) -> str:
@@ -262,6 +272,114 @@ def value_to_proto(value: Any, dtype: int, batch: int | None = None) -> tensor_p
     return proto
 
 
+# ---------------------------------------------------------------------------------------------
+# The dense numeric path: a regular nested list of numbers (or of booleans) becomes one array in
+# numpy's C loops, and the request tensor carries it as tensor_content. It only ever answers
+# what the per-element path (value_to_proto, _fill, _add_value) would answer, value for value;
+# for anything else -- ragged lists, strings, b64, None, objects, a boolean where a number is
+# expected, an integer outside the dtype's range or above the float's exact-integer limit, an
+# empty list -- it declines, and the per-element path decides, with TF Serving's messages.
+
+_NUMPY_TYPES = {
+    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+    types_pb2.DT_INT32: np.int32, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8,
+    types_pb2.DT_UINT8: np.uint8, types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32,
+    types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
+}
+
+
+def _dense_array(value: Any, dtype: int, booleans: bool) -> np.ndarray | None:
+    """``value`` as an array of ``dtype``'s numpy type, or None when the per-element path must
+    decide (see above).
+
+    Args:
+        value: A JSON value; only non-empty lists are taken.
+        dtype: The signature input's DataType.
+        booleans: Whether the body may hold booleans. numpy reads [true, 1.5] as [1.0, 1.5]
+            where TF Serving refuses the boolean, so numbers are only taken without them.
+    """
+    target = _NUMPY_TYPES.get(dtype)
+    if target is None or not isinstance(value, list) or not value:
+        return None
+    if booleans and dtype != types_pb2.DT_BOOL:
+        return None
+    try:
+        # Ragged lists and nesting beyond numpy's 64 dims raise ValueError; None, strings,
+        # objects and integers beyond 64 bits give an object or string array.
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    kind = array.dtype.kind
+    if array.size == 0:
+        return None
+    if dtype == types_pb2.DT_BOOL:
+        return array if kind == "b" else None  # numpy makes [true, 1] integers
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if kind not in "iu" or int(array.min()) < low or int(array.max()) > high:
+            return None
+        return array.astype(target, copy=False)
+    # DT_FLOAT / DT_DOUBLE: numbers; an integer must be exact in the float ("without loss of
+    # precision"). Mixed with floats, integers are no longer told apart: any finite magnitude
+    # above the limit sends the list to the per-element path, which knows.
+    limit = (1 << _FLOAT_TYPES[dtype][0]) - 1
+    if kind in "iu":
+        if int(array.max()) > limit or int(array.min()) < -limit:
+            return None
+    elif kind == "f":
+        with np.errstate(invalid="ignore"):
+            large = np.abs(array) > limit
+        if large.any() and np.isfinite(array[large]).any():
+            return None
+    else:
+        return None
+    with np.errstate(over="ignore"):  # as float_val.append: beyond float32 is infinity
+        return array.astype(target, copy=False)
+
+
+def _array_proto(array: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(
+        dtype=dtype,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
+        ),
+        tensor_content=np.ascontiguousarray(array).tobytes(),
+    )
+
+
+def _to_proto(value: Any, dtype: int, booleans: bool) -> tensor_pb2.TensorProto:
+    array = _dense_array(value, dtype, booleans)
+    return value_to_proto(value, dtype) if array is None else _array_proto(array, dtype)
+
+
+def _dense_instances(
+    instances: list[Any], inputs: dict[str, meta_graph_pb2.TensorInfo], booleans: bool
+) -> dict[str, tensor_pb2.TensorProto] | None:
+    """The row format on the dense path: a list of values for one input, or of objects holding
+    every input; None when the per-element path must decide."""
+    first = instances[0]
+    if not isinstance(first, dict):
+        if len(inputs) != 1:
+            return None
+        (name, info), = inputs.items()
+        array = _dense_array(instances, info.dtype, booleans)
+        return None if array is None else {name: _array_proto(array, info.dtype)}
+    names = inputs.keys()
+    columns: dict[str, list[Any]] = {name: [] for name in inputs}
+    for element in instances:  # per batch item, not per value
+        if not isinstance(element, dict) or _is_b64(element) or element.keys() != names:
+            return None
+        for name, value in element.items():
+            columns[name].append(value)
+    protos = {}
+    for name, column in columns.items():
+        array = _dense_array(column, inputs[name].dtype, booleans)
+        if array is None:
+            return None
+        protos[name] = _array_proto(array, inputs[name].dtype)
+    return protos
+
+
 def _append(target: tensor_pb2.TensorProto, item: tensor_pb2.TensorProto) -> None:
     for field in ("float_val", "double_val", "int_val", "int64_val", "uint32_val", "uint64_val",
                   "bool_val", "string_val"):
@@ -269,13 +387,19 @@ def _append(target: tensor_pb2.TensorProto, item: tensor_pb2.TensorProto) -> Non
 
 
 def inputs_from_instances(
-    instances: Any, inputs: dict[str, meta_graph_pb2.TensorInfo]
+    instances: Any, inputs: dict[str, meta_graph_pb2.TensorInfo], booleans: bool = True
 ) -> dict[str, tensor_pb2.TensorProto]:
-    """Batch the row-format "instances" list into one tensor per signature input."""
+    """Batch the row-format "instances" list into one tensor per signature input.
+
+    ``booleans``: whether the body may hold booleans (False lets numbers take the dense path).
+    """
     if not isinstance(instances, list):
         raise invalid_argument("Excepting 'instances' to be an list/array")
     if not instances:
         raise invalid_argument("No values in 'instances' array")
+    dense = _dense_instances(instances, inputs, booleans)
+    if dense is not None:
+        return dense
     as_objects = isinstance(instances[0], dict) and not _is_b64(instances[0])
     if not as_objects and len(inputs) > 1:
         raise invalid_argument(
@@ -329,9 +453,12 @@ def inputs_from_instances(
 
 
 def inputs_from_columns(
-    columns: Any, inputs: dict[str, meta_graph_pb2.TensorInfo]
+    columns: Any, inputs: dict[str, meta_graph_pb2.TensorInfo], booleans: bool = True
 ) -> dict[str, tensor_pb2.TensorProto]:
-    """Convert the columnar "inputs" value (a value, or an object of named values)."""
+    """Convert the columnar "inputs" value (a value, or an object of named values).
+
+    ``booleans``: whether the body may hold booleans (False lets numbers take the dense path).
+    """
     if not isinstance(columns, dict) or _is_b64(columns):
         if len(inputs) > 1:
             raise invalid_argument(
@@ -339,12 +466,12 @@ def inputs_from_columns(
                 "tensors required as per tensorinfo_map"
             )
         (name, info), = inputs.items()
-        return {name: value_to_proto(columns, info.dtype)}
+        return {name: _to_proto(columns, info.dtype, booleans)}
     converted = {}
     for name, info in sorted(inputs.items()):
         if name not in columns:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        converted[name] = value_to_proto(columns[name], info.dtype)
+        converted[name] = _to_proto(columns[name], info.dtype, booleans)
     return converted
 
 
@@ -359,18 +486,62 @@ def predict_inputs(
         raise invalid_argument(
             "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
         )
+    booleans = getattr(document, "booleans", True)  # parse_body knows; else assume so
     if has_instances:
-        return inputs_from_instances(document[INSTANCES], inputs), True
+        return inputs_from_instances(document[INSTANCES], inputs, booleans), True
     if has_inputs:
-        return inputs_from_columns(document[INPUTS], inputs), False
+        return inputs_from_columns(document[INPUTS], inputs, booleans), False
     raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+_POWERS_OF_TEN = 10.0 ** np.arange(23)  # exact doubles: 1e0 .. 1e22
+_MAX_DIGITS = 9  # a float32 never needs more significant digits to round-trip
+
+
+def float32_as_shortest(array: np.ndarray) -> np.ndarray:
+    """float32 values as the float64 values their shortest round-trip decimal text names.
+
+    Python writes a float64 as the shortest text that reads back as it, so writing these
+    gives float32's shortest text (0.1, not 0.10000000149011612), as str(np.float32(v)) is,
+    for every element, in numpy's loops. For each element the coarsest decimal precision whose
+    rounding reads back as the same float32 is taken: m / 10**k (or m * 10**-k) with m an exact
+    integer and 10**k exact (|k| <= 22) is the double nearest that decimal, which is what
+    reading the decimal text gives. Elements needing |k| > 22 (magnitudes beyond about 1e-13
+    .. 1e22) go through numpy's own float32 -> text -> float64 conversion.
+    """
+    values = np.asarray(array, dtype=np.float32).ravel()
+    with np.errstate(all="ignore"):
+        wide = values.astype(np.float64)
+    result = wide.copy()  # zeros (signed), infinities and NaN stay as they are
+    with np.errstate(all="ignore"):
+        todo = np.flatnonzero(np.isfinite(wide) & (wide != 0))
+        exponent = np.floor(np.log10(np.abs(wide[todo]))).astype(np.int64)
+        aside = []  # elements whose next precision has no exact power of ten
+        # From one digit coarser than the leading digit (log10 may be one off) onwards.
+        for digits in range(_MAX_DIGITS + 2):
+            if not todo.size:
+                break
+            k = digits - 1 - exponent
+            exact = np.abs(k) <= 22
+            aside.append(todo[~exact])
+            todo, exponent, k = todo[exact], exponent[exact], k[exact]
+            v = wide[todo]
+            power = _POWERS_OF_TEN[np.abs(k)]
+            up = k >= 0
+            rounded = np.round(np.where(up, v * power, v / power))
+            decimal = np.where(up, rounded / power, rounded * power)
+            done = decimal.astype(np.float32) == values[todo]
+            result[todo[done]] = decimal[done]
+            todo, exponent = todo[~done], exponent[~done]
+        rest = np.concatenate([todo, *aside])
+        if rest.size:  # extreme magnitudes (and any element the rounding missed)
+            result[rest] = values[rest].astype(str).astype(np.float64)
+    return result.reshape(np.shape(array))
 
 
 def _json_values(alias: str, array: np.ndarray) -> Any:
     if array.dtype == np.float32:
-        # float32's shortest round-trip text (0.1, not 0.10000000149011612).
-        flat = [float(str(v)) for v in array.ravel()]
-        return np.array(flat, dtype=np.float64).reshape(array.shape).tolist()
+        return float32_as_shortest(array).tolist()
     if array.dtype.kind in "OSU":
         encode = (
             (lambda b: {_B64: base64.b64encode(b).decode()}) if alias.endswith(_BYTES_SUFFIX)
@@ -409,10 +580,25 @@ def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[s
     return {"predictions": [{alias: values[alias][i] for alias in values} for i in range(batch or 0)]}
 
 
+def _pretty(value: Any, level: int) -> str:
+    if not isinstance(value, dict) or not value or not all(isinstance(k, str) for k in value):
+        return json.dumps(value)  # arrays on one line, by json's C encoder
+    inner = "    " * (level + 1)
+    members = ",\n".join(
+        f"{inner}{json.dumps(key)}: {_pretty(item, level + 1)}" for key, item in value.items()
+    )
+    return f"{{\n{members}\n{'    ' * level}}}"
+
+
 def dumps(document: Any) -> bytes:
-    """Serialize a response body (NaN and Infinity written as TF Serving writes them)."""
+    """Serialize a response body (NaN and Infinity written as TF Serving writes them).
+
+    Objects are indented by 4 and arrays kept on one line, as TF Serving's rapidjson
+    PrettyWriter (kFormatSingleLineArray) lays them out; arrays are written by json's C encoder
+    (json.dumps with indent runs in Python, per value).
+    """
     try:
-        return json.dumps(document, indent=4).encode()
+        return _pretty(document, 0).encode()
     except (TypeError, ValueError) as error:
         raise internal(f"Failed to convert response to JSON: {error}") from None
 
