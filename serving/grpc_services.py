@@ -26,6 +26,24 @@ from serving.status import ServingError, invalid_argument
 
 _LOG = logging.getLogger(__name__)
 
+
+class _OneLineDeserializationErrors(logging.Filter):
+    """gRPC logs a request it cannot parse with a full traceback ("Exception deserializing
+    message!") before answering it: anyone who reaches the port could flood the log with them.
+    Keep the line, drop the traceback (the client is answered by gRPC either way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "deserializ" in record.getMessage():
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {str(error)[:200]})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("grpc._common").addFilter(_OneLineDeserializationErrors())
+
 Response = TypeVar("Response")
 
 # TF Serving sets no message size limit (INT_MAX); gRPC's default 4 MiB would reject big tensors.

@@ -537,3 +537,23 @@ def test_the_automatic_tensor_cap_is_sized_for_the_server_memory() -> None:
     cap = default_max_request_tensor_bytes()
     assert 64 << 20 <= cap <= 2**31 - 1
     assert cap <= max(memory // 16, 64 << 20)
+
+
+def test_an_unparseable_grpc_request_leaves_one_line_in_the_log() -> None:
+    """Raw bytes that are no PredictRequest: an error for the client, no traceback for the log."""
+    import tempfile
+
+    from tests.factories.half_plus_two import write_half_plus_two_tf1
+    from tests.servers import running_model_server
+
+    with tempfile.TemporaryDirectory() as root:
+        write_half_plus_two_tf1(Path(root) / "half")
+        with running_model_server([f"--model_base_path={root}/half", "--model_name=half"], rest=False) as server:
+            with server.channel() as channel:
+                call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+                for _ in range(3):
+                    with pytest.raises(grpc.RpcError):
+                        call(b"\xff\xff\xff\xff", timeout=10)
+            log = server.stderr()
+    assert "Traceback" not in log, log
+    assert log.count("deserializ") >= 1
