@@ -35,7 +35,7 @@ import docker
 import docker.errors
 import requests
 
-from packager.errors import TfpackError, UsageError
+from packager.errors import ToolError, UsageError
 from packager.progress import SILENT, Progress
 
 SUITE = "bookworm"
@@ -143,7 +143,7 @@ def ensure_runtime_base(client: docker.DockerClient, progress: Progress = SILENT
 
     Raises:
         UsageError: debootstrap is missing or tfpack does not run as root (debootstrap needs it).
-        TfpackError: debootstrap, the wheel download or the venv install failed.
+        ToolError: debootstrap, the wheel download or the venv install failed.
     """
     tag = runtime_base_tag()
     if _image_exists(client, tag):
@@ -191,13 +191,13 @@ def _build_runtime_base(client: docker.DockerClient, tag: str, progress: Progres
         try:
             status = container.wait(timeout=_INSTALL_TIMEOUT_S)
         except requests.exceptions.ConnectionError:
-            raise TfpackError(
+            raise ToolError(
                 f"installing the serving stack into the runtime base took over "
                 f"{_INSTALL_TIMEOUT_S} s; see 'docker logs {container.short_id}' before rerunning"
             ) from None
         if status.get("StatusCode") != 0:
             tail = container.logs(tail=5).decode(errors="replace").strip().splitlines()
-            raise TfpackError(
+            raise ToolError(
                 f"installing the serving stack into the runtime base failed: "
                 f"{tail[-1] if tail else 'no output'} (wheelhouse {wheelhouse})"
             )
@@ -299,12 +299,12 @@ def _ensure_wheelhouse(progress: Progress) -> Path:
 
 
 def _run(command: list[str], *, what: str, log: Path) -> None:
-    """Run ``command``, keep its output in ``log``, raise TfpackError naming the log on failure."""
+    """Run ``command``, keep its output in ``log``, raise ToolError naming the log on failure."""
     with log.open("wb") as sink:
         result = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         lines = log.read_text(errors="replace").strip().splitlines()
-        raise TfpackError(
+        raise ToolError(
             f"{what} failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}"
             f" (full log: {log})"
         )

@@ -31,6 +31,12 @@ class SourceError(UsageError):
     """The source model is missing, corrupt or of an unsupported kind (exit 2)."""
 
 
+class ToolError(UsageError):
+    """A tool tfpack drives failed, or tfpack's installation is incomplete: the Docker engine or
+    a docker build, a pip wheel build, a missing template (exit 2: the machine, not tfpack, needs
+    fixing; the message says what failed and where its log is)."""
+
+
 class VerificationError(TfpackError):
     """A signature or numerical-equivalence check failed (exit 3)."""
 

@@ -35,7 +35,7 @@ import docker.utils
 
 import packager
 from packager import _runtime_base
-from packager.errors import TfpackError, UsageError, VerificationError, first_line
+from packager.errors import ToolError, UsageError, VerificationError, first_line
 from packager.layout import SIGNATURE_FILE, check_image_reference, check_model_name, is_version_dir, numeric_versions, version_dirs
 from packager.docker_engine import docker_client, docker_reason
 from packager.progress import SILENT, Progress
@@ -107,7 +107,7 @@ def ensure_embedded_base(progress: Progress = SILENT) -> str:
 
     Raises:
         UsageError: no Docker engine, no debootstrap, or not root for the first build.
-        TfpackError: a bootstrap step failed (the message names its log).
+        ToolError: a bootstrap step failed (the message names its log).
     """
     return _runtime_base.ensure_runtime_base(docker_client(), progress)
 
@@ -276,7 +276,7 @@ def build_image(
         UsageError: bad model dir, key, tag or base; a version dir failing the op scan; no
             Docker engine; a failed push.
         VerificationError: an unsigned or tampered version dir.
-        TfpackError: the image build itself failed.
+        ToolError: the image build itself failed (exit 2).
     """
     check_image_reference(tag, "--tag")
     if base != EMBEDDED_BASE:
@@ -463,7 +463,7 @@ def build_wheel(wheel_dir: Path) -> Path:
     wheels = sorted(wheel_dir.glob("tfpack-*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         lines = (result.stderr or result.stdout).strip().splitlines()
-        raise TfpackError(
+        raise ToolError(
             f"building the tfpack wheel failed: {lines[-1] if lines else 'no output'}"
         )
     return wheels[0]
@@ -588,7 +588,7 @@ def _docker_build(
             if "error" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message", chunk["error"])
                 exit_status = _NON_ZERO_EXIT.search(detail)
-                raise TfpackError(
+                raise ToolError(
                     f"docker build of {tag} failed at {_shorten(step)}: "
                     + _shorten(last_output or first_line(Exception(detail)), 300)
                     + (f" (exit code {exit_status.group(1)})" if exit_status else "")

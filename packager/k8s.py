@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from packager import __version__, layout
-from packager.errors import TfpackError, UsageError
+from packager.errors import TfpackError, ToolError, UsageError
 from packager.progress import SILENT, Progress
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "k8s"
@@ -198,7 +198,7 @@ def _check_replaceable(output_dir: Path) -> None:
 def _render_templates(values: dict[str, str]) -> dict[Path, str]:
     """Every template file under TEMPLATES_DIR, substituted, keyed by its relative path."""
     if not (TEMPLATES_DIR / "kustomization.yaml").is_file():
-        raise TfpackError(
+        raise ToolError(
             f"tfpack's k8s templates are missing from {TEMPLATES_DIR}: reinstall tfpack"
         )
     rendered: dict[Path, str] = {}

@@ -150,6 +150,11 @@ def latest_version_dir(model_base_path: Path) -> Path:
     return version_dirs(model_base_path)[versions[-1]]
 
 
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` can name a version dir: ASCII digits only ("²" and "١" pass str.isdigit)."""
+    return bool(_VERSION_NAME.match(name))
+
+
 def is_version_dir(path: Path) -> bool:
     """True when ``path`` looks like a SavedModel version dir."""
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()

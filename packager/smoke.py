@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import os
+import re
 import statistics
 import tarfile
 import tempfile
@@ -327,7 +328,7 @@ def smoke_target(
     _check_address(target, "--target")
     if rest_target is not None:
         _check_address(rest_target, "--rest-target")
-    if not version_dir.name.isdigit():
+    if not layout.is_version_name(version_dir.name):
         raise UsageError(
             f"{version_dir} is not a version dir: its name must be the version number (DIR/NAME/N)"
         )
@@ -929,7 +930,8 @@ def _check_report_paths(report_path: Path | None, junit_path: Path | None) -> No
 
 def _check_address(address: str, flag: str) -> None:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: "²" passes str.isdigit() and then fails int().
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise UsageError(f"{flag} {address!r} is not HOST:PORT (for example localhost:8500)")
 
 

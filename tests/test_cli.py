@@ -199,3 +199,19 @@ def test_a_model_dir_instead_of_a_version_dir_gets_a_pointer(good, tfpack_cli, t
     assert result.exit_code == 2 and f"give one version dir, e.g. {good['saved_model']}" in result.stderr
     result = tfpack_cli("build", good["saved_model"], "--tag", "t:1", "--allow-unsigned")
     assert result.exit_code == 2 and "is a version dir: give the model dir" in result.stderr
+
+
+@pytest.mark.parametrize("target", ["localhost:²", "localhost:١٢", "localhost:99999", "localhost:"])
+def test_smoke_target_ports_are_ascii_numbers(target: str, tfpack_cli, tmp_path: Path) -> None:
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    result = tfpack_cli("smoke", "--target", target, "--version-dir", version_dir, "--model", "m")
+    assert result.exit_code == 2, result.stderr
+    assert "is not HOST:PORT" in result.stderr
+
+
+def test_smoke_version_dir_names_are_ascii_numbers(tfpack_cli, tmp_path: Path) -> None:
+    version_dir = tmp_path / "m" / "²"
+    version_dir.mkdir(parents=True)
+    result = tfpack_cli("smoke", "--target", "localhost:8500", "--version-dir", version_dir, "--model", "m")
+    assert result.exit_code == 2 and "is not a version dir" in result.stderr

@@ -669,3 +669,19 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
     assert exit_code == 0, logs
     assert f"warning: /models/{MODEL}/1 is unsigned" in logs
     assert "--model_config_file=/etc/tfpack/models.config" in logs
+
+
+@pytest.mark.docker
+def test_a_failing_docker_build_is_exit_2_in_one_line(
+    client: docker.DockerClient, signed_model: Path, keys, image_tags: list[str], tfpack_cli,
+) -> None:
+    """A base without a model server (the bare bootstrapped rootfs) fails the build: the machine's
+    setup, not tfpack, needs fixing, so exit 2 with the step that failed, not exit 1."""
+    base = _runtime_base.ensure_rootfs_image(client, SILENT)
+    tag = _new_tag(image_tags, "never-built")
+    result = tfpack_cli("build", signed_model, "--tag", tag, "--base", base, "--public-key", keys[1])
+    assert result.exit_code == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]
+    assert len(error) == 1 and f"docker build of {tag} failed at Step" in error[0], result.stderr
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(tag)
