@@ -84,6 +84,29 @@ def docker_client():
     client.close()
 
 
+@pytest.fixture(scope="module")
+def image_tags(docker_client):  # type: ignore[no-untyped-def]
+    """Tags a module's tests create (see new_image_tag); all removed when the module ends."""
+    import docker
+
+    tags: list[str] = []
+    yield tags
+    for tag in reversed(tags):
+        try:
+            docker_client.images.remove(tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def new_image_tag(tags: list[str], name: str) -> str:
+    """A fresh ``tfpack-test/NAME:RANDOM`` tag, recorded in ``tags`` for removal."""
+    import uuid
+
+    tag = f"tfpack-test/{name}:{uuid.uuid4().hex[:10]}"
+    tags.append(tag)
+    return tag
+
+
 @pytest.fixture(scope="session")
 def shared_testdata() -> Path:
     """TF Serving's own test models in ../shared/testdata (absent in a user's fresh clone)."""

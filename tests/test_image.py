@@ -37,6 +37,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from conftest import new_image_tag
 from packager import _runtime_base
 from packager.errors import UsageError, VerificationError
 from packager.image import (
@@ -303,27 +304,12 @@ def client(docker_client: docker.DockerClient) -> docker.DockerClient:
     return docker_client
 
 
-@pytest.fixture(scope="module")
-def image_tags(client: docker.DockerClient) -> Iterator[list[str]]:
-    """Tags the module's tests create; all removed at the end."""
-    tags: list[str] = []
-    yield tags
-    for tag in reversed(tags):
-        try:
-            client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
-
-def _new_tag(tags: list[str], name: str) -> str:
-    tag = f"tfpack-test/{name}:{uuid.uuid4().hex[:10]}"
-    tags.append(tag)
-    return tag
 
 
 @pytest.fixture(scope="module")
 def embedded_image(signed_model: Path, keys, image_tags: list[str]) -> BuildResult:
-    return build_image(signed_model, _new_tag(image_tags, MODEL), public_key=keys[1])
+    return build_image(signed_model, new_image_tag(image_tags, MODEL), public_key=keys[1])
 
 
 def _run(client: docker.DockerClient, image: str, command: list[str] | None = None):
@@ -464,7 +450,7 @@ def test_serves_grpc_and_rest_as_uid_10001(served) -> None:
 def test_tampered_model_inside_the_image_refuses_to_start(
     client: docker.DockerClient, embedded_image: BuildResult, image_tags: list[str]
 ) -> None:
-    tampered_tag = _new_tag(image_tags, "tampered")
+    tampered_tag = new_image_tag(image_tags, "tampered")
     target = f"/models/{MODEL}/1/{VARIABLES_FILE}"
     flip = (
         f"p = {target!r}; b = bytearray(open(p, 'rb').read()); b[-1] ^= 1; "
@@ -520,7 +506,7 @@ def stand_in_tf_serving(client: docker.DockerClient, image_tags: list[str]) -> s
     PyPI. PIP_CERT hands pip in the container the CA of the proxy this machine reaches PyPI
     through, which a fresh rootfs does not trust; a machine that can pull the real base needs none.
     """
-    tag = _new_tag(image_tags, "stand-in-tf-serving")
+    tag = new_image_tag(image_tags, "stand-in-tf-serving")
     dockerfile = (
         f"FROM {_runtime_base.ensure_rootfs_image(client, SILENT)}\n"
         "RUN apt-get purge -y --auto-remove python3 python3-venv python3.11 python3.11-minimal "
@@ -550,7 +536,7 @@ def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
     image_tags: list[str],
 ) -> None:
     result = build_image(
-        two_models, _new_tag(image_tags, "two"), base=stand_in_tf_serving, public_key=keys[1]
+        two_models, new_image_tag(image_tags, "two"), base=stand_in_tf_serving, public_key=keys[1]
     )
     assert result.model_server == TF_SERVING_MODEL_SERVER
     assert result.models == {MODEL: [1, 2], "twin": [1, 2]}
@@ -621,7 +607,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_push_to_a_registry_returns_the_digest_it_serves(
     signed_model: Path, keys, local_registry: str, image_tags: list[str]
 ) -> None:
-    tag = _new_tag(image_tags, "pushed").replace("tfpack-test/", f"{local_registry}/tfpack-test/")
+    tag = new_image_tag(image_tags, "pushed").replace("tfpack-test/", f"{local_registry}/tfpack-test/")
     image_tags[-1] = tag
     result = build_image(signed_model, tag, public_key=keys[1], push=True)
     repository, _, version = tag.rpartition(":")
@@ -652,7 +638,7 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
     image_tags: list[str],
 ) -> None:
     result = build_image(
-        unsigned_model, _new_tag(image_tags, "unsigned"), base=stand_in_tf_serving,
+        unsigned_model, new_image_tag(image_tags, "unsigned"), base=stand_in_tf_serving,
         allow_unsigned=True,
     )
     assert result.labels["dev.tfpack.allow-unsigned"] == "true"
@@ -678,7 +664,7 @@ def test_a_failing_docker_build_is_exit_2_in_one_line(
     """A base without a model server (the bare bootstrapped rootfs) fails the build: the machine's
     setup, not tfpack, needs fixing, so exit 2 with the step that failed, not exit 1."""
     base = _runtime_base.ensure_rootfs_image(client, SILENT)
-    tag = _new_tag(image_tags, "never-built")
+    tag = new_image_tag(image_tags, "never-built")
     result = tfpack_cli("build", signed_model, "--tag", tag, "--base", base, "--public-key", keys[1])
     assert result.exit_code == 2, result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]

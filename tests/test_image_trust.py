@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from conftest import new_image_tag
 from packager.errors import UsageError, VerificationError
 from packager.image import BuildResult, build_image
 from packager.signing import sign
@@ -385,27 +386,13 @@ def client(docker_client: docker.DockerClient) -> docker.DockerClient:
     return docker_client
 
 
-@pytest.fixture(scope="module")
-def image_tags(client: docker.DockerClient) -> Iterator[list[str]]:
-    tags: list[str] = []
-    yield tags
-    for tag in reversed(tags):
-        try:
-            client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
-
-def _new_tag(tags: list[str], name: str) -> str:
-    tag = f"tfpack-test/{name}:{uuid.uuid4().hex[:10]}"
-    tags.append(tag)
-    return tag
 
 
 @pytest.fixture(scope="module")
 def image(signed_model: Path, keys: dict[str, Path], image_tags: list[str]) -> BuildResult:
     """The embedded image serving half (versions 1, 2; 2 served), trusting the release key."""
-    return build_image(signed_model, _new_tag(image_tags, "trust"), public_key=keys["public"])
+    return build_image(signed_model, new_image_tag(image_tags, "trust"), public_key=keys["public"])
 
 
 def _run_to_exit(client: docker.DockerClient, tag: str, **options) -> tuple[int, str]:
@@ -558,7 +545,7 @@ def test_image_built_to_allow_reloads_verifies_every_reloaded_model(
     client: docker.DockerClient, signed_model: Path, keys: dict[str, Path], evil: dict[str, Path],
     image_tags: list[str],
 ) -> None:
-    result = build_image(signed_model, _new_tag(image_tags, "reloadable"), public_key=keys["public"],
+    result = build_image(signed_model, new_image_tag(image_tags, "reloadable"), public_key=keys["public"],
                          allow_reload_config=True)
     assert result.labels["dev.tfpack.reload-config"] == "verified"
     assert result.serving is not None and result.serving.allow_reload_config
