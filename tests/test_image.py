@@ -38,6 +38,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import new_image_tag
+from factories.image_layout import baked_layout
 from packager import _runtime_base
 from packager.errors import UsageError, VerificationError
 from packager.image import (
@@ -232,19 +233,7 @@ def test_build_refuses_a_private_key_as_public_key(signed_model: Path, keys) -> 
 def _baked_layout(root: Path, models: Path, public_key: Path | None, **serving) -> ImageLayout:
     """An image's /etc/tfpack and /models under ``root``, as tfpack build bakes them."""
     shutil.copytree(models, root / "models")
-    baked = BakedServing(
-        model_server=serving.pop("model_server", TF_SERVING_MODEL_SERVER),
-        models={m.name: sorted(int(v.name) for v in m.iterdir() if v.name.isdigit())
-                for m in sorted((root / "models").iterdir())},
-        trust="public_key" if public_key else "none", **serving,
-    )
-    (root / "etc" / "trust").mkdir(parents=True)
-    if public_key is not None:
-        shutil.copyfile(public_key, root / "etc" / "trust" / "public_key.pem")
-    (root / "etc" / "serving.json").write_text(baked.dumps())
-    (root / "etc" / "models.config").write_text(model_config_text(baked.served_versions, str(root / "models")))
-    return ImageLayout(etc_dir=root / "etc", models_root=root / "models", mountinfo=root / "no-mountinfo",
-                       require_root_owned=os.geteuid() == 0)
+    return baked_layout(root, public_key, serving.pop("model_server", TF_SERVING_MODEL_SERVER), **serving)
 
 
 def test_entrypoint_verifies_every_version_before_building_the_command_line(

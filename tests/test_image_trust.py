@@ -41,6 +41,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import new_image_tag
+from factories.image_layout import baked_layout
 from packager.errors import UsageError, VerificationError
 from packager.image import BuildResult, build_image
 from packager.signing import sign
@@ -145,18 +146,7 @@ def evil(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dic
 def _layout(root: Path, models: Path, public_key: Path | None, **serving) -> ImageLayout:
     """An image's /etc/tfpack and /models under ``root``, as `tfpack build` bakes them."""
     shutil.copytree(models, root / "models" / models.name)
-    baked = BakedServing(
-        model_server=serving.pop("model_server", "tfpack-model-server"),
-        models={models.name: sorted(int(v.name) for v in models.iterdir() if v.name.isdigit())},
-        trust="public_key" if public_key else "none", **serving,
-    )
-    (root / "etc" / "trust").mkdir(parents=True)
-    if public_key is not None:
-        shutil.copyfile(public_key, root / "etc" / "trust" / "public_key.pem")
-    (root / "etc" / "serving.json").write_text(baked.dumps())
-    (root / "etc" / "models.config").write_text(model_config_text(baked.served_versions, str(root / "models")))
-    return ImageLayout(etc_dir=root / "etc", models_root=root / "models", mountinfo=root / "mountinfo",
-                       require_root_owned=os.geteuid() == 0)
+    return baked_layout(root, public_key, serving.pop("model_server", "tfpack-model-server"), **serving)
 
 
 def test_only_tuning_flags_pass_and_every_other_argument_is_named() -> None:
