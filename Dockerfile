@@ -9,7 +9,7 @@
 #   etc/trust/public_key.pem      the key the entrypoint verifies against, or
 #   etc/trust/chain/NN.pem        the certificate chain it verifies certificate signatures against
 #   etc/session_config.pbtxt      the servers' session ConfigProto (soft placement)
-#   wheels/tfpack-*.whl           tfpack itself, built from the current source
+#   wheels/tfpack-*.whl           tfpack itself, packed from the tfpack that runs the build
 #   verifier-requirements.txt     what the verifier needs where the base has no Python
 #
 # etc/ becomes /etc/tfpack, root-owned (files 0644, dirs 0755). The entrypoint reads only those

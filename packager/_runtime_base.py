@@ -13,8 +13,9 @@ No image registry is reachable where tfpack is usually built, so the base is mad
 
 KEY is a hash of everything that decides the result (suite, packages, Python version,
 requirement pins, install script), so the base is built once per machine and rebuilt only when
-one of those changes. tfpack itself is not part of the base: each model image installs a wheel
-of the current source, so code changes never force a base rebuild.
+one of those changes. tfpack itself is not part of the base, nor of KEY: each model image installs
+a wheel packed from the running tfpack (:mod:`packager._runtime_wheel`), from a checkout or a pip
+install alike, so neither a code change nor a different install of tfpack forces a base rebuild.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import requests
 
 from packager.errors import ToolError, UsageError
 from packager.progress import SILENT, Progress
+from packager.signing import MODEL_SIGNING_VERSION
 
 SUITE = "bookworm"
 PYTHON_VERSION = "3.11"  # bookworm's python3; the wheelhouse is downloaded for exactly this ABI
@@ -59,7 +61,7 @@ REQUIREMENTS = (
     "grpcio-health-checking==1.85.1",
     "numpy==2.4.6",
     "protobuf==7.36.2",
-    "model-signing==1.1.1",
+    f"model-signing=={MODEL_SIGNING_VERSION}",
     "pyopenssl==26.4.0",
     "certifi==2026.10.18",
 )

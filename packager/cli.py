@@ -22,6 +22,7 @@ from rich.console import Console
 
 from packager import __version__
 from packager.errors import TfpackError
+from packager.modes import BATCHNORM_MODES, EMA_MODES, TOWER_MODES, EmaMode
 
 # Before anything imports TensorFlow: keep its C++ start-up notices out of tfpack's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -170,7 +171,7 @@ def source_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--builder", help="MODULE:FUNC building the inference graph for a checkpoint without one."),
         click.option("--custom-objects", help="Module with the custom Keras layers/functions the file uses."),
         click.option("--unsafe", is_flag=True, help="Allow Keras Lambda layers (they run code stored in the file)."),
-        click.option("--ema", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+        click.option("--ema", type=click.Choice(EMA_MODES), default="auto", show_default=True,
                      help="Use ExponentialMovingAverage shadows of checkpoint variables (auto: where present)."),
     ]):
         function = option(function)
@@ -178,7 +179,7 @@ def source_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _source_options(checkpoint: Path | None, builder: str | None, custom_objects: str | None, unsafe: bool,
-                    ema: str) -> Any:
+                    ema: EmaMode) -> Any:
     from packager.sources import SourceOptions
 
     return SourceOptions(checkpoint=checkpoint, builder=builder, custom_objects=custom_objects, unsafe=unsafe, ema=ema)
@@ -189,7 +190,7 @@ def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--inputs", help="Comma-separated input tensor or op names (default: discovered)."),
         click.option("--outputs", help="Comma-separated output tensor or op names (default: discovered)."),
-        click.option("--towers", type=click.Choice(["auto", "merge", "split", "single", "off"]), default="auto",
+        click.option("--towers", type=click.Choice(TOWER_MODES), default="auto",
                      show_default=True,
                      help="Multi-GPU tower graphs: one batch across all towers (merge), a signature per tower "
                           "(split), tower 0 alone (single); auto merges when towers exist."),
@@ -197,7 +198,7 @@ def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Let a denied op type (ReadFile, PyFunc, PrintV2, ...) onto the serving path; may repeat."),
         click.option("--constant", "constants", multiple=True, metavar="NAME=VALUE",
                      help="Fix a control placeholder (e.g. keep_prob=1.0, training=false); may repeat."),
-        click.option("--batchnorm", type=click.Choice(["auto", "inference", "batch"]), default="auto", show_default=True,
+        click.option("--batchnorm", type=click.Choice(BATCHNORM_MODES), default="auto", show_default=True,
                      help="Batch norm on batch statistics: refuse it (auto), rewrite it to the moving mean and "
                           "variance (inference), or serve it as it is (batch)."),
         click.option("--allow-random", is_flag=True,
@@ -330,7 +331,7 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, as_j
 @source_options
 @json_option
 def scan(target: Path, allowed_ops: tuple[str, ...], checkpoint: Path | None, builder: str | None,
-         custom_objects: str | None, unsafe: bool, ema: str, as_json: bool) -> None:
+         custom_objects: str | None, unsafe: bool, ema: EmaMode, as_json: bool) -> None:
     """Scan a source or a version dir for ops that touch files, run Python or print; exit 3 if any."""
     from packager.scanning import scan_target
 
@@ -345,8 +346,9 @@ def scan(target: Path, allowed_ops: tuple[str, ...], checkpoint: Path | None, bu
 @json_option
 def contract(args: tuple[str, ...], as_json: bool) -> None:
     """Show a version's serving contract, or diff two versions (exit 5 on a breaking change)."""
-    from packager.contract import diff_contracts, read_contract
+    from packager.contract import Contract, ContractDiff, diff_contracts, read_contract
 
+    result: Contract | ContractDiff
     if len(args) == 1:
         result = _run(lambda: read_contract(Path(args[0])), as_json)
     elif len(args) == 3 and args[0] == "diff":

@@ -8,32 +8,40 @@ returns something else) — ``contract diff`` exits 5 on those, and lists compat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from packager.errors import ContractBreak, SourceError, UsageError
 from packager.layout import SERVING_TAG, is_version_dir
+
+if TYPE_CHECKING:
+    from tensorflow.core.protobuf.meta_graph_pb2 import TensorInfo
 
 Shape = list[int | None] | None  # None: unknown rank
 
 
 @dataclass(frozen=True)
 class TensorContract:
-    dtype: str
+    """What a client may send or get for one input or output key."""
+
+    dtype: str  # TensorFlow's dtype name ("float32", "string"); "invalid" when none is recorded
     shape: Shape
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"dtype": self.dtype, "shape": self.shape}
 
 
 @dataclass(frozen=True)
 class SignatureContract:
+    """One signature: its method (tensorflow/serving/predict, ...) and its tensors by key."""
+
     method: str
     inputs: dict[str, TensorContract]
     outputs: dict[str, TensorContract]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "method": self.method,
             "inputs": {k: v.to_json() for k, v in sorted(self.inputs.items())},
@@ -43,14 +51,17 @@ class SignatureContract:
 
 @dataclass(frozen=True)
 class Contract:
+    """The serving contract of one version dir: its signatures by name (``__`` ones left out)."""
+
     version_dir: Path
     signatures: dict[str, SignatureContract]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"version_dir": str(self.version_dir),
                 "signatures": {k: v.to_json() for k, v in sorted(self.signatures.items())}}
 
     def summary(self) -> str:
+        """The contract for people: one line per signature, then one per tensor."""
         lines = [f"{self.version_dir}:"]
         for name, signature in sorted(self.signatures.items()):
             lines.append(f"  {name} ({signature.method.rsplit('/', 1)[-1]})")
@@ -60,17 +71,27 @@ class Contract:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContractDiff:
+    """What changed from one version's contract to the next's, one line per change.
+
+    Attributes:
+        breaking: changes that can fail a request that worked before (``contract diff`` exits 5).
+        compatible: changes every client survives (a signature or an output added, a shape
+            relaxed).
+    """
+
     old: Path
     new: Path
-    breaking: list[str] = field(default_factory=list)
-    compatible: list[str] = field(default_factory=list)
+    breaking: tuple[str, ...] = ()
+    compatible: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"old": str(self.old), "new": str(self.new), "breaking": self.breaking, "compatible": self.compatible}
+    def to_json(self) -> dict[str, object]:
+        return {"old": str(self.old), "new": str(self.new), "breaking": list(self.breaking),
+                "compatible": list(self.compatible)}
 
     def summary(self) -> str:
+        """The diff for people: unchanged, or one line per change, breaking ones first."""
         if not self.breaking and not self.compatible:
             return f"{self.old} -> {self.new}: the serving contract is unchanged"
         lines = [f"{self.old} -> {self.new}:"]
@@ -101,7 +122,7 @@ def read_contract(version_dir: Path) -> Contract:
     if meta_graph is None:
         raise SourceError(f"{version_dir} has no meta graph tagged '{SERVING_TAG}'")
 
-    def tensors(infos) -> dict[str, TensorContract]:  # type: ignore[no-untyped-def]
+    def tensors(infos: Mapping[str, TensorInfo]) -> dict[str, TensorContract]:
         result = {}
         for key, info in infos.items():
             dtype = tf.as_dtype(info.dtype).name if info.dtype else "invalid"
@@ -132,39 +153,41 @@ def diff_contracts(old_dir: Path, new_dir: Path) -> ContractDiff:
         ContractBreak: any breaking change (exit 5); the diff is attached for --json.
     """
     old, new = read_contract(old_dir), read_contract(new_dir)
-    diff = ContractDiff(old_dir, new_dir)
+    breaking: list[str] = []
+    compatible: list[str] = []
     for name in sorted(old.signatures.keys() - new.signatures.keys()):
-        diff.breaking.append(f"signature {name} removed")
+        breaking.append(f"signature {name} removed")
     for name in sorted(new.signatures.keys() - old.signatures.keys()):
-        diff.compatible.append(f"signature {name} added")
+        compatible.append(f"signature {name} added")
     for name in sorted(old.signatures.keys() & new.signatures.keys()):
         before, after = old.signatures[name], new.signatures[name]
         if before.method != after.method:
-            diff.breaking.append(f"{name}: method {before.method} -> {after.method}")
+            breaking.append(f"{name}: method {before.method} -> {after.method}")
         for key in sorted(before.inputs.keys() - after.inputs.keys()):
-            diff.breaking.append(f"{name}: input {key} removed (requests that send it are refused)")
+            breaking.append(f"{name}: input {key} removed (requests that send it are refused)")
         for key in sorted(after.inputs.keys() - before.inputs.keys()):
-            diff.breaking.append(f"{name}: input {key} added (requests without it are refused)")
+            breaking.append(f"{name}: input {key} added (requests without it are refused)")
         for key in sorted(before.outputs.keys() - after.outputs.keys()):
-            diff.breaking.append(f"{name}: output {key} removed")
+            breaking.append(f"{name}: output {key} removed")
         for key in sorted(after.outputs.keys() - before.outputs.keys()):
-            diff.compatible.append(f"{name}: output {key} added")
+            compatible.append(f"{name}: output {key} added")
         for key in sorted(before.inputs.keys() & after.inputs.keys()):
             was, now = before.inputs[key], after.inputs[key]
             if was.dtype != now.dtype:
-                diff.breaking.append(f"{name}: input {key} dtype {was.dtype} -> {now.dtype}")
+                breaking.append(f"{name}: input {key} dtype {was.dtype} -> {now.dtype}")
             elif not _accepts_all_of(now.shape, was.shape):
-                diff.breaking.append(f"{name}: input {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                breaking.append(f"{name}: input {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
             elif now.shape != was.shape:
-                diff.compatible.append(f"{name}: input {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                compatible.append(f"{name}: input {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
         for key in sorted(before.outputs.keys() & after.outputs.keys()):
             was, now = before.outputs[key], after.outputs[key]
             if was.dtype != now.dtype:
-                diff.breaking.append(f"{name}: output {key} dtype {was.dtype} -> {now.dtype}")
+                breaking.append(f"{name}: output {key} dtype {was.dtype} -> {now.dtype}")
             elif not _accepts_all_of(now.shape, was.shape):
-                diff.breaking.append(f"{name}: output {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                breaking.append(f"{name}: output {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
             elif now.shape != was.shape:  # declared less precisely; the values clients get are the same
-                diff.compatible.append(f"{name}: output {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                compatible.append(f"{name}: output {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+    diff = ContractDiff(old_dir, new_dir, tuple(breaking), tuple(compatible))
     if diff.breaking:
         raise ContractBreak(
             f"breaking serving-contract change {old_dir} -> {new_dir}: {'; '.join(diff.breaking)}",

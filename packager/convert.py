@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -35,12 +35,14 @@ from packager.export import (
     write_warmup_requests,
 )
 from packager.graph.constants import ControlPlaceholder, parse_constants
+from packager.graph.frozen_model import VARIABLE_OPS, TensorRef
 from packager.graph.input_constraints import derive_input_constraints
-from packager.graph.io_discovery import has_batch_dimension, training_subgraphs
+from packager.graph.io_discovery import OutputCandidate, has_batch_dimension, training_subgraphs
 from packager.graph.op_scan import ScanResult, scan_graph_def
 from packager.graph.serving_path import derandomize, random_ops_as_constants, reachable_random_ops
-from packager.graph.signature import SignaturePlan, plan_signature
+from packager.graph.signature import Reference, SignaturePlan, plan_signature
 from packager.graph.surgery import prune_for_serving
+from packager.graph.towers import TowerFamily
 from packager.layout import (
     DEFAULT_SIGNATURE,
     GOLDENS_FILE,
@@ -51,6 +53,7 @@ from packager.layout import (
     check_model_name,
     next_version,
 )
+from packager.modes import BATCHNORM_MODES, BatchNormMode, ServedTowerMode, TowerMode
 from packager.progress import SILENT, Progress
 from packager.provenance import write_provenance_statement
 from packager.readiness import (
@@ -62,18 +65,27 @@ from packager.readiness import (
     independence_batch,
     raise_first_failure,
 )
-from packager.sources import SourceOptions, TensorRef, load_source
-from packager.sources.graph_def import VARIABLE_OPS
+from packager.sources import SourceOptions, load_source
 from packager.tf_runtime import reference_session, tensorflow
 
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
 DEFAULT_TOLERANCE = 1e-5
-BATCHNORM_MODES = ("auto", "inference", "batch")
-BatchNormMode = Literal["auto", "inference", "batch"]
 # Tables need an initialization op run at load; a frozen graph has none to run.
 LOOKUP_TABLE_OPS = frozenset({
     "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
     "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2",
 })
+
+
+class SampleRecord(TypedDict):
+    """The --sample-inputs file a conversion was proven on, as the provenance records it."""
+
+    path: str
+    sha256: str
+    format: str
+    batch: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +96,7 @@ class ProofOptions:
     outputs: list[str] | None = None
     tolerance: float = DEFAULT_TOLERANCE
     constants: list[str] = field(default_factory=list)  # NAME=VALUE, as given
-    towers: str = "auto"
+    towers: TowerMode = "auto"
     batchnorm: BatchNormMode = "auto"
     allow_random: bool = False
     batch_dependent: bool = False
@@ -92,7 +104,7 @@ class ProofOptions:
     allowed_ops: list[str] = field(default_factory=list)  # --allow-op: denied op types let through
     source: SourceOptions = SourceOptions()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:  # a JSON object: values of several types
         return {
             "inputs": self.inputs,
             "outputs": self.outputs,
@@ -120,7 +132,7 @@ class ConvertOptions(ProofOptions):
     output_dir: Path
     version: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:  # a JSON object: values of several types
         return {**super().to_json(), "version": self.version}
 
 
@@ -135,11 +147,11 @@ class ConvertResult:
     max_abs_error: float
     tolerance: float
     signatures: list[str] = field(default_factory=lambda: ["serving_default"])
-    tower_mode: str = "off"
-    readiness: dict[str, Any] = field(default_factory=dict)
+    tower_mode: ServedTowerMode = "off"
+    readiness: dict[str, dict[str, str]] = field(default_factory=dict)
     reference: str = "source"  # what the SavedModel was proven equal to
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:  # a JSON object: values of several types
         return {
             "version_dir": str(self.version_dir),
             "format": self.source_format,
@@ -153,12 +165,27 @@ class ConvertResult:
         }
 
 
+@dataclass(frozen=True)
+class SourceFacts:
+    """What inspect shows of a source and of the signature plan cut from it."""
+
+    op_count: int
+    variable_count: int
+    constant_count: int
+    devices: list[str]
+    training_subgraphs: dict[str, int]  # kind of training machinery -> op count
+    candidates: list[OutputCandidate]
+    set_aside: list[OutputCandidate]
+    towers: TowerFamily | None
+
+
 @dataclass
 class Prepared:
     """A source read, its serving graph cut, its goldens run and its source-side readiness proven:
     everything ``convert`` has before it writes, and everything ``inspect`` shows.
 
     Attributes:
+        source_record: the source as the provenance records it (a JSON object).
         graph_def: the serving graph (pruned, rewritten as asked).
         signatures: {name: (inputs, outputs)}.
         goldens, expected: {signature: {key: array}} — the inputs and the source's outputs on them.
@@ -167,23 +194,24 @@ class Prepared:
         reference_graph: the proof compares with the serving graph itself rather than the source
             (a graph deliberately different from the source: rewritten batch norm, seeded
             random ops); see ``graph_runner``.
+        facts: what inspect shows of the source and plan.
     """
 
     source_record: dict[str, Any]
-    graph_def: Any
+    graph_def: GraphDef
     signatures: dict[str, tuple[list[TensorRef], list[TensorRef]]]
     goldens: dict[str, dict[str, np.ndarray]]
     expected: dict[str, dict[str, np.ndarray]]
     readiness: ReadinessReport
     scan: ScanResult
     keep_devices: bool
-    tower_mode: str
-    towers_record: dict[str, Any]
+    tower_mode: ServedTowerMode
+    towers_record: dict[str, Any]  # JSON objects, as the provenance records them
     controls: list[ControlPlaceholder]
     rewrites: dict[str, Any]
     reference_graph: bool
-    sample_inputs: dict[str, Any] | None = None
-    facts: dict[str, Any] = field(default_factory=dict)  # what inspect shows of the source and plan
+    facts: SourceFacts
+    sample_inputs: SampleRecord | None = None
     # Outputs named with --outputs although they have no batch dimension: no row per sample.
     batchless_outputs: frozenset[str] = frozenset()
 
@@ -201,7 +229,7 @@ class Prepared:
         return self.signatures[DEFAULT_SIGNATURE][1]
 
 
-def _run_source(reference, feeds, source_path: Path):  # type: ignore[no-untyped-def]
+def _run_source(reference: Reference, feeds: Mapping[str, np.ndarray], source_path: Path) -> dict[str, np.ndarray]:
     """Run the source on generated inputs; a source that cannot run them is a bad source."""
     tf = tensorflow()
     try:
@@ -212,7 +240,14 @@ def _run_source(reference, feeds, source_path: Path):  # type: ignore[no-untyped
         ) from None
 
 
-def graph_runner(graph_def, signatures) -> SignatureRunner:  # type: ignore[no-untyped-def]
+def _reference_of(run: SignatureRunner, name: str) -> Reference:
+    """Signature ``name`` of ``run`` as a function of its feeds alone."""
+    return lambda feeds: run(name, feeds)
+
+
+def graph_runner(
+    graph_def: GraphDef, signatures: Mapping[str, tuple[list[TensorRef], list[TensorRef]]]
+) -> SignatureRunner:
     """Run a frozen graph itself as the reference: ``run(signature, feeds)``, one session reused."""
     tf = tensorflow()
     graph = tf.Graph()
@@ -229,7 +264,7 @@ def graph_runner(graph_def, signatures) -> SignatureRunner:  # type: ignore[no-u
     return run
 
 
-def written_graph_def(export_dir: Path):  # type: ignore[no-untyped-def]
+def written_graph_def(export_dir: Path) -> GraphDef:
     """The GraphDef of a SavedModel as written (its one meta graph)."""
     tensorflow()
     from tensorflow.core.protobuf import saved_model_pb2
@@ -257,7 +292,10 @@ def _outputs_verdict(plan: SignaturePlan) -> Verdict:
                    "name the outputs to serve with --outputs")
 
 
-def _golden_run(plan_inputs, run, options: ProofOptions, graph_def, source_path: Path):  # type: ignore[no-untyped-def]
+def _golden_run(
+    plan_inputs: dict[str, list[TensorRef]], run: SignatureRunner, options: ProofOptions, graph_def: GraphDef,
+    source_path: Path,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], SampleRecord | None, Verdict]:
     """Choose golden inputs and run the reference on them; the outputs must be finite.
 
     Generated inputs respect what the graph tells (index bounds, positive domains); unknown
@@ -273,13 +311,13 @@ def _golden_run(plan_inputs, run, options: ProofOptions, graph_def, source_path:
         # inputs as serving_default, which is the signature the file is read (and named) for.
         default_inputs = plan_inputs[DEFAULT_SIGNATURE]
         sample = load_sample_inputs(options.sample_inputs, default_inputs, DEFAULT_SIGNATURE)
-        records = {"path": str(options.sample_inputs), "sha256": sample.sha256,
-                   "format": sample.format, "batch": sample.batch}
+        records: SampleRecord = {"path": str(options.sample_inputs), "sha256": sample.sha256,
+                                 "format": sample.format, "batch": sample.batch}
         goldens = {}
         for name, inputs in plan_inputs.items():
             same = [(r.key, r.dtype) for r in inputs] == [(r.key, r.dtype) for r in default_inputs]
             goldens[name] = sample.arrays if same else load_sample_inputs(options.sample_inputs, inputs, name).arrays
-        expected = {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+        expected = {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
         verdict = check_finite(expected, f"--sample-inputs {options.sample_inputs.name}")
         if verdict.status == "failed":
             raise SourceError(f"{verdict.detail}: the source gives non-finite outputs on your sample inputs")
@@ -291,7 +329,7 @@ def _golden_run(plan_inputs, run, options: ProofOptions, graph_def, source_path:
         goldens = {name: generate_inputs(inputs, constraints=constraints[name], free_dimension=size)
                    for name, inputs in plan_inputs.items()}
         try:
-            expected = {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+            expected = {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
         except SourceError as exc:
             if len(ladder) == 1:
                 raise  # no size to vary: the source itself cannot run
@@ -403,7 +441,7 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     else:
         progress.step("running the source again: deterministic?")
         def rerun() -> dict[str, dict[str, np.ndarray]]:
-            return {name: _run_source(lambda f, n=name: run(n, f), goldens[name], source_path) for name in goldens}
+            return {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
 
         report.add(check_determinism(expected, rerun, options.tolerance, graph_def, _control_flags(plan.controls)))
     if strict:
@@ -420,16 +458,16 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
         source_record["sample_inputs"] = sample_record
     op_types = Counter(node.op for node in source.graph_def.node)
     subgraphs = source.details.get("training_subgraphs") or training_subgraphs(source.graph_def)
-    facts = {
-        "op_count": len(source.graph_def.node),
-        "variable_count": source.details.get("variables", sum(op_types[op] for op in VARIABLE_OPS)),
-        "constant_count": op_types["Const"],
-        "devices": sorted({node.device for node in source.graph_def.node if node.device}),
-        "training_subgraphs": subgraphs,
-        "candidates": plan.candidates,
-        "set_aside": plan.set_aside,
-        "towers": plan.towers,
-    }
+    facts = SourceFacts(
+        op_count=len(source.graph_def.node),
+        variable_count=source.details.get("variables", sum(op_types[op] for op in VARIABLE_OPS)),
+        constant_count=op_types["Const"],
+        devices=sorted({node.device for node in source.graph_def.node if node.device}),
+        training_subgraphs=subgraphs,
+        candidates=plan.candidates,
+        set_aside=plan.set_aside,
+        towers=plan.towers,
+    )
     return Prepared(
         source_record=source_record,
         graph_def=graph_def,
@@ -452,7 +490,7 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
 
 
 def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, options: ProofOptions,
-                                served_graph_def: Any) -> Verdict:
+                                served_graph_def: GraphDef) -> Verdict:
     """Batch independence of the model ``run`` serves (``served_graph_def``), or why it was not
     checked. A stochastic model (--allow-random) is checked on a copy whose random draws are
     constants: its samples differ between runs, what they share must not."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from packager.errors import VerificationError
+from packager.graph.frozen_model import TensorRef
 from packager.graph.input_constraints import InputConstraint
-from packager.sources.base import TensorRef
 
 GOLDEN_BATCH = 2  # > 1 so batch-dependent bugs (a reshape that folds the batch) show up
 UNKNOWN_DIMENSION = 4  # for unknown non-batch dimensions, e.g. a sequence length

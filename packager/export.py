@@ -13,13 +13,17 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from packager.errors import UsageError
+from packager.graph.frozen_model import TensorRef
 from packager.layout import DEFAULT_SIGNATURE, SERVING_TAG
-from packager.sources.base import TensorRef
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
 
 # Runs signature NAME of a loaded model on feeds keyed by input key; outputs keyed by output key.
 SignatureRunner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -80,7 +84,9 @@ def _remove(directories: list[Path]) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def write_saved_model(graph_def, signatures: Mapping[str, tuple[list[TensorRef], list[TensorRef]]], export_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def write_saved_model(
+    graph_def: GraphDef, signatures: Mapping[str, tuple[list[TensorRef], list[TensorRef]]], export_dir: Path
+) -> None:
     """Write frozen ``graph_def`` as a TF1-style SavedModel with predict signatures by name.
 
     A TF1 SavedModel keeps the graph's own tensor names in the SignatureDefs (what

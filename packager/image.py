@@ -18,11 +18,9 @@ change them (see :mod:`serving.entrypoint`). Every version dir must also pass th
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,18 +32,28 @@ import docker.errors
 import docker.utils
 
 import packager
-from packager import _runtime_base
-from packager.errors import ToolError, UsageError, VerificationError, first_line
-from packager.layout import SIGNATURE_FILE, check_image_reference, check_model_name, is_version_dir, numeric_versions, version_dirs
-from packager.docker_engine import docker_client, docker_reason
+from packager import _runtime_base, _runtime_wheel
+from packager.docker_engine import build_from_context, docker_client, docker_reason, push_tag
+from packager.errors import ToolError, UsageError, VerificationError
+from packager.layout import (
+    SIGNATURE_FILE,
+    TRUST_DIR,
+    check_image_reference,
+    check_model_name,
+    is_version_dir,
+    load_certificates,
+    load_ec_public_key,
+    numeric_versions,
+    verify_version_dir,
+    version_dirs,
+)
 from packager.progress import SILENT, Progress
-from packager.signing import load_certificates, load_ec_public_key, verify
+from packager.signing import MODEL_SIGNING_VERSION
 from serving.entrypoint import (
     MODEL_CONFIG_FILE,
     SERVER_PATHS,
     SERVING_FILE,
     SESSION_CONFIG_FILE,
-    TRUST_DIR,
     BakedServing,
     model_config_text,
 )
@@ -60,17 +68,21 @@ LABEL_PREFIX = "dev.tfpack"
 SESSION_CONFIG = "# tensorflow.ConfigProto for the model server's sessions (written by tfpack build)\nallow_soft_placement: true\n"
 
 # What the entrypoint needs where the base has no Python of its own (tensorflow/serving):
-# packager.signing and packager.layout, nothing of TensorFlow.
+# packager.layout's trust check, nothing of TensorFlow.
 VERIFIER_REQUIREMENTS = (
-    "model-signing>=1.1.1,<1.2",
+    f"model-signing=={MODEL_SIGNING_VERSION}",
     "pyopenssl>=24,<27",
     "certifi>=2024.2.2",
     "cryptography>=43",
     "numpy>=1.26,<3",
 )
 
+# A checkout's root when tfpack runs from one (where its git labels come from); for a pip-installed
+# tfpack, the site-packages dir holding it.
 _SOURCE_TREE = Path(packager.__file__).resolve().parent.parent
-_WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "packager", "serving")
+# Package data: in a checkout packager/_assets/Dockerfile links to the top-level Dockerfile; a wheel
+# carries a copy (see pyproject.toml's package-data).
+_DOCKERFILE = Path(packager.__file__).resolve().parent / "_assets" / "Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,7 @@ def _model_name(model_base_path: Path) -> str:
 
 
 def _version_dirs(model_base_path: Path) -> list[Path]:
+    """The version dirs of a model base path (layout's rule), each of which must be a SavedModel."""
     dirs = list(version_dirs(model_base_path).values())
     for version_dir in dirs:
         if not is_version_dir(version_dir):
@@ -210,7 +223,7 @@ def verify_signatures(
             continue
         progress.step(f"verifying {version_dir}")
         try:
-            result = verify(version_dir, public_key, certificate_chain=cert_chain or None)
+            result = verify_version_dir(version_dir, public_key, certificate_chain=cert_chain or None)
             digests[version_dir] = f"sha256:{result.digest}"
         except VerificationError as exc:
             failures.append(str(exc))
@@ -314,7 +327,7 @@ def build_image(
         context = Path(work) / "context"
         render_context(context, models, public_key_pem=key_pem, chain_pems=chain_pems,
                        serving=serving, progress=progress)
-        image_id = _docker_build(
+        image_id = build_from_context(
             client,
             context,
             tag=tag,
@@ -326,7 +339,7 @@ def build_image(
             labels=labels,
             progress=progress,
         )
-    repo_digest = _push(client, tag, progress) if push else None
+    repo_digest = push_tag(client, tag, progress) if push else None
     return BuildResult(
         tag=tag,
         image_id=image_id,
@@ -348,7 +361,10 @@ def render_context(
     serving: BakedServing | None = None,
     progress: Progress = SILENT,
 ) -> None:
-    """Write the build context the repo-root Dockerfile expects into the new dir ``context``.
+    """Write the build context tfpack's Dockerfile expects into the new dir ``context``.
+
+    The Dockerfile is tfpack's package data (the top-level one in a checkout); the wheel of tfpack
+    the image installs is packed from the running tfpack (:mod:`packager._runtime_wheel`).
 
     ``serving`` defaults to what :func:`build_image` would bake for ``models`` on the embedded
     base with the trust given.
@@ -360,9 +376,10 @@ def render_context(
             trust="cert_chain" if chain_pems else "public_key" if public_key_pem is not None else "none",
             allow_unsigned=public_key_pem is None and not chain_pems,
         )
+    if not _DOCKERFILE.is_file():
+        raise ToolError(f"tfpack's Dockerfile is missing from {_DOCKERFILE.parent}: reinstall tfpack")
     context.mkdir(parents=True)
-    dockerfile = _source_file("Dockerfile")
-    shutil.copyfile(dockerfile, context / "Dockerfile")
+    shutil.copyfile(_DOCKERFILE, context / "Dockerfile")
     progress.step("copying the model version dirs into the build context")
     for name, dirs in models.items():
         for version_dir in dirs:
@@ -383,8 +400,8 @@ def render_context(
     (etc / SESSION_CONFIG_FILE).write_text(SESSION_CONFIG)
     _make_world_readable(etc)
     (context / "verifier-requirements.txt").write_text("\n".join(VERIFIER_REQUIREMENTS) + "\n")
-    progress.step("building a wheel of tfpack from its source")
-    build_wheel(context / "wheels")
+    progress.step("packing the running tfpack into a wheel for the image")
+    _runtime_wheel.build_runtime_wheel(context / "wheels")
 
 
 def image_labels(
@@ -437,46 +454,6 @@ def image_labels(
             else "unguarded"
         )
     return labels
-
-
-def build_wheel(wheel_dir: Path) -> Path:
-    """Build a wheel of tfpack from its source tree into ``wheel_dir`` and return its path.
-
-    Only the files the wheel is made of are copied out first, so the build neither sees the
-    source tree's venv nor leaves build/ or *.egg-info behind in it.
-    """
-    with tempfile.TemporaryDirectory(prefix="tfpack-src-") as work:
-        source = Path(work)
-        for name in _WHEEL_SOURCES:
-            path = _SOURCE_TREE / name
-            if path.is_dir():
-                shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-            elif path.is_file():
-                shutil.copyfile(path, source / name)
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-             str(wheel_dir), str(source)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    wheels = sorted(wheel_dir.glob("tfpack-*.whl"))
-    if result.returncode != 0 or len(wheels) != 1:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise ToolError(
-            f"building the tfpack wheel failed: {lines[-1] if lines else 'no output'}"
-        )
-    return wheels[0]
-
-
-def _source_file(name: str) -> Path:
-    path = _SOURCE_TREE / name
-    if not path.is_file():
-        raise UsageError(
-            f"{path} is missing: 'tfpack build' needs tfpack's source tree (a checkout with "
-            "Dockerfile and pyproject.toml next to packager/)"
-        )
-    return path
 
 
 def _public_key_pem(public_key: Path) -> bytes:
@@ -558,70 +535,3 @@ def _require_base(client: docker.DockerClient, base: str, progress: Progress) ->
             f"use --base {EMBEDDED_BASE}, or load {base} with 'docker load' first"
         ) from None
     return base
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-_NON_ZERO_EXIT = re.compile(r"returned a non-zero code: (\d+)")
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _docker_build(
-    client: docker.DockerClient,
-    context: Path,
-    *,
-    tag: str,
-    buildargs: dict[str, str],
-    labels: dict[str, str],
-    progress: Progress,
-) -> str:
-    """Build ``context`` with the legacy builder the SDK drives; return the image id."""
-    progress.step(f"building {tag} on {buildargs['BASE']}")
-    step, last_output = "the first step", ""
-    try:
-        for chunk in client.api.build(
-            path=str(context), tag=tag, buildargs=buildargs, labels=labels,
-            rm=True, forcerm=True, pull=False, decode=True,
-        ):
-            if "error" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message", chunk["error"])
-                exit_status = _NON_ZERO_EXIT.search(detail)
-                raise ToolError(
-                    f"docker build of {tag} failed at {_shorten(step)}: "
-                    + _shorten(last_output or first_line(Exception(detail)), 300)
-                    + (f" (exit code {exit_status.group(1)})" if exit_status else "")
-                )
-            for line in _ANSI_ESCAPE.sub("", chunk.get("stream", "")).splitlines():
-                line = line.strip()
-                if line.startswith("Step "):
-                    step, last_output = line, ""
-                    progress.step(line)
-                elif line and not line.startswith(("--->", "Removing intermediate container")):
-                    last_output = line
-    except docker.errors.APIError as exc:
-        raise UsageError(f"docker refused to build {tag!r}: {docker_reason(exc)}") from None
-    return client.images.get(tag).id
-
-
-def _push(client: docker.DockerClient, tag: str, progress: Progress) -> str:
-    """Push ``tag``; return its repository digest NAME@sha256:..."""
-    repository, image_tag = docker.utils.parse_repository_tag(tag)
-    progress.step(f"pushing {repository}:{image_tag or 'latest'}")
-    digest = None
-    try:
-        for chunk in client.images.push(
-            repository, tag=image_tag or "latest", stream=True, decode=True
-        ):
-            if "error" in chunk:
-                raise UsageError(
-                    f"push of {tag} failed: {first_line(Exception(chunk['error']))} "
-                    "(check that the registry is reachable and 'docker login' to it)"
-                )
-            digest = chunk.get("aux", {}).get("Digest", digest)
-    except docker.errors.APIError as exc:
-        raise UsageError(f"push of {tag} failed: {docker_reason(exc)}") from None
-    if digest is None:
-        raise UsageError(f"push of {tag} reported no digest: check the registry")
-    return f"{repository}@{digest}"

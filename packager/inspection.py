@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.convert import ProofOptions, graph_runner, check_batch_independence_of, prepare
+from packager.convert import ProofOptions, check_batch_independence_of, graph_runner, prepare
 from packager.graph.constants import ControlPlaceholder
+from packager.graph.frozen_model import TensorRef
 from packager.graph.io_discovery import OutputCandidate
 from packager.graph.towers import TowerFamily
 from packager.progress import SILENT, Progress
 from packager.readiness import Verdict
-from packager.sources import TensorRef
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ class InspectReport:
     towers: TowerFamily | None = None
     candidates: list[OutputCandidate] = field(default_factory=list)
     training_subgraphs: dict[str, int] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # a JSON object: values of several types
     signatures: list[str] = field(default_factory=lambda: ["serving_default"])
     readiness: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:  # a JSON object: values of several types
         return {
             "path": str(self.path),
             "format": self.source_format,
@@ -85,17 +85,17 @@ def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress:
         source_format=prepared.source_record["format"],
         inputs=prepared.inputs,
         outputs=prepared.outputs,
-        op_count=facts["op_count"],
+        op_count=facts.op_count,
         serving_op_count=len(prepared.graph_def.node),
-        variable_count=facts["variable_count"],
-        constant_count=facts["constant_count"],
-        training_ops=sum(facts["training_subgraphs"].values()),
-        devices=facts["devices"],
+        variable_count=facts.variable_count,
+        constant_count=facts.constant_count,
+        training_ops=sum(facts.training_subgraphs.values()),
+        devices=facts.devices,
         controls=prepared.controls,
-        set_aside=facts["set_aside"],
-        towers=facts["towers"],
-        candidates=facts["candidates"],
-        training_subgraphs=facts["training_subgraphs"],
+        set_aside=facts.set_aside,
+        towers=facts.towers,
+        candidates=facts.candidates,
+        training_subgraphs=facts.training_subgraphs,
         details={k: v for k, v in details.items() if k not in ("training_subgraphs", "variables")},
         signatures=sorted(prepared.signatures),
         readiness=report.to_json(),

@@ -34,7 +34,9 @@ from packager import __version__, layout
 from packager.errors import TfpackError, ToolError, UsageError
 from packager.progress import SILENT, Progress
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "k8s"
+# Package data: in a checkout packager/_assets/k8s links to the top-level k8s/; a wheel carries a
+# copy (see pyproject.toml's package-data).
+TEMPLATES_DIR = Path(__file__).resolve().parent / "_assets" / "k8s"
 MARKER_FILE = ".tfpack-k8s.json"
 # The HorizontalPodAutoscaler scales from --replicas up to this many times as many.
 MAX_REPLICAS_FACTOR = 3

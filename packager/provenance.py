@@ -21,8 +21,10 @@ digest: sha256 over the concatenated raw sha256 digests of every file, in model-
 canonical (sorted path) order. It covers every file of the version dir except ``model.sig`` and
 the statement itself, which cannot contain its own digest. It is written after the goldens,
 warmup requests and provenance JSON and before signing, so ``model.sig`` then covers the
-statement too, and :func:`check_statement_subject` can recompute the subject from the verified
-signature's manifest alone, without hashing the files a second time.
+statement too, and the trust check (:func:`packager.layout.check_statement_subject`) can
+recompute the subject from the verified signature's manifest alone, without hashing the files a
+second time. The file's name and types, and its reader, are in :mod:`packager.layout`, which the
+trust check shares with the serving image.
 """
 
 from __future__ import annotations
@@ -34,12 +36,27 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from packager.errors import UsageError, VerificationError
-from packager.layout import ASSETS_EXTRA, SIGNATURE_FILE
+from packager.errors import UsageError
+from packager.layout import (
+    PREDICATE_TYPE,
+    PROVENANCE_FILE,
+    SIGNATURE_FILE,
+    STATEMENT_FILE,
+    STATEMENT_TYPE,
+    file_sha256,
+    read_provenance_statement,
+)
 
-STATEMENT_FILE = f"{ASSETS_EXTRA}/tfpack_provenance.intoto.json"
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://tfpack.dev/provenance/v1"
+__all__ = [
+    "PREDICATE_TYPE",
+    "STATEMENT_FILE",
+    "STATEMENT_TYPE",
+    "ProvenanceStatement",
+    "model_root_digest",
+    "read_provenance_statement",
+    "recorded_allowed_ops",
+    "write_provenance_statement",
+]
 
 
 @dataclass(frozen=True)
@@ -72,11 +89,7 @@ def model_root_digest(version_dir: Path) -> str:
             files.append((relative, path))
     root = hashlib.sha256()
     for _, path in sorted(files):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        root.update(digest.digest())
+        root.update(bytes.fromhex(file_sha256(path)))
     return root.hexdigest()
 
 
@@ -137,54 +150,10 @@ def write_provenance_statement(version_dir: Path, provenance: Mapping[str, Any])
     return ProvenanceStatement(path=path, subject=subject, digest=digest)
 
 
-def read_provenance_statement(version_dir: Path) -> dict[str, Any]:
-    """The statement of ``version_dir`` as JSON; UsageError when absent or not a statement."""
-    path = version_dir / STATEMENT_FILE
-    try:
-        statement = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path} is missing: the version dir predates provenance statements") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
-        raise UsageError(f"{path} is not a tfpack in-toto provenance statement")
-    return statement
-
-
-def check_statement_subject(version_dir: Path, signed_resources: list[dict[str, Any]]) -> None:
-    """Check that the signed statement's subject is the root digest of the signed files.
-
-    Args:
-        version_dir: a version dir whose signature was just verified.
-        signed_resources: the verified manifest's resources (model-signing's canonical order,
-            each {"name", "algorithm", "digest"}), i.e. exactly the files now in the dir.
-
-    Raises:
-        VerificationError: the statement is signed but describes other files.
-    """
-    if not any(r["name"] == STATEMENT_FILE for r in signed_resources):
-        return  # a version dir without a statement (older tfpack, or a model signed by hand)
-    root = hashlib.sha256()
-    for resource in signed_resources:
-        if resource["name"] != STATEMENT_FILE:
-            root.update(bytes.fromhex(resource["digest"]))
-    try:
-        recorded = read_provenance_statement(version_dir)["subject"][0]["digest"]["sha256"]
-    except (UsageError, KeyError, IndexError, TypeError) as exc:
-        raise VerificationError(f"the signed provenance statement is unreadable: {exc}") from None
-    if recorded != root.hexdigest():
-        raise VerificationError(
-            f"{version_dir / STATEMENT_FILE} describes other model files (subject sha256:{recorded}, "
-            f"files sha256:{root.hexdigest()}): the model changed after its provenance was written"
-        )
-
-
 def recorded_allowed_ops(version_dir: Path) -> frozenset[str]:
     """The ops ``tfpack convert --allow-op`` let through, as the version's provenance records
     them (empty when there is no readable record). Trust it only as far as the record is signed
     or about to be signed by the caller."""
-    from packager.layout import PROVENANCE_FILE
-
     try:
         record = json.loads((version_dir / PROVENANCE_FILE).read_text())
         allowed = record.get("options", {}).get("allowed_ops") or []

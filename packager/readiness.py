@@ -17,15 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from packager.errors import UsageError, VerificationError
 from packager.equivalence import compare_outputs
+from packager.errors import UsageError, VerificationError
 from packager.graph.serving_path import batch_mixing_ops, reachable_random_ops
 
-CHECKS = ("inference_outputs", "finite_goldens", "determinism", "batch_independence")
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
+Check = Literal["inference_outputs", "finite_goldens", "determinism", "batch_independence"]
+CHECKS: tuple[Check, ...] = get_args(Check)
 Status = Literal["passed", "failed", "allowed", "skipped"]
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -39,7 +43,7 @@ RANDOM_RERUNS = 4  # reruns when random ops are reachable: a shuffle of 2 rows r
 class Verdict:
     """The outcome of one readiness check."""
 
-    check: str
+    check: Check
     status: Status
     detail: str = ""
 
@@ -57,10 +61,10 @@ class ReadinessReport:
         self.verdicts.append(verdict)
         return verdict
 
-    def status(self, check: str) -> Status | None:
+    def status(self, check: Check) -> Status | None:
         return next((v.status for v in self.verdicts if v.check == check), None)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, dict[str, str]]:
         return {v.check: {"status": v.status, "detail": v.detail} for v in self.verdicts}
 
 
@@ -94,7 +98,7 @@ def check_determinism(
     first: Mapping[str, Mapping[str, np.ndarray]],
     rerun: Callable[[], Mapping[str, Mapping[str, np.ndarray]]],
     tolerance: float,
-    graph_def,  # type: ignore[no-untyped-def]
+    graph_def: GraphDef,
     control_flags: list[str],
 ) -> Verdict:
     """The source run again on the same inputs agrees with its first run.
@@ -211,7 +215,7 @@ def check_batch_independence(
     run: Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]],
     batches: Mapping[str, IndependenceBatch],
     tolerance: float,
-    graph_def,  # type: ignore[no-untyped-def]
+    graph_def: GraphDef,
     *,
     exempt: frozenset[str] = frozenset(),
     fixes: tuple[str, ...] = (),

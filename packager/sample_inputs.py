@@ -15,16 +15,22 @@ import json
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from packager.errors import UsageError, first_line
+from packager.graph.frozen_model import TensorRef
 from packager.layout import DEFAULT_SIGNATURE, WARMUP_FILE
-from packager.sources.base import TensorRef
+
+if TYPE_CHECKING:
+    from tensorflow.core.protobuf.meta_graph_pb2 import TensorInfo
+
+# An input's value as a file gives it: an array (.npz) or a TensorProto (a warmup record).
+Value = TypeVar("Value")
 
 FORMATS = ("npz", "json", "tfrecord")
 _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
@@ -143,25 +149,26 @@ def _read_npz(data: bytes, inputs: list[TensorRef], where: str) -> dict[str, np.
     return {ref.key: _coerce(array, ref, where) for ref, array in _match_names(given, inputs, where).items()}
 
 
-def _match_names(given: Mapping[str, Any], inputs: list[TensorRef], where: str) -> dict[TensorRef, Any]:
+def _match_names(given: Mapping[str, Value], inputs: list[TensorRef], where: str) -> dict[TensorRef, Value]:
     """Map each input to its value, named by its key, tensor name ("op:0") or op name."""
     by_name: dict[str, TensorRef] = {ref.key: ref for ref in inputs}
     for ref in inputs:
         for alias in (ref.tensor_name, ref.op_name):
             by_name.setdefault(alias, ref)  # a key always wins over another input's alias
-    matched: dict[TensorRef, Any] = {}
+    matched: dict[TensorRef, Value] = {}
     for name, value in given.items():
-        ref = by_name.get(name)
-        if ref is None:
+        named = by_name.get(name)
+        if named is None:
             raise UsageError(f"{where}: unknown input {name!r}: the signature's inputs are {_keys(inputs)}")
-        if ref in matched:
-            raise UsageError(f"{where}: input {ref.key!r} is given twice (by key, tensor or op name)")
-        matched[ref] = value
+        if named in matched:
+            raise UsageError(f"{where}: input {named.key!r} is given twice (by key, tensor or op name)")
+        matched[named] = value
     _require_all(matched, inputs, where)
     return matched
 
 
-def _require_all(given: Mapping[Any, Any], inputs: list[TensorRef], where: str) -> None:
+def _require_all(given: Container[object], inputs: list[TensorRef], where: str) -> None:
+    """Every input is in ``given``, by itself or by its key."""
     for ref in inputs:
         if ref not in given and ref.key not in given:
             raise UsageError(f"{where}: input {ref.key!r} is missing: the signature's inputs are {_keys(inputs)}")
@@ -219,7 +226,7 @@ def _read_json(data: bytes, inputs: list[TensorRef], signature_name: str, where:
     return arrays
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: object) -> bool:
     """Whether a JSON value names inputs (an object that is not a ``{"b64": ...}`` string)."""
     return isinstance(value, dict) and not (len(value) == 1 and isinstance(value.get("b64"), str))
 
@@ -254,7 +261,7 @@ def _check_names(given: dict[str, Any], inputs: list[TensorRef], where: str) -> 
     _require_all(given, inputs, where)
 
 
-def _tensor_info(ref: TensorRef, where: str) -> Any:
+def _tensor_info(ref: TensorRef, where: str) -> TensorInfo:
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ENV_VERBOSE = "TFPACK_TF_LOGS"
@@ -53,7 +57,7 @@ def tensorflow() -> ModuleType:
     return tf
 
 
-def numpy_dtype_name(dtype: object) -> str:
+def numpy_dtype_name(dtype: tf.DType | int) -> str:
     """Name a tf.DType or DataType enum the way numpy does ("string" for tf.string)."""
     tf = tensorflow()
     tf_dtype = tf.as_dtype(dtype)
@@ -64,7 +68,7 @@ def numpy_dtype_name(dtype: object) -> str:
     return tf_dtype.as_numpy_dtype().dtype.name
 
 
-def shape_tuple(shape: object) -> tuple[int | None, ...] | None:
+def shape_tuple(shape: tf.TensorShape) -> tuple[int | None, ...] | None:
     """A TensorShape as a tuple with None for unknown dimensions; None for an unknown rank."""
     tf = tensorflow()
     tensor_shape = tf.TensorShape(shape)
@@ -73,7 +77,7 @@ def shape_tuple(shape: object) -> tuple[int | None, ...] | None:
     return tuple(None if d is None else int(d) for d in tensor_shape.as_list())
 
 
-def reference_session(graph: object):  # -> tf.compat.v1.Session
+def reference_session(graph: tf.Graph) -> tf.compat.v1.Session:
     """A TF1 session for running a *source* model as the reference its conversion is proven
     against.
 

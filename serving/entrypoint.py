@@ -37,18 +37,26 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import TfpackError, UsageError, VerificationError
-from packager.layout import check_model_name
-from packager.layout import version_dirs as layout_version_dirs
+from packager.layout import (
+    CHAIN_DIR,
+    GRPC_PORT,
+    IMAGE_ETC_DIR,
+    MAX_VERSION,
+    PUBLIC_KEY_FILE,
+    REST_PORT,
+    TRUST_DIR,
+    Trust,
+    check_model_name,
+    version_dirs,
+)
+from packager.layout import MODELS_ROOT as MODELS_ROOT_PATH
 
-ETC_DIR = Path("/etc/tfpack")
-MODELS_ROOT = Path("/models")
+ETC_DIR = Path(IMAGE_ETC_DIR)
+MODELS_ROOT = Path(MODELS_ROOT_PATH)
 SERVING_FILE = "serving.json"
 MODEL_CONFIG_FILE = "models.config"
 SESSION_CONFIG_FILE = "session_config.pbtxt"
-TRUST_DIR = "trust"
 MOUNTINFO = Path("/proc/self/mountinfo")
-GRPC_PORT = 8500
-REST_PORT = 8501
 EMBEDDED_SERVER = "tfpack-model-server"
 TF_SERVING_SERVER = "tensorflow_model_server"
 SERVER_PATHS = {
@@ -56,7 +64,6 @@ SERVER_PATHS = {
     TF_SERVING_SERVER: "/usr/bin/tensorflow_model_server",
 }
 SERVING_FORMAT = 1
-_MAX_VERSION = 2**63 - 1
 _PREFIX = "tfpack-entrypoint:"
 
 # Server flags an operator may pass at run time (`docker run IMAGE --flag=value`, k8s args):
@@ -85,7 +92,7 @@ EMBEDDED_TUNING_FLAGS = frozenset({"tfpack_max_request_tensor_bytes"})
 _REFUSED_FLAG_REASONS = {
     "model_name": "the image serves the models baked into it",
     "model_base_path": "the image serves the models baked into it",
-    "model_config_file": "the image serves its baked /etc/tfpack/models.config",
+    "model_config_file": f"the image serves its baked {IMAGE_ETC_DIR}/{MODEL_CONFIG_FILE}",
     "model_config_file_poll_wait_seconds": "the image's model config is fixed",
     "file_system_poll_wait_seconds": "the image loads only the version dirs it verified at start-up",
     "saved_model_tags": "the image serves the meta graph it was built and verified for",
@@ -96,8 +103,8 @@ _REFUSED_FLAG_REASONS = {
     "ssl_config_file": "config files are baked at build time, not taken at run time "
                        "(terminate TLS in front of the container)",
     "thread_pool_factory_config_file": "config files are baked at build time, not taken at run time",
-    "port": "the image listens on 8500 (gRPC); map ports with docker run -p",
-    "rest_api_port": "the image listens on 8501 (REST); map ports with docker run -p",
+    "port": f"the image listens on {GRPC_PORT} (gRPC); map ports with docker run -p",
+    "rest_api_port": f"the image listens on {REST_PORT} (REST); map ports with docker run -p",
     "grpc_socket_path": "the image listens on TCP ports only",
 }
 # Environment read by Python itself that could make the server import other code; the image's
@@ -181,7 +188,7 @@ class BakedServing:
         for name, versions in models.items():
             check_model_name(name, "model")
             if (not isinstance(versions, list) or not versions
-                    or not all(type(v) is int and 0 <= v <= _MAX_VERSION for v in versions)
+                    or not all(type(v) is int and 0 <= v <= MAX_VERSION for v in versions)
                     or versions != sorted(set(versions))):
                 raise bad(f"model {name}: versions must be ascending int64s")
             checked[name] = versions
@@ -420,9 +427,7 @@ def load_baked(layout: ImageLayout) -> BakedServing:
     return baked
 
 
-def _trust(layout: ImageLayout, baked: BakedServing):  # type: ignore[no-untyped-def]
-    from serving.trust import CHAIN_DIR, PUBLIC_KEY_FILE, Trust
-
+def _trust(layout: ImageLayout, baked: BakedServing) -> Trust:
     trust = Trust.from_dir(layout.trust_dir, allow_unsigned=baked.allow_unsigned)
     found = "cert_chain" if trust.cert_chain else "public_key" if trust.public_key else "none"
     if found != baked.trust:
@@ -437,14 +442,18 @@ def _trust(layout: ImageLayout, baked: BakedServing):  # type: ignore[no-untyped
 # --- verification ------------------------------------------------------------------------------
 
 
-def version_dirs(models_root: Path) -> list[Path]:
-    """Every numeric version dir of every model dir directly under ``models_root``."""
+def every_version_dir(models_root: Path) -> list[Path]:
+    """Every version dir (layout's rule) of every model dir directly under ``models_root``.
+
+    Raises:
+        UsageError: two dirs name one version of a model.
+    """
     if not models_root.is_dir():
         return []
     return [
         version_dir
         for model_dir in sorted(p for p in models_root.iterdir() if p.is_dir())
-        for version_dir in layout_version_dirs(model_dir).values()
+        for version_dir in version_dirs(model_dir).values()
     ]
 
 
@@ -460,14 +469,14 @@ def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path],
     verified: list[Path] = []
     unsigned: list[Path] = []
     failures: list[str] = []
-    for version_dir in version_dirs(layout.models_root):
+    for version_dir in every_version_dir(layout.models_root):
         try:
             (verified if trust.check(version_dir) else unsigned).append(version_dir)
         except TfpackError as exc:
             failures.append(str(exc))
     checked = set(verified) | set(unsigned)
     for name, version in baked.served_versions.items():
-        served = layout_version_dirs(layout.models_root / name).get(version)
+        served = version_dirs(layout.models_root / name).get(version)
         if served is None or served not in checked:
             failures.append(
                 f"{layout.models_root / name}/{version} (the version this image serves) is missing"

@@ -23,7 +23,7 @@ from serving.inference import (
     response_model_spec,
 )
 from serving.manager import ModelManager
-from serving.servables import SavedModelServable
+from serving.servables import Servable
 from serving.status import failed_precondition, invalid_argument
 
 CLASSIFY_INPUTS, CLASSES, SCORES = "inputs", "classes", "scores"
@@ -48,7 +48,7 @@ def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
 
 
 def _signature(
-    servable: SavedModelServable, name: str, method: str, what: str, check_method: bool
+    servable: Servable, name: str, method: str, what: str, check_method: bool
 ) -> meta_graph_pb2.SignatureDef:
     signature_name = name or DEFAULT_SIGNATURE
     signature = servable.meta_graph.signature_def.get(signature_name)
@@ -82,7 +82,7 @@ class ExampleInference:
         return self.classify_with(servable, request, timeout_ms)
 
     def classify_with(
-        self, servable: SavedModelServable, request: classification_pb2.ClassificationRequest,
+        self, servable: Servable, request: classification_pb2.ClassificationRequest,
         timeout_ms: int | None = None,
     ) -> classification_pb2.ClassificationResponse:
         """Classify on a given servable."""
@@ -94,7 +94,7 @@ class ExampleInference:
         )
 
     def _classify(
-        self, servable: SavedModelServable, signature: meta_graph_pb2.SignatureDef,
+        self, servable: Servable, signature: meta_graph_pb2.SignatureDef,
         request_input: input_pb2.Input, timeout_ms: int | None,
     ) -> classification_pb2.ClassificationResult:
         if len(signature.inputs) != 1:
@@ -159,7 +159,7 @@ class ExampleInference:
         return self.regress_with(servable, request, timeout_ms)
 
     def regress_with(
-        self, servable: SavedModelServable, request: regression_pb2.RegressionRequest,
+        self, servable: Servable, request: regression_pb2.RegressionRequest,
         timeout_ms: int | None = None,
     ) -> regression_pb2.RegressionResponse:
         """Regress on a given servable."""
@@ -171,7 +171,7 @@ class ExampleInference:
         )
 
     def _regress(
-        self, servable: SavedModelServable, signature: meta_graph_pb2.SignatureDef,
+        self, servable: Servable, signature: meta_graph_pb2.SignatureDef,
         request_input: input_pb2.Input, timeout_ms: int | None,
     ) -> regression_pb2.RegressionResult:
         if len(signature.inputs) != 1:
@@ -227,7 +227,7 @@ class ExampleInference:
         return self.multi_inference_with(servable, request, timeout_ms)
 
     def multi_inference_with(
-        self, servable: SavedModelServable, request: inference_pb2.MultiInferenceRequest,
+        self, servable: Servable, request: inference_pb2.MultiInferenceRequest,
         timeout_ms: int | None = None,
     ) -> inference_pb2.MultiInferenceResponse:
         """MultiInference on a given servable."""

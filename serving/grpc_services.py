@@ -12,9 +12,15 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
+    predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from serving.config import ConfigError, check_model_server_config
@@ -87,30 +93,40 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._inference = inference
         self._examples = examples
 
-    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+    def Predict(  # noqa: N802 (gRPC method name)
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
         return _answer(
             context, "Predict", lambda: self._inference.predict(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def GetModelMetadata(self, request, context):  # noqa: N802
+    def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         return _answer(
             context, "GetModelMetadata", lambda: self._inference.get_model_metadata(request)
         )
 
-    def Classify(self, request, context):  # noqa: N802
+    def Classify(  # noqa: N802
+        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
         return _answer(
             context, "Classify", lambda: self._examples.classify(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def Regress(self, request, context):  # noqa: N802
+    def Regress(  # noqa: N802
+        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
         return _answer(
             context, "Regress", lambda: self._examples.regress(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def MultiInference(self, request, context):  # noqa: N802
+    def MultiInference(  # noqa: N802
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
         return _answer(
             context, "MultiInference",
             lambda: self._examples.multi_inference(request, _timeout_ms(context)),
@@ -125,7 +141,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self._inference = inference
         self._manager = manager
 
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+    def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
         def reload() -> model_management_pb2.ReloadConfigResponse:
             # Refused before the config is even parsed: an image serves what it verified.
             if not self._manager.allows_reload_config:
@@ -143,7 +161,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         return _answer(context, "HandleReloadConfigRequest", reload)
 
-    def GetModelStatus(self, request, context):  # noqa: N802
+    def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         return _answer(
             context, "GetModelStatus", lambda: self._inference.get_model_status(request)
         )

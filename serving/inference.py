@@ -9,6 +9,7 @@ get_model_metadata_impl.cc) and model_servers/get_model_status_impl.cc.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ from tensorflow_serving.apis import (
 
 from serving import tensors
 from serving.manager import ModelManager
-from serving.servables import SavedModelServable
+from serving.servables import Servable
 from serving.status import failed_precondition, internal, invalid_argument, not_found, too_large
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -69,12 +70,12 @@ def default_max_request_tensor_bytes() -> int:
     return max(_AUTO_LIMIT_FLOOR, min(memory // _AUTO_LIMIT_SHARE, _AUTO_LIMIT_CEILING))
 
 
-def _joined(keys: object) -> str:
-    return ",".join(sorted(keys))  # type: ignore[arg-type]
+def _joined(keys: Iterable[str]) -> str:
+    return ",".join(sorted(keys))
 
 
 def response_model_spec(
-    servable: SavedModelServable, signature_name: str | None
+    servable: Servable, signature_name: str | None
 ) -> model_pb2.ModelSpec:
     """Return the ModelSpec a response carries: name, the served version, the signature used."""
     spec = model_pb2.ModelSpec(name=servable.name, signature_name=signature_name or "")
@@ -82,7 +83,7 @@ def response_model_spec(
     return spec
 
 
-def find_signature(servable: SavedModelServable, name: str) -> meta_graph_pb2.SignatureDef:
+def find_signature(servable: Servable, name: str) -> meta_graph_pb2.SignatureDef:
     """Return the SignatureDef ``name`` (empty means serving_default) or FAILED_PRECONDITION."""
     signature_name = name or DEFAULT_SIGNATURE
     signature = servable.meta_graph.signature_def.get(signature_name)
@@ -126,7 +127,7 @@ class Inference:
 
     def predict_with(
         self,
-        servable: SavedModelServable,
+        servable: Servable,
         request: predict_pb2.PredictRequest,
         timeout_ms: int | None = None,
     ) -> predict_pb2.PredictResponse:

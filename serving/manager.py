@@ -22,15 +22,14 @@ from tensorflow_serving.config import model_server_config_pb2
 from packager.layout import find_version_dirs
 from serving.batching import BatchScheduler
 from serving.metrics import REGISTRY
-from serving.servables import LoadError, SavedModelServable, SessionOptions, load_servable
+from serving.servables import LoadError, Servable, SessionOptions, load_servable
 from serving.status import ServingError, failed_precondition, invalid_argument, not_found
-from serving.tflite import TFLITE_MODEL_FILE, TfLiteServable, load_tflite_servable
+from serving.tflite import TFLITE_MODEL_FILE, load_tflite_servable
 
 _LOG = logging.getLogger(__name__)
 _LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
 
 State = get_model_status_pb2.ModelVersionStatus.State
-Servable = SavedModelServable | TfLiteServable
 
 
 @dataclass

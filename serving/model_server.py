@@ -222,7 +222,7 @@ def _version_dir_verifier(options: ServerOptions):  # type: ignore[no-untyped-de
             raise ValueError("--tfpack_allow_unsigned needs --tfpack_trust_dir")
         return None
     from packager.errors import TfpackError
-    from serving.trust import Trust
+    from packager.layout import Trust
 
     try:
         trust = Trust.from_dir(

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -89,7 +90,7 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
     return spec
 
 
-def _message_dict(message: Any) -> dict[str, Any]:
+def _message_dict(message: Message) -> dict[str, Any]:  # a JSON object: values of several types
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -555,6 +556,7 @@ class RestServer:
     def _answer(self, request: _Request) -> tuple[int, str, bytes]:
         """Answer a whole request (on a worker thread); never raises."""
         path = request.target
+        status: int
         if request.method == "GET" and path.split("?", 1)[0] == self._api.metrics_path:
             status, content_type = HTTPStatus.OK, "text/plain; version=0.0.4"
             payload = REGISTRY.render().encode()

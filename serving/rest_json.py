@@ -539,19 +539,69 @@ def float32_as_shortest(array: np.ndarray) -> np.ndarray:
     return result.reshape(np.shape(array))
 
 
-def _json_values(alias: str, array: np.ndarray) -> Any:
+def tensor_to_json(array: np.ndarray, *, base64_strings: bool) -> Any:
+    """A tensor as a REST JSON value: nested lists, float32 as its shortest decimal text.
+
+    The one encoder on both sides of the REST API: the server answers with it (a string output
+    as {"b64": ...} when its alias ends in "_bytes", else as UTF-8 text) and tfpack's smoke
+    client sends with it (strings always as {"b64": ...}, which carries any bytes).
+    tensor_from_json reads its values back.
+
+    Args:
+        array: The tensor; strings as a bytes, str or object array.
+        base64_strings: Write string elements as {"b64": ...} objects instead of text.
+
+    Raises:
+        TypeError: A complex tensor: JSON has no complex numbers.
+    """
     if array.dtype == np.float32:
         return float32_as_shortest(array).tolist()
     if array.dtype.kind in "OSU":
         encode = (
-            (lambda b: {_B64: base64.b64encode(b).decode()}) if alias.endswith(_BYTES_SUFFIX)
+            (lambda b: {_B64: base64.b64encode(b).decode()}) if base64_strings
             else (lambda b: b.decode("utf-8", errors="replace"))
         )
         flat = [encode(v if isinstance(v, bytes) else str(v).encode()) for v in array.ravel()]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
     if array.dtype.kind == "c":
-        raise invalid_argument(f"Tensor {alias} of complex type cannot be converted to JSON")
+        raise TypeError(f"a {array.dtype} tensor cannot be written as JSON")
     return array.tolist()
+
+
+def _string_element(value: Any) -> bytes:
+    if _is_b64(value):
+        return base64.b64decode(value[_B64], validate=True)  # binascii.Error is a ValueError
+    if isinstance(value, str):
+        return value.encode()
+    raise ValueError(f"{value!r} is neither text nor a {{\"{_B64}\": ...}} object")
+
+
+def tensor_from_json(value: Any, dtype: np.dtype) -> np.ndarray:
+    """Read a REST JSON value, as tensor_to_json writes it, back as an array of ``dtype``.
+
+    JSON carries no dtypes, so the reader names the one it expects.
+
+    Args:
+        value: A JSON value (nested lists, or a scalar).
+        dtype: The tensor's dtype; a string dtype (kind S, U or O) reads {"b64": ...} objects
+            and UTF-8 text into an object array of bytes.
+
+    Raises:
+        ValueError: The value does not hold a tensor of ``dtype``.
+    """
+    if dtype.kind in "SUO":
+        elements = np.array(value, dtype=object)
+        return np.asarray(np.frompyfunc(_string_element, 1, 1)(elements), dtype=object)
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _json_values(alias: str, array: np.ndarray) -> Any:
+    if array.dtype.kind == "c":
+        raise invalid_argument(f"Tensor {alias} of complex type cannot be converted to JSON")
+    return tensor_to_json(array, base64_strings=alias.endswith(_BYTES_SUFFIX))
 
 
 def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:

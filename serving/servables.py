@@ -1,4 +1,6 @@
-"""One loaded model version: a SavedModel's MetaGraphDef and a TensorFlow session over it.
+"""One loaded model version: the :class:`Servable` interface every request handler uses, and its
+SavedModel implementation, a MetaGraphDef and a TensorFlow session over it (serving/tflite.py
+holds the other, a TFLite interpreter).
 
 This is how TF Serving serves a SavedModel: the MetaGraphDef tagged "serve" is imported into a
 session, variables are restored, and each request feeds and fetches tensors by the names the
@@ -13,9 +15,10 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 # Memory under reload. TensorFlow's x86 wheels run with oneDNN on, and then its CPU allocator
 # (MklCPUAllocator) serves large tensors -- a model's variables among them -- from a BFC pool
@@ -39,6 +42,50 @@ _LOG = logging.getLogger(__name__)
 
 SAVED_MODEL_FILE = "saved_model.pb"
 _MAX_CALLABLES = 64  # distinct (inputs, outputs, deadline) combinations kept per servable
+
+# A session callable: the feeds' values in the order it was made for -> the fetched values.
+SessionCallable = Callable[..., list[np.ndarray]]
+# What a session callable is made for: (feed names, fetch names, deadline in ms).
+_CallableKey = tuple[tuple[str, ...], tuple[str, ...], int | None]
+
+
+class Servable(Protocol):
+    """A loaded model version as the request handlers see it, whatever runs it.
+
+    Its SignatureDefs say which tensor names each signature's keys stand for; ``run`` feeds and
+    fetches tensors by those names. Implementations are thread-safe: one servable answers
+    concurrent requests.
+
+    Attributes:
+        name: the model name.
+        version: the version number.
+        path: the version dir it was loaded from.
+        meta_graph: the MetaGraphDef whose signature_def map is served.
+    """
+
+    name: str
+    version: int
+    path: Path
+    meta_graph: meta_graph_pb2.MetaGraphDef
+
+    @property
+    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        """The SignatureDefs served, by key."""
+        ...
+
+    def run(
+        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None
+    ) -> list[np.ndarray]:
+        """Feed tensors by name, return the fetched tensors' values in order.
+
+        Raises:
+            ServingError: the run failed, with the status code a client gets.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what can be released before the last reference goes (an abandoned load)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +155,7 @@ def read_meta_graph(version_dir: Path, tags: frozenset[str]) -> meta_graph_pb2.M
 
 
 class SavedModelServable:
-    """A loaded SavedModel version: signature metadata plus a session to run it.
+    """A loaded SavedModel version (a :class:`Servable`): signature metadata and a session to run it.
 
     Sessions are thread-safe, so one servable answers concurrent requests. The session is closed
     when the last reference goes away, so requests that still hold an unloaded version finish.
@@ -125,7 +172,7 @@ class SavedModelServable:
         self.meta_graph = meta_graph
         self._session = session
         self._batching = batch_scheduler.session(self._run) if batch_scheduler else None
-        self._callables: OrderedDict[tuple[tuple[str, ...], tuple[str, ...], int | None], Any] = OrderedDict()
+        self._callables: OrderedDict[_CallableKey, SessionCallable] = OrderedDict()
         self._callables_lock = threading.Lock()
 
     @property
@@ -157,7 +204,7 @@ class SavedModelServable:
         except (ValueError, TypeError) as error:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
-    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int | None) -> Any:
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int | None) -> SessionCallable:
         """A session callable for these feeds and fetches, made once and reused.
 
         TensorFlow Serving runs the C++ session, which feeds a tensor whatever the placeholder's

@@ -75,7 +75,8 @@ def _tensor_name(tf_name: str) -> str:
 
 
 class TfLiteServable:
-    """A loaded model.tflite: SignatureDefs plus an interpreter (runs serialized by a lock)."""
+    """A loaded model.tflite (a :class:`~serving.servables.Servable`): SignatureDefs plus an
+    interpreter (runs serialized by a lock)."""
 
     def __init__(
         self, name: str, version: int, path: Path, interpreter: tf.lite.Interpreter,

@@ -16,7 +16,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.examples import ExampleInference
 from serving.inference import Inference
-from serving.servables import LoadError, SavedModelServable
+from serving.servables import LoadError, Servable
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Warmup:
         self._examples = examples
         self._iterations = max(iterations, 1)
 
-    def __call__(self, servable: SavedModelServable) -> None:
+    def __call__(self, servable: Servable) -> None:
         """Replay ``servable``'s warmup file if it has one.
 
         Raises:
@@ -71,7 +71,7 @@ class Warmup:
             path, count, int((time.monotonic() - started) * 1e6),
         )
 
-    def _replay(self, servable: SavedModelServable, log: prediction_log_pb2.PredictionLog) -> None:
+    def _replay(self, servable: Servable, log: prediction_log_pb2.PredictionLog) -> None:
         kind = log.WhichOneof("log_type")
         if kind == "predict_log":
             self._inference.predict_with(servable, log.predict_log.request)

@@ -17,8 +17,8 @@ from packager.equivalence import (
     generate_inputs,
     golden_shape,
 )
+from packager.graph.frozen_model import TensorRef
 from packager.graph.input_constraints import InputConstraint, derive_input_constraints
-from packager.sources.base import TensorRef
 from packager.tf_runtime import tensorflow
 
 _OLD_SEED = 20261123

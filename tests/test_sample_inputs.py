@@ -13,8 +13,8 @@ import pytest
 
 from packager.errors import UsageError
 from packager.export import write_warmup_requests
+from packager.graph.frozen_model import TensorRef
 from packager.sample_inputs import SampleInputs, load_sample_inputs
-from packager.sources.base import TensorRef
 from packager.tf_runtime import tensorflow
 
 IMAGE = TensorRef("image", "pixels:0", "float32", (None, 3, 2))

@@ -19,7 +19,7 @@ op's own mean/variance inputs, by layer scope (``S/FusedBatchNormV3`` or ``S/mom
 the moving-average update (``Sub(moving_mean, batch_mean)``) left beside it. The rewrite makes each
 site what the same layer built with ``training=False`` computes.
 
-This module works on GraphDefs only: it imports nothing from packager.sources.
+This module works on GraphDefs only, like all of graph/: it imports nothing from packager.sources.
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from packager.errors import SourceError, UsageError
 from packager.graph.io_discovery import GraphIndex, input_op_name
 from packager.graph.surgery import unique_op_name
+from packager.modes import BATCHNORM_MODES, BatchNormMode
 from packager.tf_runtime import tensorflow
 
-BATCHNORM_MODES = ("auto", "inference", "batch")
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+
 FUSED_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 MOVING_MEAN = "moving_mean"
 MOVING_VARIANCE = "moving_variance"
@@ -68,7 +73,7 @@ class BatchNormSite:
         unrewritable: why the inference rewrite would not give the training=False model, if so.
     """
 
-    kind: str
+    kind: Literal["fused", "moments"]
     ops: tuple[str, ...]
     scope: str
     batch_mean: str | None = None
@@ -98,7 +103,7 @@ class BatchNormSite:
         }
 
 
-def find_batch_statistics_norms(graph_def, within: Collection[str] | None = None) -> list[BatchNormSite]:  # type: ignore[no-untyped-def]
+def find_batch_statistics_norms(graph_def: GraphDef, within: Collection[str] | None = None) -> list[BatchNormSite]:
     """Every batch norm of ``graph_def`` that normalises with batch statistics, in graph order.
 
     Only the graph's own nodes are scanned (not its function library): a batch norm inside a
@@ -125,7 +130,9 @@ def find_batch_statistics_norms(graph_def, within: Collection[str] | None = None
     return sites
 
 
-def rewrite_to_inference(graph_def, sites: list[BatchNormSite], *, keep: Collection[str] = ()):  # type: ignore[no-untyped-def]
+def rewrite_to_inference(
+    graph_def: GraphDef, sites: list[BatchNormSite], *, keep: Collection[str] = ()
+) -> tuple[GraphDef, list[str]]:
     """Make each site normalise with its moving mean and variance, as training=False would.
 
     Fused ops get ``is_training=False`` with inputs 3 and 4 the moving mean and variance. For the
@@ -177,9 +184,10 @@ def rewrite_to_inference(graph_def, sites: list[BatchNormSite], *, keep: Collect
     return rewritten, description
 
 
-def apply_batchnorm_mode(  # type: ignore[no-untyped-def]
-    graph_def, mode: str, *, within: Collection[str] | None = None, keep: Collection[str] = (), source: str = "the model",
-):
+def apply_batchnorm_mode(
+    graph_def: GraphDef, mode: BatchNormMode, *, within: Collection[str] | None = None, keep: Collection[str] = (),
+    source: str = "the model",
+) -> tuple[GraphDef, list[BatchNormSite], list[str]]:
     """``--batchnorm auto|inference|batch`` in one call.
 
     auto refuses a graph with batch-statistics norms, naming them and both flags; inference
@@ -260,11 +268,11 @@ def _scope(op_name: str) -> str:
     return op_name.rsplit("/", 1)[0] if "/" in op_name else ""
 
 
-def _producer(index: GraphIndex, graph_input: str):  # type: ignore[no-untyped-def]
+def _producer(index: GraphIndex, graph_input: str) -> NodeDef | None:
     return index.nodes.get(input_op_name(graph_input))
 
 
-def _data_inputs(node) -> list[str]:  # type: ignore[no-untyped-def]
+def _data_inputs(node: NodeDef) -> list[str]:
     return [i for i in node.input if not i.startswith("^")]
 
 
@@ -288,7 +296,7 @@ def _statistic_name(const_name: str) -> str | None:
     return last if last in (MOVING_MEAN, MOVING_VARIANCE) else None
 
 
-def _is_vector_const(node) -> bool:  # type: ignore[no-untyped-def]
+def _is_vector_const(node: NodeDef) -> bool:
     """A Const holding one value per channel (the moving statistics are vectors)."""
     shape = node.attr["value"].tensor.tensor_shape
     return not shape.unknown_rank and len(shape.dim) == 1 and shape.dim[0].size > 0
@@ -350,7 +358,7 @@ def _renorm(index: GraphIndex, scope: str) -> str | None:
     return None
 
 
-def _fused_site(index: GraphIndex, node) -> BatchNormSite | None:  # type: ignore[no-untyped-def]
+def _fused_site(index: GraphIndex, node: NodeDef) -> BatchNormSite | None:
     if "is_training" not in node.attr or not node.attr["is_training"].b:
         return None
     inputs = _data_inputs(node)
@@ -405,7 +413,7 @@ def _reaches_rsqrt(index: GraphIndex, op_name: str, hops: int = 4) -> bool:
     return False
 
 
-def _moments_site(index: GraphIndex, mean_node) -> BatchNormSite | None:  # type: ignore[no-untyped-def]
+def _moments_site(index: GraphIndex, mean_node: NodeDef) -> BatchNormSite | None:
     """The tf.nn.moments batch norm whose batch mean is ``mean_node``, or None."""
     inputs = _data_inputs(mean_node)
     if len(inputs) != 2:
@@ -450,7 +458,7 @@ def _moments_site(index: GraphIndex, mean_node) -> BatchNormSite | None:  # type
 # --- rewriting -------------------------------------------------------------------------------
 
 
-def _variance_computation(graph_def, mean_op: str) -> frozenset[str]:  # type: ignore[no-untyped-def]
+def _variance_computation(graph_def: GraphDef, mean_op: str) -> frozenset[str]:
     """The consumers of the batch mean that compute the variance (StopGradient, SquaredDifference):
     they must keep reading the batch mean."""
     return frozenset(
@@ -459,7 +467,9 @@ def _variance_computation(graph_def, mean_op: str) -> frozenset[str]:  # type: i
     )
 
 
-def _substitute(graph_def, nodes: dict, statistic: str, moving: str, taken: set[str], exempt: frozenset[str]) -> None:  # type: ignore[no-untyped-def]
+def _substitute(
+    graph_def: GraphDef, nodes: dict[str, NodeDef], statistic: str, moving: str, taken: set[str], exempt: frozenset[str]
+) -> None:
     """Make what reads ``statistic`` read ``moving`` instead.
 
     A Squeeze (the moments' usual [C] output) becomes Identity(moving) in place, so every reader
@@ -493,7 +503,7 @@ def _substitute(graph_def, nodes: dict, statistic: str, moving: str, taken: set[
                 reader.input[position] = reshaped.name
 
 
-def _drop_newly_dead(graph_def, consumed_before: set[str], keep: frozenset[str]) -> None:  # type: ignore[no-untyped-def]
+def _drop_newly_dead(graph_def: GraphDef, consumed_before: set[str], keep: frozenset[str]) -> None:
     """Remove ops the rewrite left unconsumed (the batch moments), so no new sink appears.
 
     Only ops that had a consumer before the rewrite go, never a placeholder nor an op in

@@ -9,11 +9,16 @@ placeholder without one needs ``--constant NAME=VALUE`` — tfpack will not gues
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from packager.errors import UsageError
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
 
 WITH_DEFAULT = "PlaceholderWithDefault"
 
@@ -44,18 +49,18 @@ def parse_constants(assignments: list[str]) -> dict[str, str]:
     return constants
 
 
-def _node_dtype(node) -> str:  # type: ignore[no-untyped-def]
+def _node_dtype(node: NodeDef) -> str:
     tf = tensorflow()
     dtype = tf.as_dtype(node.attr["dtype"].type)
     return "string" if dtype == tf.string else dtype.name
 
 
-def _is_scalar(node) -> bool:  # type: ignore[no-untyped-def]
+def _is_scalar(node: NodeDef) -> bool:
     shape = node.attr["shape"].shape if "shape" in node.attr else None
     return shape is not None and not shape.unknown_rank and len(shape.dim) == 0
 
 
-def find_control_placeholders(graph_def, within: set[str] | None = None) -> list[ControlPlaceholder]:  # type: ignore[no-untyped-def]
+def find_control_placeholders(graph_def: GraphDef, within: set[str] | None = None) -> list[ControlPlaceholder]:
     """PlaceholderWithDefault ops, and scalar Placeholders, optionally only those in ``within``."""
     found = []
     for node in graph_def.node:
@@ -83,7 +88,9 @@ def constant_value(text: str, dtype: str, name: str) -> np.ndarray:
         raise UsageError(f"--constant {name}={text}: not a valid {dtype} value") from None
 
 
-def fold_control_placeholders(graph_def, constants: dict[str, str], keep: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
+def fold_control_placeholders(
+    graph_def: GraphDef, constants: dict[str, str], keep: frozenset[str] = frozenset()
+) -> tuple[GraphDef, dict[str, np.ndarray]]:
     """Replace named placeholders by constants and fold the remaining defaults.
 
     PlaceholderWithDefault ops named in ``keep`` (the user asked for them as inputs) stay.

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from packager.graph.frozen_model import TensorRef
 from packager.graph.io_discovery import input_op_name
-from packager.sources.base import TensorRef
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
 
 # Constants larger than this are only ever looked at for their shape: reading an embedding table's
 # values to learn a one-hot depth would copy hundreds of megabytes for nothing.
@@ -64,7 +68,7 @@ class InputConstraint:
         what = " and ".join(parts) or "unconstrained"
         return f"{what}, used by {', '.join(self.uses)}" if self.uses else what
 
-    def merge(self, other: "InputConstraint") -> "InputConstraint":
+    def merge(self, other: InputConstraint) -> InputConstraint:
         """Both constraints at once: the lower bound, and either positivity requirement."""
         bounds = [b for b in (self.upper_bound, other.upper_bound) if b is not None]
         return InputConstraint(
@@ -86,13 +90,13 @@ def _tensor_name(graph_input: str) -> str:
 
 @dataclass(frozen=True)
 class _Graph:
-    nodes: dict[str, Any]  # op name -> NodeDef
-    uses: dict[str, list[tuple[Any, int]]]  # tensor name -> (consuming NodeDef, input slot)
+    nodes: dict[str, NodeDef]  # op name -> NodeDef
+    uses: dict[str, list[tuple[NodeDef, int]]]  # tensor name -> (consuming NodeDef, input slot)
 
     @classmethod
-    def build(cls, graph_def) -> "_Graph":  # type: ignore[no-untyped-def]
+    def build(cls, graph_def: GraphDef) -> _Graph:
         nodes = {node.name: node for node in graph_def.node}
-        uses: dict[str, list[tuple[Any, int]]] = {}
+        uses: dict[str, list[tuple[NodeDef, int]]] = {}
         for node in graph_def.node:
             for slot, graph_input in enumerate(node.input):
                 if graph_input.startswith("^"):  # control edges carry no values
@@ -100,10 +104,10 @@ class _Graph:
                 uses.setdefault(_tensor_name(graph_input), []).append((node, slot))
         return cls(nodes=nodes, uses=uses)
 
-    def producer(self, tensor: str):  # type: ignore[no-untyped-def]
+    def producer(self, tensor: str) -> NodeDef | None:
         return self.nodes.get(input_op_name(tensor))
 
-    def source_const(self, tensor: str):  # type: ignore[no-untyped-def]
+    def source_const(self, tensor: str) -> NodeDef | None:
         """The Const (or variable handle) behind ``tensor`` through Identity-like ops, or None."""
         seen: set[str] = set()
         node = self.producer(tensor)
@@ -156,7 +160,7 @@ _MOVES_FIRST_INPUT = _IDENTITY_LIKE | frozenset({
 # even for positive inputs), and every arithmetic op.
 
 
-def _value_outputs(node, slot: int) -> list[str]:  # type: ignore[no-untyped-def]
+def _value_outputs(node: NodeDef, slot: int) -> list[str]:
     """The output tensors of ``node`` that carry the values fed into input ``slot`` unchanged."""
     op = node.op
     if (op == "SplitV" and slot == 0) or (op == "Split" and slot == 1):
@@ -206,7 +210,7 @@ def _scalar(graph: _Graph, tensor: str) -> int | None:
     return int(value.reshape(()))
 
 
-def _bound(node, slot: int, graph: _Graph) -> int | None:  # type: ignore[no-untyped-def]
+def _bound(node: NodeDef, slot: int, graph: _Graph) -> int | None:
     """The exclusive upper bound ``node`` needs of the values in input ``slot``, or None."""
     op, inputs = node.op, list(node.input)
     if op in ("GatherV2", "ResourceGather") and slot == 1:
@@ -247,7 +251,7 @@ _DIVIDES_BY_SECOND = frozenset({
 })
 
 
-def _sign_needs(node, slot: int, graph: _Graph) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+def _sign_needs(node: NodeDef, slot: int, graph: _Graph) -> tuple[bool, bool]:
     """(positive, divisor): what ``node`` needs of the sign of the values in input ``slot``."""
     op = node.op
     if op in _NEEDS_POSITIVE and slot == 0:
@@ -260,7 +264,7 @@ def _sign_needs(node, slot: int, graph: _Graph) -> tuple[bool, bool]:  # type: i
     return False, False
 
 
-def _constraint_of_use(node, slot: int, graph: _Graph) -> InputConstraint | None:  # type: ignore[no-untyped-def]
+def _constraint_of_use(node: NodeDef, slot: int, graph: _Graph) -> InputConstraint | None:
     bound = _bound(node, slot, graph)
     positive, divisor = _sign_needs(node, slot, graph)
     if bound is None and not positive and not divisor:
@@ -293,7 +297,7 @@ def _constraint_from(tensor: str, graph: _Graph) -> InputConstraint:
     return constraint
 
 
-def derive_input_constraints(graph_def, inputs: Iterable[TensorRef]) -> dict[str, InputConstraint]:  # type: ignore[no-untyped-def]
+def derive_input_constraints(graph_def: GraphDef, inputs: Iterable[TensorRef]) -> dict[str, InputConstraint]:
     """What each input's golden values must satisfy for the model to run on them and stay finite.
 
     Args:

@@ -12,10 +12,16 @@ import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packager.errors import SourceError, UsageError
-from packager.sources.base import TensorRef
+from packager.graph.frozen_model import TensorRef
 from packager.tf_runtime import numpy_dtype_name, shape_tuple
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
 
 PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderV2"})
 
@@ -59,11 +65,11 @@ _LOSS_NAME = re.compile(r"(^|/)[A-Za-z0-9_]*(loss|losses|Loss|Losses)(_\d+)?(/|$
 class GraphIndex:
     """A GraphDef's nodes with their consumers, for reachability questions."""
 
-    nodes: dict  # op name -> NodeDef
+    nodes: dict[str, NodeDef]  # op name -> NodeDef
     consumers: dict[str, set[str]]  # op name -> names of ops that use it (data or control)
 
     @classmethod
-    def build(cls, graph_def) -> "GraphIndex":  # type: ignore[no-untyped-def]
+    def build(cls, graph_def: GraphDef) -> GraphIndex:
         nodes = {node.name: node for node in graph_def.node}
         consumers: dict[str, set[str]] = {name: set() for name in nodes}
         for node in graph_def.node:
@@ -89,14 +95,14 @@ def input_op_name(graph_input: str) -> str:
     return graph_input.lstrip("^").split(":", 1)[0]
 
 
-def is_training_machinery(node) -> bool:  # type: ignore[no-untyped-def]
+def is_training_machinery(node: NodeDef) -> bool:
     """True for saver, init, summary, gradient and optimizer ops and other non-outputs."""
     if node.op in _NON_OUTPUT_OPS or any(p.match(node.op) for p in _NON_OUTPUT_OP_PATTERNS):
         return True
     return bool(_NON_OUTPUT_SCOPES.match(node.name) or _LOSS_NAME.search(node.name) or _LOOP_PLUMBING.search(node.name))
 
 
-def training_subgraphs(graph_def) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def training_subgraphs(graph_def: GraphDef) -> dict[str, int]:
     """How many ops of each kind of training machinery a graph carries (for inspect)."""
     kinds: dict[str, int] = {}
     for node in graph_def.node:
@@ -165,7 +171,7 @@ def signature_keys(tensor_names: list[str]) -> list[str]:
     return [s if shorts.count(s) == 1 else long(n) for s, n in zip(shorts, tensor_names)]
 
 
-def tensor_refs(graph, tensor_names: list[str], keys: list[str] | None = None) -> list[TensorRef]:  # type: ignore[no-untyped-def]
+def tensor_refs(graph: tf.Graph, tensor_names: list[str], keys: list[str] | None = None) -> list[TensorRef]:
     """TensorRefs for tensors of an imported tf.Graph, keyed by :func:`signature_keys`."""
     keys = keys or signature_keys(tensor_names)
     refs = []
@@ -177,7 +183,9 @@ def tensor_refs(graph, tensor_names: list[str], keys: list[str] | None = None) -
     return refs
 
 
-def resolve_names(requested: list[str], index: GraphIndex, graph, flag: str, known: list[TensorRef] | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+def resolve_names(
+    requested: list[str], index: GraphIndex, graph: tf.Graph, flag: str, known: list[TensorRef] | None = None
+) -> list[str]:
     """Turn user-given names ("op", "op:1" or a signature key) into tensor names.
 
     Raises:
@@ -218,12 +226,14 @@ class OutputCandidate:
         return {"op": self.op_name, "tensors": list(self.tensor_names), "needs": sorted(self.placeholders), "depth": self.depth}
 
 
-def output_candidates(index: GraphIndex, graph, *, training_fed: frozenset[str] = frozenset()) -> list[OutputCandidate]:  # type: ignore[no-untyped-def]
+def output_candidates(
+    index: GraphIndex, graph: tf.Graph, *, training_fed: frozenset[str] = frozenset()
+) -> list[OutputCandidate]:
     """Candidate output ops, deepest first; ops that need no placeholder at all are not outputs.
 
     Args:
         training_fed: for a graph frozen from a training graph, the ops that only training
-            machinery consumed (sources.base.LoadedSource.training_fed). Such a sink is no output:
+            machinery consumed (frozen_model.LoadedSource.training_fed). Such a sink is no output:
             it is a loss (traced back to where the labels join the predictions) or a value the
             gradients reused (dropped).
     """
@@ -347,7 +357,7 @@ def discover_inputs(index: GraphIndex, output_tensor_names: list[str]) -> list[s
 _GRADIENT_SCOPE = re.compile(r"(?:^|/)gradients(?:_\d+)?/(?P<op>.+?)_grad/")
 
 
-def gradient_roots(graph_def) -> frozenset[str]:  # type: ignore[no-untyped-def]
+def gradient_roots(graph_def: GraphDef) -> frozenset[str]:
     """The ops gradients were taken of — the losses — in an unfrozen training graph.
 
     Every forward op on the way from the variables to a loss has a ``…/OP_grad/`` scope; the
@@ -376,7 +386,7 @@ def has_batch_dimension(shape: tuple[int | None, ...] | None) -> bool | None:
 
 
 def non_inference_reason(
-    tensor_names: Iterable[str], placeholders: Iterable[str], index: GraphIndex, graph, losses: frozenset[str],  # type: ignore[no-untyped-def]
+    tensor_names: Iterable[str], placeholders: Iterable[str], index: GraphIndex, graph: tf.Graph, losses: frozenset[str],
 ) -> str | None:
     """Why output tensors are not inference outputs, or None when they may be.
 
@@ -402,7 +412,7 @@ def non_inference_reason(
     return None
 
 
-def batched_ops(index: GraphIndex, graph, losses: frozenset[str] = frozenset(), limit: int = 5) -> list[str]:  # type: ignore[no-untyped-def]
+def batched_ops(index: GraphIndex, graph: tf.Graph, losses: frozenset[str] = frozenset(), limit: int = 5) -> list[str]:
     """The deepest non-machinery ops whose first output keeps a batch dimension: what to suggest
     for --outputs when every sink was set aside (never a loss)."""
     needs = placeholder_sets(index)

@@ -10,10 +10,16 @@ pruning for serving removes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packager.graph.io_discovery import input_op_name
 from packager.graph.surgery import unique_op_name
 from packager.tf_runtime import numpy_dtype_name, tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+    from tensorflow.core.framework.tensor_shape_pb2 import TensorShapeProto
 
 ITERATOR_OPS = frozenset({"IteratorGetNext", "IteratorGetNextSync", "IteratorGetNextAsOptional"})
 QUEUE_DEQUEUE_OPS = frozenset({
@@ -36,13 +42,13 @@ class ReplacedInput:
         return {"placeholder": self.placeholder, "replaces": self.replaced, "dtype": self.dtype, "shape": self.shape}
 
 
-def find_data_inputs(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+def find_data_inputs(graph_def: GraphDef) -> list[str]:
     """Names of the iterator and queue-dequeue ops whose outputs the graph consumes."""
     consumed = {input_op_name(i) for node in graph_def.node for i in node.input if not i.startswith("^")}
     return [n.name for n in graph_def.node if (n.op in ITERATOR_OPS or n.op in QUEUE_DEQUEUE_OPS) and n.name in consumed]
 
 
-def _output_specs(graph_def, node) -> list[tuple[int, list[int | None] | None]]:  # type: ignore[no-untyped-def]
+def _output_specs(graph_def: GraphDef, node: NodeDef) -> list[tuple[int, list[int | None] | None]]:
     """(dtype enum, shape) of each output of an iterator or dequeue op."""
     if node.op in ITERATOR_OPS:
         types = list(node.attr["output_types"].list.type)
@@ -57,13 +63,13 @@ def _output_specs(graph_def, node) -> list[tuple[int, list[int | None] | None]]:
     return list(zip(types, shapes))
 
 
-def _shape(shape_proto) -> list[int | None] | None:  # type: ignore[no-untyped-def]
+def _shape(shape_proto: TensorShapeProto) -> list[int | None] | None:
     if shape_proto.unknown_rank:
         return None
     return [None if d.size < 0 else int(d.size) for d in shape_proto.dim]
 
 
-def replace_data_inputs(graph_def):  # type: ignore[no-untyped-def]
+def replace_data_inputs(graph_def: GraphDef) -> tuple[GraphDef, list[ReplacedInput]]:
     """Return (new GraphDef, [ReplacedInput]) with every consumed iterator/queue output replaced.
 
     A single replaced tensor becomes placeholder ``input``; several become ``input_0``,

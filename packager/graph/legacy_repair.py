@@ -18,9 +18,12 @@ agree with TensorFlow's shape inference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
 
 OUTPUT_SHAPES = "_output_shapes"
 
@@ -29,7 +32,7 @@ OUTPUT_SHAPES = "_output_shapes"
 class RepairedGraph:
     """A GraphDef fit for import and what was changed to make it so."""
 
-    graph_def: Any
+    graph_def: GraphDef
     repairs: list[str] = field(default_factory=list)  # one line per kind of repair
 
 
@@ -37,7 +40,7 @@ def _examples(names: list[str]) -> str:
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
-def _copy(graph_def):  # type: ignore[no-untyped-def]
+def _copy(graph_def: GraphDef) -> GraphDef:
     from tensorflow.core.framework import graph_pb2
 
     copy = graph_pb2.GraphDef()
@@ -45,7 +48,7 @@ def _copy(graph_def):  # type: ignore[no-untyped-def]
     return copy
 
 
-def _unknown_attrs(graph_def) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+def _unknown_attrs(graph_def: GraphDef) -> dict[str, list[str]]:
     """{node name: attrs its registered op does not define}; ops TF does not know are skipped
     (the import reports them)."""
     from tensorflow.python.framework import op_def_registry
@@ -62,7 +65,7 @@ def _unknown_attrs(graph_def) -> dict[str, list[str]]:  # type: ignore[no-untype
     return unknown
 
 
-def _stale_output_shapes(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+def _stale_output_shapes(graph_def: GraphDef) -> list[str]:
     """Nodes whose ``_output_shapes`` disagree with TensorFlow's own shape inference.
 
     The graph is imported once without any of the hints; a hint is stale when it names fewer
@@ -92,7 +95,7 @@ def _stale_output_shapes(graph_def) -> list[str]:  # type: ignore[no-untyped-def
     return stale
 
 
-def repair_legacy_graph(graph_def) -> RepairedGraph:  # type: ignore[no-untyped-def]
+def repair_legacy_graph(graph_def: GraphDef) -> RepairedGraph:
     """Drop attrs the ops no longer define and stale ``_output_shapes`` hints, on a copy.
 
     Returns:

@@ -57,8 +57,17 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.function_pb2 import FunctionDef
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+    from tensorflow.core.framework.op_def_pb2 import OpDef
+    from tensorflow.core.protobuf.meta_graph_pb2 import MetaGraphDef
+    from tensorflow.core.protobuf.saved_model_pb2 import SavedModel
 
 # Ops that draw random numbers each time they run (the stateful ones), and the stateless ones
 # whose seed usually comes from a counter: random augmentation or dropout left in a graph.
@@ -263,7 +272,7 @@ class ScanResult:
 # --- classification ---------------------------------------------------------------------------
 
 
-def _op_def(op_type: str):  # type: ignore[no-untyped-def]
+def _op_def(op_type: str) -> OpDef | None:
     tensorflow()
     from tensorflow.python.framework import op_def_registry
 
@@ -306,13 +315,16 @@ def _known_in_process(op_type: str) -> bool:
             or op_type.endswith(_CANDIDATE_SAMPLER))
 
 
-def classify_node(node) -> str | None:  # type: ignore[no-untyped-def]
+def classify_node(node: NodeDef) -> str | None:
     """Why ``node`` (a NodeDef) is denied, or None: its op type's verdict, then attrs naming files."""
     reason = classify_op(node.op)
     if reason is not None:
         return reason
     # Attrs are checked only where the op declares them (TensorFlow rejects undeclared ones).
-    declared = {a.name for a in _op_def(node.op).attr}
+    op_def = _op_def(node.op)
+    if op_def is None:  # not reached: classify_op calls an unregistered op UNKNOWN
+        return UNKNOWN
+    declared = {a.name for a in op_def.attr}
     for name, names_no_file in _OPTIONAL_PATH_ATTRS.items():
         if name in declared and name in node.attr and node.attr[name].s.decode(errors="replace") not in ("", names_no_file):
             return FILE_SYSTEM
@@ -327,7 +339,7 @@ def is_random(op_type: str) -> bool:
 # --- walking graphs ---------------------------------------------------------------------------
 
 
-def _called_functions(node) -> list[str]:  # type: ignore[no-untyped-def]
+def _called_functions(node: NodeDef) -> list[str]:
     """Functions a node may call: as its op, or named in an attr (PartitionedCall's f, While's body)."""
     names = [node.op]
     for attr in node.attr.values():
@@ -337,7 +349,7 @@ def _called_functions(node) -> list[str]:  # type: ignore[no-untyped-def]
     return names
 
 
-def _functions_reached(nodes: Iterable, functions: dict) -> set[str]:  # type: ignore[type-arg]
+def _functions_reached(nodes: Iterable[NodeDef], functions: dict[str, FunctionDef]) -> set[str]:
     pending = [name for node in nodes for name in _called_functions(node)]
     seen: set[str] = set()
     while pending:
@@ -349,7 +361,7 @@ def _functions_reached(nodes: Iterable, functions: dict) -> set[str]:  # type: i
     return seen
 
 
-def reachable_functions(graph_def) -> set[str]:  # type: ignore[no-untyped-def]
+def reachable_functions(graph_def: GraphDef) -> set[str]:
     """Names of the library functions ``graph_def``'s nodes call, directly or through each other."""
     return _functions_reached(graph_def.node, {f.signature.name: f for f in graph_def.library.function})
 
@@ -358,11 +370,11 @@ def _node_name(tensor_or_input: str) -> str:
     return tensor_or_input.lstrip("^").split(":")[0]
 
 
-def _closure(graph_def, roots: Iterable[str]) -> list:  # type: ignore[no-untyped-def, type-arg]
+def _closure(graph_def: GraphDef, roots: Iterable[str]) -> list[NodeDef]:
     """The nodes ``roots`` depend on (data and control inputs), roots included; unknown names skipped."""
     by_name = {node.name: node for node in graph_def.node}
     pending = [_node_name(r) for r in roots]
-    seen: dict[str, object] = {}
+    seen: dict[str, NodeDef] = {}
     while pending:
         name = pending.pop()
         if name in seen or name not in by_name:
@@ -376,15 +388,15 @@ def _closure(graph_def, roots: Iterable[str]) -> list:  # type: ignore[no-untype
 class _Scan:
     """Accumulates findings over (node name, NodeDef, op types exempt there) triples."""
 
-    functions: dict  # type: ignore[type-arg]
+    functions: dict[str, FunctionDef]
     allowed: frozenset[str]
     findings: list[OpFinding] = field(default_factory=list)
     notices: list[OpFinding] = field(default_factory=list)
     scanned: int = 0
 
-    def add(self, nodes: Iterator[tuple[str, object, frozenset[str]]]) -> None:
+    def add(self, nodes: Iterator[tuple[str, NodeDef, frozenset[str]]]) -> None:
         for name, node, exempt in nodes:
-            op_type = node.op  # type: ignore[attr-defined]
+            op_type = node.op
             self.scanned += 1
             if op_type in self.functions:
                 continue  # a call of a library function: its body is scanned on its own
@@ -403,7 +415,7 @@ class _Scan:
             self.add((f"{fname}/{node.name}", node, exempt.get(fname, frozenset())) for node in function.node_def)
 
 
-def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+def scan_graph_def(graph_def: GraphDef, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:
     """Scan every node of ``graph_def`` and every function in its library."""
     scan = _Scan({f.signature.name: f for f in graph_def.library.function}, allowed)
     scan.add((node.name, node, frozenset()) for node in graph_def.node)
@@ -415,7 +427,7 @@ def scan_graph_def(graph_def, target: str, allowed: frozenset[str] = frozenset()
 INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer")
 
 
-def _collection_nodes(meta_graph, key: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _collection_nodes(meta_graph: MetaGraphDef, key: str) -> list[str]:
     if key not in meta_graph.collection_def:
         return []
     collection = meta_graph.collection_def[key]
@@ -423,12 +435,12 @@ def _collection_nodes(meta_graph, key: str) -> list[str]:  # type: ignore[no-unt
     return [_node_name(v) for v in values]
 
 
-def _saver_roots(meta_graph) -> list[str]:  # type: ignore[no-untyped-def]
+def _saver_roots(meta_graph: MetaGraphDef) -> list[str]:
     saver = meta_graph.saver_def
     return [name for name in (saver.restore_op_name, saver.save_tensor_name, saver.filename_tensor_name) if name]
 
 
-def scan_meta_graph(meta_graph, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+def scan_meta_graph(meta_graph: MetaGraphDef, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:
     """Scan what a SavedModel loader and server can run from ``meta_graph``.
 
     That is: everything any signature reaches (``__saved_model_init_op`` is one), the init ops
@@ -460,13 +472,13 @@ def scan_meta_graph(meta_graph, target: str, allowed: frozenset[str] = frozenset
     return ScanResult(target=target, findings=scan.findings, ops_scanned=scan.scanned, notices=scan.notices)
 
 
-def _restore_closure(meta_graph) -> list:  # type: ignore[no-untyped-def, type-arg]
+def _restore_closure(meta_graph: MetaGraphDef) -> list[NodeDef]:
     """Everything a loader runs to restore the variables: the restore op and what it depends on."""
     restore = meta_graph.saver_def.restore_op_name
     return _closure(meta_graph.graph_def, [restore] if restore else [])
 
 
-def _restore_exemption(meta_graph, node) -> frozenset[str]:  # type: ignore[no-untyped-def]
+def _restore_exemption(meta_graph: MetaGraphDef, node: NodeDef) -> frozenset[str]:
     """The checkpoint op types a node of the restore path may be: only a restore whose prefix is
     the saver's own filename tensor (what a loader feeds the variables' path to). A Save hung off
     the restore op, or a restore from a path baked into the graph, would run at load: scanned."""
@@ -480,7 +492,7 @@ def _restore_exemption(meta_graph, node) -> frozenset[str]:  # type: ignore[no-u
     return RESTORE_OPS if filename and name == filename else frozenset()
 
 
-def scan_restore_path(meta_graph, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+def scan_restore_path(meta_graph: MetaGraphDef, target: str, allowed: frozenset[str] = frozenset()) -> ScanResult:
     """Scan what restoring a TF1 checkpoint through ``meta_graph``'s saver runs, before it runs.
 
     tfpack runs only the saver's restore op from a training meta graph (its init ops never); the
@@ -502,7 +514,7 @@ def scan_restore_path(meta_graph, target: str, allowed: frozenset[str] = frozens
 ASSET_DIRS = ("assets", "assets.extra")
 
 
-def read_saved_model(version_dir: Path):  # type: ignore[no-untyped-def]
+def read_saved_model(version_dir: Path) -> SavedModel:
     """Parse ``version_dir``'s saved_model.pb (or .pbtxt) without loading or running any of it.
 
     Raises:
@@ -526,7 +538,7 @@ def read_saved_model(version_dir: Path):  # type: ignore[no-untyped-def]
         raise SourceError(f"{path} is not a readable SavedModel: {first_line(exc)}") from None
 
 
-def _asset_findings(version_dir: Path, saved_model) -> tuple[list[str], list[OpFinding]]:  # type: ignore[no-untyped-def]
+def _asset_findings(version_dir: Path, saved_model: SavedModel) -> tuple[list[str], list[OpFinding]]:
     """The asset files on disk, and assets that point outside ``assets/`` (a loader would read there)."""
     listed, findings = [], []
     root = version_dir.resolve()
@@ -550,7 +562,7 @@ def _asset_findings(version_dir: Path, saved_model) -> tuple[list[str], list[OpF
     return listed, findings
 
 
-def scan_saved_model(version_dir, allowed: frozenset[str] = frozenset()) -> ScanResult:  # type: ignore[no-untyped-def]
+def scan_saved_model(version_dir: Path | str, allowed: frozenset[str] = frozenset()) -> ScanResult:
     """Scan everything a server can run from the SavedModel in ``version_dir`` (see :func:`scan_meta_graph`),
     and its assets. Reads the proto only: nothing of the model is loaded or run.
 

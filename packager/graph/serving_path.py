@@ -9,15 +9,24 @@ behind ``tf.cond(training)`` once ``--constant training=false`` folded it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from packager.graph.io_discovery import input_op_name
 from packager.graph.op_scan import is_random
 from packager.tf_runtime import tensorflow
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.function_pb2 import FunctionDef
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+
+# Rewrites one random op in place (the op, its position, the suffix naming an added node's
+# output): the nodes to add, or None when the op cannot be rewritten.
+RandomOpRewrite = Callable[["NodeDef", int, str], "list[NodeDef] | None"]
 
 _IF = frozenset({"If", "StatelessIf"})
 _CASE = frozenset({"Case", "StatelessCase"})
@@ -34,7 +43,7 @@ class ReachedNode:
     in one; ``conditional`` when a data-dependent predicate decides whether it runs."""
 
     name: str
-    node: Any  # NodeDef
+    node: NodeDef
     conditional: bool
 
     @property
@@ -42,7 +51,7 @@ class ReachedNode:
         return f"{self.name} ({self.node.op})"
 
 
-def _constant_value(nodes: dict[str, Any], graph_input: str) -> Any:
+def _constant_value(nodes: dict[str, NodeDef], graph_input: str) -> np.ndarray | None:
     """The value behind ``graph_input`` when it is a Const (through Identity ops), else None."""
     name = input_op_name(graph_input)
     while name in nodes and nodes[name].op in _PASS_THROUGH and nodes[name].input:
@@ -58,7 +67,7 @@ def _constant_value(nodes: dict[str, Any], graph_input: str) -> Any:
         return None
 
 
-def _called(node, nodes: dict[str, Any], functions: dict[str, Any]) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+def _called(node: NodeDef, nodes: dict[str, NodeDef], functions: dict[str, FunctionDef]) -> list[tuple[str, bool]]:
     """(function, decided by data) for each function ``node`` may call."""
     if node.op in _IF or node.op in _CASE:
         predicate = _constant_value(nodes, node.input[0]) if node.input else None
@@ -78,7 +87,7 @@ def _called(node, nodes: dict[str, Any], functions: dict[str, Any]) -> list[tupl
     return [(name, False) for name in names]
 
 
-def _behind_data_switch(name: str, nodes: dict[str, Any], cache: dict[str, bool]) -> bool:
+def _behind_data_switch(name: str, nodes: dict[str, NodeDef], cache: dict[str, bool]) -> bool:
     """Whether a TF1 Switch with a non-constant predicate decides if op ``name`` runs: walking its
     inputs back, a Switch is met before any Merge (past a Merge the cond is over)."""
     if name in cache:
@@ -100,7 +109,7 @@ def _behind_data_switch(name: str, nodes: dict[str, Any], cache: dict[str, bool]
     return found
 
 
-def reached_nodes(graph_def) -> Iterator[ReachedNode]:  # type: ignore[no-untyped-def]
+def reached_nodes(graph_def: GraphDef) -> Iterator[ReachedNode]:
     """Every node a request can run, the graph's and its called functions'. ``conditional`` is
     worked out for random ops (the only ones it matters for); a function reached both ways is
     walked again when it is first seen conditionally and later unconditionally."""
@@ -124,23 +133,24 @@ def reached_nodes(graph_def) -> Iterator[ReachedNode]:  # type: ignore[no-untype
             pending.extend((called, conditional or decided) for called, decided in _called(node, body, functions))
 
 
-def random_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+def random_ops(graph_def: GraphDef) -> list[str]:
     """Every random op of the graph and its library, ``name (Type)``, reachable or not."""
     library = [(f"{f.signature.name}/{n.name}", n) for f in graph_def.library.function for n in f.node_def]
     return sorted({f"{name} ({node.op})" for name, node in [(n.name, n) for n in graph_def.node] + library
                    if is_random(node.op)})
 
 
-def reachable_random_ops(graph_def) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+def reachable_random_ops(graph_def: GraphDef) -> tuple[list[str], list[str]]:
     """(random ops a request always reaches, random ops a data-dependent condition guards)."""
-    always, conditional = set(), set()
+    always: set[str] = set()
+    conditional: set[str] = set()
     for reached in reached_nodes(graph_def):
         if is_random(reached.node.op):
             (conditional if reached.conditional else always).add(reached.label)
     return sorted(always), sorted(conditional - always)
 
 
-def _const_ints(nodes: dict[str, Any], graph_input: str) -> list[int] | None:
+def _const_ints(nodes: dict[str, NodeDef], graph_input: str) -> list[int] | None:
     value = _constant_value(nodes, graph_input)
     if value is None:
         return None
@@ -150,12 +160,12 @@ def _const_ints(nodes: dict[str, Any], graph_input: str) -> list[int] | None:
         return None
 
 
-def batch_mixing_ops(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+def batch_mixing_ops(graph_def: GraphDef) -> list[str]:
     """Reached ops that combine values across samples: batch norm on batch statistics, reductions
     and cumulative ops over axis 0 (or over axes only known at run time), and the batch split of
     merged towers. The names a batch-independence failure cites."""
     found = []
-    scopes: dict[str, dict[str, Any]] = {"": {node.name: node for node in graph_def.node}}
+    scopes: dict[str, dict[str, NodeDef]] = {"": {node.name: node for node in graph_def.node}}
     for function in graph_def.library.function:
         scopes[function.signature.name] = {node.name: node for node in function.node_def}
     for reached in reached_nodes(graph_def):
@@ -184,7 +194,7 @@ _STATELESS_TWINS = {
 }
 
 
-def _new_const(name: str, value: np.ndarray, dtype_enum: int, anchor: str, device: str):  # type: ignore[no-untyped-def]
+def _new_const(name: str, value: np.ndarray, dtype_enum: int, anchor: str, device: str) -> NodeDef:
     """A Const node, ordered after ``anchor`` (a control input keeps it in a while loop's frame)."""
     tf = tensorflow()
     from tensorflow.core.framework import node_def_pb2
@@ -196,7 +206,7 @@ def _new_const(name: str, value: np.ndarray, dtype_enum: int, anchor: str, devic
     return const
 
 
-def _rewrite_random_ops(graph_def, rewrite) -> tuple[Any, list[str]]:  # type: ignore[no-untyped-def]
+def _rewrite_random_ops(graph_def: GraphDef, rewrite: RandomOpRewrite) -> tuple[GraphDef, list[str]]:
     """A copy of ``graph_def`` with ``rewrite(node, position, output_suffix)`` applied to each
     stateful random op (in functions too); it returns the new nodes to add, or None when it
     cannot rewrite that op (listed in the result)."""
@@ -206,8 +216,8 @@ def _rewrite_random_ops(graph_def, rewrite) -> tuple[Any, list[str]]:  # type: i
     copy.CopyFrom(graph_def)
     left: list[str] = []
 
-    def each(nodes, suffix: str) -> list[Any]:  # type: ignore[no-untyped-def]
-        added = []
+    def each(nodes: Iterable[NodeDef], suffix: str) -> list[NodeDef]:
+        added: list[NodeDef] = []
         for position, node in enumerate(list(nodes)):
             if not is_random(node.op):
                 continue
@@ -224,7 +234,7 @@ def _rewrite_random_ops(graph_def, rewrite) -> tuple[Any, list[str]]:  # type: i
     return copy, left
 
 
-def derandomize(graph_def):  # type: ignore[no-untyped-def]
+def derandomize(graph_def: GraphDef) -> tuple[GraphDef, list[str]]:
     """A copy of ``graph_def`` whose stateful random ops draw from fixed seeds, for the proof of a
     deliberately stochastic model (--allow-random).
 
@@ -238,7 +248,7 @@ def derandomize(graph_def):  # type: ignore[no-untyped-def]
     """
     tf = tensorflow()
 
-    def rewrite(node, position: int, suffix: str):  # type: ignore[no-untyped-def]
+    def rewrite(node: NodeDef, position: int, suffix: str) -> list[NodeDef] | None:
         if node.op.startswith("Stateless"):
             return []  # already draws from its seed input
         twin = _STATELESS_TWINS.get(node.op)
@@ -270,7 +280,7 @@ _CONSTANT_DRAWS = {
 _INT_MINVAL_INPUT = {"RandomUniformInt": 1, "StatelessRandomUniformInt": 2, "StatelessRandomUniformIntV2": 4}
 
 
-def random_ops_as_constants(graph_def):  # type: ignore[no-untyped-def]
+def random_ops_as_constants(graph_def: GraphDef) -> tuple[GraphDef, list[str]]:
     """A copy of ``graph_def`` whose random draws are constants of the same shape (a uniform's
     midpoint, a normal's mean, an int's minval): a stochastic model made deterministic, so that
     what its samples share can be compared sample by sample (--allow-random's batch check).
@@ -278,9 +288,9 @@ def random_ops_as_constants(graph_def):  # type: ignore[no-untyped-def]
     Returns:
         (GraphDef, names of the random ops it could not replace)
     """
-    tf = tensorflow()
+    tensorflow()  # imported quietly before the rewrite imports TensorFlow's protos
 
-    def rewrite(node, position: int, suffix: str):  # type: ignore[no-untyped-def]
+    def rewrite(node: NodeDef, position: int, suffix: str) -> list[NodeDef] | None:
         del position
         dtype_attr = "Tout" if node.op == "RandomUniformInt" else "dtype"
         if node.op in _INT_MINVAL_INPUT:

@@ -10,35 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from packager.errors import SourceError, UsageError
 from packager.graph.batchnorm import BatchNormSite, apply_batchnorm_mode
 from packager.graph.constants import ControlPlaceholder, find_control_placeholders, fold_control_placeholders
+from packager.graph.frozen_model import LoadedSource, TensorRef, import_graph
 from packager.graph.io_discovery import (
     GraphIndex,
-    batched_ops,
-    has_batch_dimension,
-    non_inference_reason,
-    placeholder_sets,
     OutputCandidate,
+    batched_ops,
     choose_outputs,
     discover_inputs,
+    has_batch_dimension,
     input_op_name,
+    non_inference_reason,
     output_candidates,
+    placeholder_sets,
     resolve_names,
     signature_keys,
     tensor_refs,
 )
 from packager.graph.towers import TowerFamily, check_mode, detect_towers, merge_towers
 from packager.layout import DEFAULT_SIGNATURE
-from packager.sources.base import LoadedSource, TensorRef
-from packager.sources.graph_def import import_graph
+from packager.modes import BatchNormMode, ServedTowerMode, TowerMode
 from packager.tf_runtime import shape_tuple
 
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
 Reference = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+# The TensorRefs of tensor names: (names, the refs a format declared, keys to give them).
+RefsOf = Callable[[list[str], "list[TensorRef] | None", "list[str] | None"], list[TensorRef]]
 
 
 @dataclass
@@ -63,14 +68,14 @@ class SignaturePlan:
         towers: the tower family found, and the mode it is served in.
     """
 
-    graph_def: Any
+    graph_def: GraphDef
     signatures: dict[str, SignatureSpec]
     keep_devices: bool = False
     controls: list[ControlPlaceholder] = field(default_factory=list)
     set_aside: list[OutputCandidate] = field(default_factory=list)
     candidates: list[OutputCandidate] = field(default_factory=list)
     towers: TowerFamily | None = None
-    tower_mode: str = "off"
+    tower_mode: ServedTowerMode = "off"
     # Outputs that are not inference outputs (a loss, training machinery, no batch dimension),
     # by output key with the reason; only possible when named with --outputs or declared.
     output_findings: dict[str, str] = field(default_factory=dict)
@@ -94,8 +99,8 @@ def plan_signature(
     requested_outputs: list[str] | None = None,
     constants: dict[str, str] | None = None,
     *,
-    towers: str = "auto",
-    batchnorm: str = "auto",
+    towers: TowerMode = "auto",
+    batchnorm: BatchNormMode = "auto",
     strict: bool = True,
 ) -> SignaturePlan:
     """Choose the signatures for ``source`` and fold its control placeholders.
@@ -124,8 +129,9 @@ def plan_signature(
         resolve_names(requested_inputs, original_index, original_graph, "--inputs", source.inputs)
         if requested_inputs else []
     )
+    fixed: dict[str, np.ndarray] = {}
     if declared:
-        graph_def, fixed, graph, index = source.graph_def, {}, original_graph, original_index
+        graph_def, graph, index = source.graph_def, original_graph, original_index
     else:
         graph_def, fixed = fold_control_placeholders(
             source.graph_def, constants, keep=frozenset(input_op_name(n) for n in requested_input_names))
@@ -142,9 +148,12 @@ def plan_signature(
         keys = keys or [by_name[n].key if n in by_name else k for n, k in zip(names, signature_keys(names))]
         return tensor_refs(graph, names, keys)
 
-    def norms(graph_def, output_names: list[str], input_names: list[str]):  # type: ignore[no-untyped-def]
+    def norms(
+        graph_def: GraphDef, output_names: list[str], input_names: list[str]
+    ) -> tuple[GraphDef, list[BatchNormSite], list[str]]:
         """The graph with --batchnorm applied on the serving path: (GraphDef, sites, rewrites)."""
-        mode = "batch" if batchnorm == "auto" and not strict else batchnorm  # inspect reports, never refuses
+        # inspect reports batch statistics, never refuses them
+        mode: BatchNormMode = "batch" if batchnorm == "auto" and not strict else batchnorm
         return apply_batchnorm_mode(
             graph_def, mode, within=index.ancestors(input_op_name(n) for n in output_names),
             keep={input_op_name(n) for n in output_names + input_names}, source=str(source.path))
@@ -238,14 +247,17 @@ def plan_signature(
     )
 
 
-def _tower_plan(graph_def, family: TowerFamily, mode: str, refs, reference_for, controls) -> SignaturePlan:  # type: ignore[no-untyped-def]
+def _tower_plan(
+    graph_def: GraphDef, family: TowerFamily, mode: ServedTowerMode, refs: RefsOf,
+    reference_for: Callable[[list[TensorRef], list[TensorRef]], Reference], controls: list[ControlPlaceholder],
+) -> SignaturePlan:
     """Signatures for a tower family in ``mode`` (merge, split or single)."""
     roles_in, roles_out = list(family.input_roles), list(family.output_roles)
     keys_in, keys_out = [r.replace(":", "_") for r in roles_in], [r.replace(":", "_") for r in roles_out]
     per_tower = [
         SignatureSpec(
-            inputs := refs(list(t.inputs), keys=keys_in),
-            outputs := refs(list(t.outputs), keys=keys_out),
+            inputs := refs(list(t.inputs), None, keys_in),
+            outputs := refs(list(t.outputs), None, keys_out),
             reference_for(inputs, outputs),
         )
         for t in family.towers

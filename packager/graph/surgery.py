@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.graph.io_discovery import input_op_name
 from packager.tf_runtime import tensorflow
 
+if TYPE_CHECKING:
+    from tensorflow.core.framework.function_pb2 import FunctionDef
+    from tensorflow.core.framework.graph_pb2 import GraphDef
 
-def prune_for_serving(graph_def, output_tensor_names: list[str], *, clear_devices: bool = True):  # type: ignore[no-untyped-def]
+
+def prune_for_serving(graph_def: GraphDef, output_tensor_names: list[str], *, clear_devices: bool = True) -> GraphDef:
     """Keep only what the outputs need, optionally without device pins.
 
     Pruning drops the saver, summaries and training ops a frozen graph may still carry. Device
@@ -28,7 +34,7 @@ def prune_for_serving(graph_def, output_tensor_names: list[str], *, clear_device
     return pruned
 
 
-def drop_unreachable_functions(graph_def) -> None:  # type: ignore[no-untyped-def]
+def drop_unreachable_functions(graph_def: GraphDef) -> None:
     """Remove library functions no node calls (in place), with their gradient entries.
 
     extract_sub_graph keeps the whole library: a training graph's dataset functions
@@ -48,7 +54,7 @@ def drop_unreachable_functions(graph_def) -> None:  # type: ignore[no-untyped-de
     graph_def.library.gradient.extend(gradients)
 
 
-def clear_function_devices(graph_def) -> None:  # type: ignore[no-untyped-def]
+def clear_function_devices(graph_def: GraphDef) -> None:
     """Clear the device pins inside the graph's function library (while/cond bodies, map_fn).
 
     A function body runs where its calling op is placed; a pin inside it would override that and
@@ -59,7 +65,7 @@ def clear_function_devices(graph_def) -> None:  # type: ignore[no-untyped-def]
             node.device = ""
 
 
-def repair_reference_ops(graph_def):  # type: ignore[no-untyped-def]
+def repair_reference_ops(graph_def: GraphDef) -> GraphDef:
     """Rewrite the reference-variable ops old frozen graphs carry so that they import and run.
 
     freeze_graph on a TF1 BatchNorm graph leaves RefSwitch and AssignSub/AssignAdd (the moving
@@ -119,7 +125,7 @@ def unique_op_name(name: str, taken: set[str]) -> str:
 _RESOURCE_UPDATES = frozenset({"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"})
 
 
-def drop_frozen_variable_updates(graph_def):  # type: ignore[no-untyped-def]
+def drop_frozen_variable_updates(graph_def: GraphDef) -> GraphDef:
     """Remove resource-variable updates whose variable freezing turned into a constant.
 
     Keras 3 layers advance a seed generator's state on every call (an LSTM with dropout does,
@@ -157,7 +163,7 @@ def drop_frozen_variable_updates(graph_def):  # type: ignore[no-untyped-def]
     return kept
 
 
-def repair_frozen_functions(graph_def):  # type: ignore[no-untyped-def]
+def repair_frozen_functions(graph_def: GraphDef) -> GraphDef:
     """Repair the function bodies (cond branches) of a graph frozen by TensorFlow's
     convert_variables_to_constants, which leaves two kinds of damage there:
 
@@ -180,7 +186,7 @@ def repair_frozen_functions(graph_def):  # type: ignore[no-untyped-def]
             return f"{parts[0]}:output:{parts[2]}"
         return reference
 
-    def needs_repair(function) -> bool:  # type: ignore[no-untyped-def]
+    def needs_repair(function: FunctionDef) -> bool:
         identities = {n.name for n in function.node_def if n.op == "Identity"}
         references = [i for n in function.node_def for i in n.input] + list(function.ret.values())
         non_resources = {a.name for a in function.signature.input_arg if a.type != types_pb2.DT_RESOURCE}

@@ -12,13 +12,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packager.errors import SourceError, UsageError
 from packager.graph.io_discovery import GraphIndex, OutputCandidate, discover_inputs, input_op_name
 from packager.graph.surgery import clear_function_devices, unique_op_name
+from packager.modes import TOWER_MODES, ServedTowerMode, TowerMode
 from packager.tf_runtime import tensorflow
 
-TOWER_MODES = ("auto", "merge", "split", "single", "off")
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
 _SCOPE = re.compile(r"^(?P<base>[A-Za-z][A-Za-z0-9]*?)_?(?P<index>\d+)$")
 
 
@@ -145,7 +149,7 @@ def tower_device(position: int) -> str:
     return f"/device:*:{position}"
 
 
-def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def]
+def merge_towers(graph_def: GraphDef, family: TowerFamily) -> tuple[GraphDef, dict[str, str], dict[str, str]]:
     """One graph that serves the whole family through a single batch.
 
     New placeholders (named by input role) take the batch; it is split along dimension 0 in tower
@@ -197,7 +201,7 @@ def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def
         fetches = [t for tower in family.towers for t in tower.outputs]
         imported = tf.graph_util.import_graph_def(graph_def, input_map=input_map, return_elements=fetches, name="")
         by_name = dict(zip(fetches, imported))
-        outputs = {}
+        outputs: dict[str, str] = {}
         for index_, role in enumerate(family.output_roles):
             parts = [by_name[tower.outputs[index_]][:sizes[position]] for position, tower in enumerate(family.towers)]
             outputs[role] = tf.concat(parts, axis=0, name=unique_op_name(role.replace(":", "_"), taken)).name
@@ -210,8 +214,7 @@ def merge_towers(graph_def, family: TowerFamily):  # type: ignore[no-untyped-def
     return merged, {role: p.name for role, p in placeholders.items()}, outputs
 
 
-
-def check_mode(mode: str, family: TowerFamily | None) -> str:
+def check_mode(mode: TowerMode, family: TowerFamily | None) -> ServedTowerMode:
     """Resolve ``--towers`` against what the graph has: auto means merge when there are towers."""
     if mode not in TOWER_MODES:
         raise UsageError(f"--towers must be one of {', '.join(TOWER_MODES)}, not {mode!r}")

@@ -1,6 +1,6 @@
 """Source formats: detect what a path is and load it into the common in-memory form.
 
-One module per format; each returns a :class:`~packager.sources.base.LoadedSource`.
+One module per format; each returns a :class:`~packager.graph.frozen_model.LoadedSource`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packager.errors import SourceError, UsageError
-from packager.sources.base import LoadedSource, TensorRef
+from packager.graph.frozen_model import LoadedSource, SourceFormat
+from packager.modes import BatchNormMode, EmaMode
 
 if TYPE_CHECKING:
     from packager.graph.op_scan import ScanResult
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 GRAPH_SUFFIXES = frozenset({".pb", ".pbtxt", ".graphdef"})
 KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
 
-__all__ = ["LoadedSource", "SourceOptions", "TensorRef", "detect_format", "load_source"]
+__all__ = ["SourceOptions", "detect_format", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ class SourceOptions:
     builder: str | None = None
     custom_objects: str | None = None
     unsafe: bool = False
-    ema: str = "auto"
-    batchnorm: str = "auto"
+    ema: EmaMode = "auto"
+    batchnorm: BatchNormMode = "auto"
     allowed_ops: frozenset[str] = frozenset()
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> SourceFormat:
     """Name the source format of ``path`` from what is on disk, or raise SourceError saying why not."""
     from packager.sources.checkpoint import looks_like_checkpoint
 

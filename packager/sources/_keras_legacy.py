@@ -20,10 +20,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-TF_KERAS = "tf_keras"
-KERAS_3 = "keras3"
+# The Keras that loads a file: tf_keras for Keras 2 files, Keras 3 for its own.
+KerasLoader = Literal["tf_keras", "keras3"]
+TF_KERAS: KerasLoader = "tf_keras"
+KERAS_3: KerasLoader = "keras3"
 
 # Layers whose constructor has a ``ragged`` argument of its own; on any other layer the key is
 # a stray the loader rejects.
@@ -140,11 +142,11 @@ class LegacyFix:
     """
 
     name: str
-    loaders: frozenset[str]
+    loaders: frozenset[KerasLoader]
     rewrite: Callable[[dict[str, Any]], bool]
 
 
-BOTH = frozenset({TF_KERAS, KERAS_3})
+BOTH: frozenset[KerasLoader] = frozenset({TF_KERAS, KERAS_3})
 LEGACY_FIXES: tuple[LegacyFix, ...] = (
     LegacyFix("ndarray_values", BOTH, _unwrap_ndarray_values),
     LegacyFix("ragged_kwarg", BOTH, _drop_stray_ragged),
@@ -167,7 +169,7 @@ def config_objects(config: Any) -> Iterator[dict[str, Any]]:
             yield from config_objects(value)
 
 
-def apply_legacy_fixes(config: dict[str, Any], loader: str) -> tuple[dict[str, Any], list[str]]:
+def apply_legacy_fixes(config: dict[str, Any], loader: KerasLoader) -> tuple[dict[str, Any], list[str]]:
     """Rewrite what ``loader`` would reject or misread in a model config.
 
     Args:

@@ -16,17 +16,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from packager.errors import SourceError, UsageError, first_line
+from packager.graph.frozen_model import VARIABLE_OPS, LoadedSource, TensorRef
 from packager.graph.io_discovery import GraphIndex, gradient_roots, is_training_machinery, training_subgraphs
 from packager.graph.iterators import replace_data_inputs
 from packager.graph.legacy_repair import repair_legacy_graph
 from packager.graph.surgery import repair_frozen_functions, repair_reference_ops
-from packager.sources.base import LoadedSource, TensorRef
-from packager.sources.graph_def import VARIABLE_OPS, read_graph_def
+from packager.modes import EMA_MODES, EmaMode
+from packager.sources.graph_def import read_graph_def
 from packager.tf_runtime import reference_session, tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.protobuf.meta_graph_pb2 import MetaGraphDef
+    from tensorflow.python.training.py_checkpoint_reader import CheckpointReader
 
 STATE_FILE = "checkpoint"
 META_SUFFIX = ".meta"
@@ -207,7 +215,7 @@ def resolve_checkpoint(path: Path) -> CheckpointFiles:
                            checkpoint.state_file, checkpoint.relocated_from)
 
 
-def checkpoint_reader(prefix: str):  # type: ignore[no-untyped-def]
+def checkpoint_reader(prefix: str) -> CheckpointReader:
     """A reader of the checkpoint at ``prefix`` exactly.
 
     Not tf.train.load_checkpoint: given "DIR/" (an empty basename) it sees a directory and goes
@@ -254,7 +262,7 @@ def _gradient_dependent(index: GraphIndex) -> set[str]:
     return seen
 
 
-def _keep_node_names(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
+def _keep_node_names(graph_def: GraphDef) -> list[str]:
     """The ops freezing keeps (with what they need): all but training machinery, what runs after
     the gradients, and variable initialization logic (ops that ask whether a variable is
     initialized cannot be frozen: the variable becomes a constant)."""
@@ -278,7 +286,7 @@ def _keep_node_names(graph_def) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
-def _freeze(session, graph_def, source: Path):  # type: ignore[no-untyped-def]
+def _freeze(session: tf.compat.v1.Session, graph_def: GraphDef, source: Path) -> GraphDef:
     tf = tensorflow()
     try:
         with session.graph.as_default():
@@ -290,7 +298,7 @@ def _freeze(session, graph_def, source: Path):  # type: ignore[no-untyped-def]
         raise SourceError(f"cannot fold the checkpoint's variables of {source} into constants: {first_line(exc)}") from None
 
 
-def _restore(session, saver, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def _restore(session: tf.compat.v1.Session, saver: tf.compat.v1.train.Saver, prefix: str) -> None:
     tf = tensorflow()
     try:
         # Inside the graph: outside it TF2 runs Saver.restore eagerly and finds no variables.
@@ -300,7 +308,9 @@ def _restore(session, saver, prefix: str) -> None:  # type: ignore[no-untyped-de
         raise SourceError(f"cannot restore checkpoint {prefix}: {first_line(exc)}") from None
 
 
-def _source(path: Path, session, graph_def, files: list[Path], details: dict) -> LoadedSource:  # type: ignore[no-untyped-def]
+def _source(
+    path: Path, session: tf.compat.v1.Session, graph_def: GraphDef, files: list[Path], details: dict[str, Any]
+) -> LoadedSource:
     """A LoadedSource whose reference runner is the restored session on the unfrozen graph."""
     frozen = _freeze(session, graph_def, path)
     training_fed = _training_fed(graph_def)
@@ -324,7 +334,10 @@ def _source(path: Path, session, graph_def, files: list[Path], details: dict) ->
     )
 
 
-def _restored_source(path: Path, graph, saver, checkpoint: CheckpointFiles, stored, ema: str, details: dict) -> LoadedSource:  # type: ignore[no-untyped-def]
+def _restored_source(
+    path: Path, graph: tf.Graph, saver: tf.compat.v1.train.Saver, checkpoint: CheckpointFiles,
+    stored: dict[str, tuple[str, list[int]]], ema: EmaMode, details: dict[str, Any],
+) -> LoadedSource:
     """Restore the checkpoint into a session on ``graph``, apply EMA, and freeze it as a source."""
     session = reference_session(graph)
     _restore(session, saver, checkpoint.prefix)
@@ -333,7 +346,7 @@ def _restored_source(path: Path, graph, saver, checkpoint: CheckpointFiles, stor
                    {**checkpoint.details(), "ema": ema_report, **details})
 
 
-def _training_fed(graph_def) -> frozenset[str]:  # type: ignore[no-untyped-def]
+def _training_fed(graph_def: GraphDef) -> frozenset[str]:
     """Inference-side ops whose every consumer is training machinery (a loss feeding gradients,
     forward values the gradients reuse): they dangle once the graph is frozen.
 
@@ -357,16 +370,17 @@ def _training_fed(graph_def) -> frozenset[str]:  # type: ignore[no-untyped-def]
 
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
-EMA_MODES = ("auto", "on", "off")
 
 
-def _checkpoint_name(variable) -> str:  # type: ignore[no-untyped-def]
+def _checkpoint_name(variable: tf.Variable) -> str:
     """The name a variable has in a checkpoint (a partition's full, unpartitioned name)."""
     slice_info = getattr(variable, "_save_slice_info", None)
     return slice_info.full_name if slice_info else variable.op.name
 
 
-def _apply_ema(session, stored: dict[str, tuple[str, list[int]]], ema: str, prefix: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _apply_ema(
+    session: tf.compat.v1.Session, stored: dict[str, tuple[str, list[int]]], ema: EmaMode, prefix: str
+) -> dict[str, object]:
     """After a plain restore, overwrite variables with their EMA shadows when asked or available.
 
     Shadows are read from the checkpoint and loaded into the live variables, slicing them for
@@ -401,7 +415,7 @@ def _apply_ema(session, stored: dict[str, tuple[str, list[int]]], ema: str, pref
     return {"mode": ema, "averaged": len(averaged_names), "raw": len(raw_names)}
 
 
-def read_meta_graph(path: Path):  # type: ignore[no-untyped-def]
+def read_meta_graph(path: Path) -> MetaGraphDef:
     """Parse a .meta file (MetaGraphDef) or raise SourceError."""
     tensorflow()
     from google.protobuf import message
@@ -413,7 +427,7 @@ def read_meta_graph(path: Path):  # type: ignore[no-untyped-def]
         raise SourceError(f"{path} is not a valid meta graph: {first_line(exc)}") from None
 
 
-def load_checkpoint_with_meta_graph(path: Path, *, ema: str = "auto") -> LoadedSource:
+def load_checkpoint_with_meta_graph(path: Path, *, ema: EmaMode = "auto") -> LoadedSource:
     """A checkpoint whose .meta file holds the graph (tf.compat.v1.train.Saver's default).
 
     tf.data iterators and input queues in the graph are replaced by placeholders; with ``ema``
@@ -501,7 +515,7 @@ BUILDER_CONTRACT = (
 )
 
 
-def load_checkpoint_with_builder(checkpoint_path: Path, builder: str, *, ema: str = "auto") -> LoadedSource:
+def load_checkpoint_with_builder(checkpoint_path: Path, builder: str, *, ema: EmaMode = "auto") -> LoadedSource:
     """A checkpoint with no graph: ``MODULE:FUNC`` builds the inference graph, then it is restored.
 
     The contract (README, "--builder"): FUNC takes no arguments and builds placeholders and the
@@ -542,7 +556,9 @@ def load_checkpoint_with_builder(checkpoint_path: Path, builder: str, *, ema: st
     return source
 
 
-def _declared_signature(returned: object, graph, builder: str) -> tuple[list[TensorRef], list[TensorRef]] | None:  # type: ignore[no-untyped-def]
+def _declared_signature(
+    returned: object, graph: tf.Graph, builder: str
+) -> tuple[list[TensorRef], list[TensorRef]] | None:
     """The signature a builder's return value declares (None: it declares none), or UsageError."""
     from packager.graph.io_discovery import discover_inputs, signature_keys
     from packager.tf_runtime import numpy_dtype_name, shape_tuple
@@ -559,7 +575,7 @@ def _declared_signature(returned: object, graph, builder: str) -> tuple[list[Ten
         raise UsageError(f"--builder {builder} returned no output tensors: {BUILDER_CONTRACT}")
     tf = tensorflow()
 
-    def refs(tensors: dict, role: str) -> list[TensorRef]:  # type: ignore[type-arg]
+    def refs(tensors: dict[object, object], role: str) -> list[TensorRef]:
         result = []
         for key, tensor in tensors.items():
             if not isinstance(key, str) or not key:

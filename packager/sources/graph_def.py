@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from packager.errors import SourceError, first_line
-from packager.sources.base import LoadedSource, TensorRef
+from packager.graph.frozen_model import VARIABLE_OPS, LoadedSource, TensorRef, import_graph
 from packager.tf_runtime import reference_session, tensorflow
 
-# Ops that hold state a frozen graph must not have: their values live in a checkpoint.
-VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp", "AutoReloadVariable"})
+if TYPE_CHECKING:
+    import tensorflow as tf
+    from tensorflow.core.framework.graph_pb2 import GraphDef
 
 
-def read_graph_def(path: Path):  # -> GraphDef
+def read_graph_def(path: Path) -> GraphDef:
     """Parse a binary or text GraphDef, raising SourceError for anything that is not one."""
     tensorflow()  # imported through tf_runtime so its start-up noise stays hidden
     from google.protobuf import message, text_format
@@ -38,31 +40,6 @@ def read_graph_def(path: Path):  # -> GraphDef
     return graph_def
 
 
-def import_graph(graph_def, path: Path | str):  # -> tf.Graph
-    """Import ``graph_def`` into a new tf.Graph, names unchanged; SourceError when TF refuses it.
-
-    Random bytes can parse as a protobuf message by accident; importing is what proves the file is
-    a graph TensorFlow can run (every op registered, every input resolvable).
-    """
-    tf = tensorflow()
-    from tensorflow.python.framework import op_def_registry
-
-    functions = {f.signature.name for f in graph_def.library.function}
-    unknown = sorted({n.op for n in graph_def.node if n.op not in functions and op_def_registry.get(n.op) is None})
-    if unknown:
-        raise SourceError(
-            f"{path} uses ops TensorFlow does not know (custom ops): {', '.join(unknown[:5])}: "
-            "a stock TensorFlow Serving cannot load them either ('tfpack scan' lists where they are)"
-        )
-    graph = tf.Graph()
-    try:
-        with graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
-    except (ValueError, TypeError, KeyError, tf.errors.OpError) as exc:
-        raise SourceError(f"{path} cannot be imported by TensorFlow: {first_line(exc)}") from None
-    return graph
-
-
 def load_frozen_graph(path: Path) -> LoadedSource:
     """Load a frozen GraphDef; inputs and outputs are left for graph analysis to discover."""
     from packager.graph.iterators import replace_data_inputs
@@ -78,7 +55,8 @@ def load_frozen_graph(path: Path) -> LoadedSource:
             "whose values live in a checkpoint: add --checkpoint PREFIX"
         )
     graph = import_graph(graph_def, path)
-    sessions = []  # one session, made on first use and reused (towers run the source per tower)
+    # One session, made on first use and reused (towers run the source per tower).
+    sessions: list[tf.compat.v1.Session] = []
 
     def run_reference(
         feeds: Mapping[str, np.ndarray], inputs: list[TensorRef], outputs: list[TensorRef],

@@ -18,16 +18,33 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from packager.errors import SourceError, UsageError, first_line
-from packager.graph.batchnorm import BATCHNORM_MODES
+from packager.graph.frozen_model import LoadedSource, TensorRef
 from packager.graph.surgery import drop_frozen_variable_updates
-from packager.sources._keras_legacy import KERAS_3, TF_KERAS, apply_legacy_fixes, config_objects, write_with_config
-from packager.sources.base import LoadedSource, TensorRef
+from packager.modes import BATCHNORM_MODES, BatchNormMode
+from packager.sources._keras_legacy import (
+    KERAS_3,
+    TF_KERAS,
+    KerasLoader,
+    apply_legacy_fixes,
+    config_objects,
+    write_with_config,
+)
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    import tf_keras
+    from tensorflow import Tensor  # by name: functions below bind tf to the module at run time
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
+    # Two unrelated classes: a file is loaded by the Keras that wrote it.
+    KerasModel: TypeAlias = keras.Model | tf_keras.Model
 
 
 def read_keras_version(path: Path) -> str:
@@ -82,7 +99,7 @@ def layer_class_names(config: Any) -> list[tuple[str, str]]:
     ]
 
 
-def import_custom_objects(module_name: str | None) -> dict[str, Any]:
+def import_custom_objects(module_name: str | None) -> dict[str, object]:
     """The public classes and functions of ``module_name``, for Keras deserialization, plus its
     ``CUSTOM_OBJECTS`` dict when it has one: the mapping packages pass to ``load_model``, and the
     only way to name objects a file calls by a name no ``def`` can have (a lambda's ``"<lambda>"``).
@@ -96,7 +113,7 @@ def import_custom_objects(module_name: str | None) -> dict[str, Any]:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise UsageError(f"--custom-objects: cannot import {module_name}: {first_line(exc)} (is it on PYTHONPATH?)") from None
-    found = {
+    found: dict[str, object] = {
         name: value
         for name, value in vars(module).items()
         if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
@@ -154,7 +171,7 @@ def strip_batchnorm_training(config: dict[str, Any]) -> dict[str, Any]:
     return fixed
 
 
-def _check_batchnorm_mode(path: Path, loader: str, calls: list[str], batchnorm: str) -> bool:
+def _check_batchnorm_mode(path: Path, loader: KerasLoader, calls: list[str], batchnorm: BatchNormMode) -> bool:
     """Whether the BatchNormalization calls with training=True must be stripped from the config.
 
     tf_keras honours a layer call's own training=True over the model's training=False: traced,
@@ -185,7 +202,7 @@ def _check_batchnorm_mode(path: Path, loader: str, calls: list[str], batchnorm: 
     return batchnorm == "inference"
 
 
-def loader_for(keras_version: str) -> str:
+def loader_for(keras_version: str) -> KerasLoader:
     """The Keras that reads files of ``keras_version``: tf_keras for 2.x, Keras 3 for 3.x.
 
     keras-core (0.x), Keras 3's preview, wrote the Keras 3 format.
@@ -199,7 +216,7 @@ def loader_for(keras_version: str) -> str:
     return TF_KERAS if major == "2" else KERAS_3
 
 
-def _load_with(loader: str, path: Path, custom_objects: dict[str, Any], unsafe: bool) -> Any:
+def _load_with(loader: KerasLoader, path: Path, custom_objects: dict[str, object], unsafe: bool) -> KerasModel:
     if loader == TF_KERAS:
         import tf_keras
 
@@ -223,9 +240,9 @@ def _keras_error(exc: BaseException) -> str:
 
 
 def _load_model(
-    path: Path, keras_version: str, config: dict[str, Any], custom_objects: dict[str, Any], unsafe: bool,
+    path: Path, keras_version: str, config: dict[str, Any], custom_objects: dict[str, object], unsafe: bool,
     strip_batchnorm: bool = False,
-) -> tuple[Any, list[str]]:
+) -> tuple[KerasModel, list[str]]:
     """Load ``path`` with the Keras that wrote it, through a fixed copy when its config needs fixes.
 
     Args:
@@ -260,7 +277,7 @@ def _strip_tensor_suffix(name: str) -> str:
     return re.sub(r":\d+$", "", name)
 
 
-def _output_names(model: Any) -> list[str]:
+def _output_names(model: KerasModel) -> list[str]:
     """The names of the layers producing the model's outputs.
 
     Functional models list them as ``output_names``; a Keras 3 Sequential rebuilt from a config
@@ -272,7 +289,7 @@ def _output_names(model: Any) -> list[str]:
     return [tensor._keras_history[0].name for tensor in model.outputs]
 
 
-def frozen_graph_def(concrete: Any, output_names: list[str]):  # -> GraphDef
+def frozen_graph_def(concrete: tf.types.experimental.ConcreteFunction, output_names: list[str]) -> GraphDef:
     """The GraphDef of ``concrete`` with its variables turned into constants.
 
     This is what ``frozen.graph.as_graph_def()`` of ``convert_variables_to_constants_v2(concrete)``
@@ -311,7 +328,7 @@ def frozen_graph_def(concrete: Any, output_names: list[str]):  # -> GraphDef
 
 
 def load_keras_file(
-    path: Path, *, custom_objects: str | None = None, unsafe: bool = False, batchnorm: str = "auto"
+    path: Path, *, custom_objects: str | None = None, unsafe: bool = False, batchnorm: BatchNormMode = "auto"
 ) -> LoadedSource:
     """Load a Keras model file and freeze it into a GraphDef with named inputs and outputs.
 
@@ -345,12 +362,12 @@ def load_keras_file(
         for t, key in zip(model.inputs, input_keys)
     ]
 
-    def call_model(values: list[Any]) -> list[Any]:
+    def call_model(values: list[Tensor]) -> list[Tensor]:
         result = model(values if len(values) > 1 else values[0], training=False)
         return tf.nest.flatten(result)
 
     @tf.function(input_signature=specs)
-    def serve(*values: Any) -> dict[str, Any]:
+    def serve(*values: Tensor) -> dict[str, Tensor]:
         return dict(zip(output_keys, call_model(list(values))))
 
     try:

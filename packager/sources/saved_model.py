@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from packager.errors import SourceError, UsageError, first_line
+from packager.graph.frozen_model import LoadedSource, TensorRef
 from packager.graph.op_scan import scan_saved_model
 from packager.layout import DEFAULT_SIGNATURE
-from packager.sources.base import LoadedSource, TensorRef
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
 
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from factories.sources import write_frozen_classifier
 
 import packager
-from factories.sources import write_frozen_classifier
 from packager.errors import UsageError
 from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, SIGNATURE_FILE, Provenance
 from packager.provenance import (
@@ -68,7 +68,8 @@ def test_statement_is_an_in_toto_v1_statement_of_the_conversion(with_statement: 
 def test_subject_digest_is_model_signings_root_digest(with_statement: Path, signing_keys) -> None:
     # The reference CLI, told to leave the statement out, records the same root digest.
     completed = subprocess.run(
-        [str(MODEL_SIGNING_CLI), "sign", "key", str(with_statement), "--signature", str(with_statement / SIGNATURE_FILE),
+        [str(MODEL_SIGNING_CLI), "sign", "key", str(with_statement),
+         "--signature", str(with_statement / SIGNATURE_FILE),
          "--private_key", str(signing_keys["private"]), "--ignore-paths", str(with_statement / STATEMENT_FILE)],
         capture_output=True, text=True, timeout=120,
     )

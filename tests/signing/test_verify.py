@@ -1,8 +1,10 @@
-"""sign / verify with a key and with a certificate chain: standard model-signing bundles,
-interoperable both ways with the reference CLI, exit 3 naming what failed on every tamper case."""
+"""tfpack verify with a key and with a certificate chain: standard model-signing bundles,
+interoperable both ways with the reference CLI, exit 3 naming what failed on every tamper case,
+a garbage bundle or a symlink (packager.signing.verify over packager.layout's trust check)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,33 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from factories.pki import Pki
 
-from factories.pki import Pki, issue_leaf, make_pki, private_key_pem
-from factories.sources import write_frozen_classifier
 from packager.layout import GOLDENS_FILE, SIGNATURE_FILE, WARMUP_FILE
 
 MODEL_SIGNING_CLI = Path(sys.executable).with_name("model_signing")
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from packager.convert import ConvertOptions, convert
-
-    root = tmp_path_factory.mktemp("signing")
-    source = write_frozen_classifier(root / "classifier.pb")
-    return convert(source, ConvertOptions(name="classifier", output_dir=root / "models")).version_dir
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """An unrelated certificate authority with its own signing leaf."""
-    return make_pki(tmp_path_factory.mktemp("other-pki"), name="elsewhere")
 
 
 @dataclass(frozen=True)
@@ -164,7 +144,9 @@ def test_re_signing_replaces_the_signature(signed_copy: Path, method: Method, tf
     assert not list(signed_copy.parent.glob(f".*{SIGNATURE_FILE}.tmp"))
 
 
-def test_a_file_added_after_conversion_is_caught_even_when_re_signed(signed_copy: Path, method: Method, tfpack_cli) -> None:
+def test_a_file_added_after_conversion_is_caught_even_when_re_signed(
+    signed_copy: Path, method: Method, tfpack_cli
+) -> None:
     """The provenance statement pins the converted files: re-signing cannot launder a change."""
     (signed_copy / "assets.extra" / "notes.txt").write_text("added after conversion")
     assert tfpack_cli("sign", signed_copy, *method.sign).exit_code == 0
@@ -213,7 +195,8 @@ def test_certificate_signature_needs_the_chain_not_a_public_key(
     version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path
 ) -> None:
     copy = shutil.copytree(version_dir, tmp_path / "1")
-    assert tfpack_cli("sign", copy, "--key", pki.leaf_key, "--cert", pki.leaf, "--chain", pki.intermediate).exit_code == 0
+    signed = tfpack_cli("sign", copy, "--key", pki.leaf_key, "--cert", pki.leaf, "--chain", pki.intermediate)
+    assert signed.exit_code == 0
     result = tfpack_cli("verify", copy, "--public-key", pki.leaf_public_key)
     assert result.exit_code == 3 and "was signed with a certificate: verify it with --cert-chain" in result.stderr
 
@@ -240,55 +223,10 @@ def test_chain_without_the_intermediate_does_not_verify(
     assert tfpack_cli("verify", copy, "--cert-chain", pki.root, "--cert-chain", pki.intermediate).exit_code == 0
 
 
-# --- refusals at signing time (exit 2, nothing written) ---------------------------------------
-
-
-def test_certificate_of_another_key_is_refused(
-    version_dir: Path, pki: Pki, signing_keys, tfpack_cli, tmp_path: Path
-) -> None:
-    copy = shutil.copytree(version_dir, tmp_path / "1")
-    result = tfpack_cli("sign", copy, "--key", signing_keys["private"], "--cert", pki.leaf)
-    assert result.exit_code == 2 and "does not belong to private key" in result.stderr
-    assert not (copy / SIGNATURE_FILE).exists()
-
-
-def test_certificate_without_signing_usage_is_refused(
-    version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path
-) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "key.pem").write_bytes(private_key_pem(key))
-    certificate = issue_leaf(pki, key.public_key(), tmp_path / "tls.pem", code_signing=False)
-    copy = shutil.copytree(version_dir, tmp_path / "1")
-    result = tfpack_cli("sign", copy, "--key", tmp_path / "key.pem", "--cert", certificate)
-    assert result.exit_code == 2
-    assert "cannot sign: it needs the digitalSignature key usage" in result.stderr
-    assert not (copy / SIGNATURE_FILE).exists()
-
-
-def test_private_key_inside_the_version_dir_is_refused(
-    version_dir: Path, signing_keys, tfpack_cli, tmp_path: Path
-) -> None:
-    copy = shutil.copytree(version_dir, tmp_path / "1")
-    shutil.copy(signing_keys["private"], copy / "assets.extra" / "release.pem")
-    result = tfpack_cli("sign", copy, "--key", signing_keys["private"])
-    assert result.exit_code == 2 and "is a private key inside the version dir" in result.stderr
-    assert not (copy / SIGNATURE_FILE).exists()
-
-
-def test_sign_refuses_a_non_model_dir(tmp_path: Path, signing_keys, tfpack_cli) -> None:
-    result = tfpack_cli("sign", tmp_path, "--key", signing_keys["private"])
-    assert result.exit_code == 2 and "saved_model.pb" in result.stderr
-    assert not (tmp_path / SIGNATURE_FILE).exists()
-
-
-def test_sign_needs_exactly_one_key(version_dir: Path, signing_keys, tfpack_cli) -> None:
-    assert tfpack_cli("sign", version_dir).exit_code == 2
-    both = tfpack_cli("sign", version_dir, "--key", signing_keys["private"], "--pkcs11-uri", "pkcs11:token=x")
-    assert both.exit_code == 2 and "exactly one of --key" in both.stderr
-
-
 @pytest.mark.parametrize("kind", ["rsa", "ed25519", "secp256k1"])
-def test_unsupported_public_keys_are_usage_errors(kind: str, version_dir: Path, signing_keys, tfpack_cli, tmp_path: Path) -> None:
+def test_unsupported_public_keys_are_usage_errors(
+    kind: str, version_dir: Path, signing_keys, tfpack_cli, tmp_path: Path
+) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -301,3 +239,39 @@ def test_unsupported_public_keys_are_usage_errors(kind: str, version_dir: Path, 
     assert tfpack_cli("sign", copy, "--key", signing_keys["private"]).exit_code == 0
     result = tfpack_cli("verify", copy, "--public-key", public)
     assert result.exit_code == 2 and "model-signing verifies EC keys" in result.stderr, result.stderr
+
+
+# --- garbage bundles and symlinks (exit 3 in words that say so) ------------------------------
+
+
+@pytest.fixture
+def model(version_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the converted model to sign and break."""
+    copy = tmp_path / "classifier" / "1"
+    shutil.copytree(version_dir, copy)
+    return copy
+
+
+@pytest.mark.parametrize("material", [5, "x", [1, 2]])
+def test_a_malformed_bundle_is_a_failed_verification_not_a_crash(material, model: Path, signing_keys,
+                                                                 tfpack_cli) -> None:
+    assert tfpack_cli("sign", model, "--key", signing_keys["private"]).exit_code == 0
+    bundle = json.loads((model / SIGNATURE_FILE).read_text())
+    bundle["verificationMaterial"] = material
+    (model / SIGNATURE_FILE).write_text(json.dumps(bundle))
+    result = tfpack_cli("verify", model, "--public-key", signing_keys["public"])
+    assert result.exit_code == 3, result.stderr
+    assert "not a model-signing bundle" in result.stderr
+
+
+def test_a_symlink_is_named_as_a_symlink_not_as_a_wrong_key(model: Path, signing_keys, tfpack_cli,
+                                                            tmp_path: Path) -> None:
+    assert tfpack_cli("sign", model, "--key", signing_keys["private"]).exit_code == 0
+    target = model / "saved_model.pb"
+    outside = tmp_path / "elsewhere.pb"
+    shutil.copy(target, outside)
+    target.unlink()
+    target.symlink_to(outside)
+    result = tfpack_cli("verify", model, "--public-key", signing_keys["public"])
+    assert result.exit_code == 3, result.stderr
+    assert "symlink" in result.stderr and "not signed by" not in result.stderr

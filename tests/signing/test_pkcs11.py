@@ -4,63 +4,25 @@ process, and SOFTHSM2_CONF points each run at this test's token directory."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-
 from conftest import run_tfpack_process
-from factories.pki import Pki, issue_leaf, make_pki, public_key_pem
-from factories.sources import write_frozen_classifier
+from factories.pki import Pki, issue_leaf, make_pki
+from factories.softhsm import KEY_LABEL, PIN, URI, make_token
+
 from packager.layout import SIGNATURE_FILE
 
 MODEL_SIGNING_CLI = Path(sys.executable).with_name("model_signing")
-SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
-TOKEN = "tfpack-release"
-KEY_LABEL = "model-signing"
-PIN = "4711-secret-pin"
-URI = f"pkcs11:token={TOKEN};object={KEY_LABEL}?module-name=libsofthsm2"
-
-
-def _run(*command: str | Path, env: dict[str, str]) -> str:
-    completed = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=60, env=env)
-    assert completed.returncode == 0, f"{command}: {completed.stdout}{completed.stderr}"
-    return completed.stdout
 
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A SoftHSM token holding an EC P-256 key pair; {'env', 'public_key'}."""
-    missing = [tool for tool in ("softhsm2-util", "pkcs11-tool") if shutil.which(tool) is None]
-    if missing or not SOFTHSM_MODULE.exists():
-        pytest.fail(f"PKCS#11 test tools missing ({', '.join(missing) or SOFTHSM_MODULE}): run `make setup`")
-    pytest.importorskip("PyKCS11", reason="PyKCS11 (a tfpack dependency) is not installed: run `make setup`")
-    directory = tmp_path_factory.mktemp("softhsm")
-    (directory / "tokens").mkdir()
-    config = directory / "softhsm2.conf"
-    config.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    env = {**os.environ, "SOFTHSM2_CONF": str(config)}
-    _run("softhsm2-util", "--init-token", "--free", "--label", TOKEN, "--so-pin", "12345678", "--pin", PIN, env=env)
-    pkcs11 = ("pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", TOKEN)
-    _run(*pkcs11, "--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1",
-         "--id", "01", "--label", KEY_LABEL, env=env)
-    _run(*pkcs11, "--read-object", "--type", "pubkey", "--label", KEY_LABEL, "-o", directory / "public.der", env=env)
-    public_key = serialization.load_der_public_key((directory / "public.der").read_bytes())
-    (directory / "public.pem").write_bytes(public_key_pem(public_key))  # type: ignore[arg-type]
-    return {"env": env, "public_key": directory / "public.pem", "public_key_object": public_key}
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from packager.convert import ConvertOptions, convert
-
-    root = tmp_path_factory.mktemp("pkcs11-model")
-    source = write_frozen_classifier(root / "classifier.pb")
-    return convert(source, ConvertOptions(name="classifier", output_dir=root / "models")).version_dir
+    return make_token(tmp_path_factory.mktemp("softhsm"))
 
 
 @pytest.fixture

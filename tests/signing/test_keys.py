@@ -1,32 +1,24 @@
-"""Encrypted and unusable signing keys: the password comes from TFPACK_KEY_PASSWORD or a prompt,
-a wrong or missing one exits 2 with one line, and the password never appears in any output."""
+"""Signing keys: the password of an encrypted key comes from TFPACK_KEY_PASSWORD or a prompt, a
+wrong or missing one exits 2 with one line, the password never appears in any output; unusable
+keys exit 2; a private key in any encoding or size inside a version dir is never signed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import run_tfpack_process
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from conftest import run_tfpack_process
 from factories.pki import Pki, make_pki, private_key_pem, public_key_pem
-from factories.sources import write_frozen_classifier
+
 from packager.cli import cli
 from packager.layout import SIGNATURE_FILE
 
 PASSWORD = "correct horse battery staple 7f3a"
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from packager.convert import ConvertOptions, convert
-
-    root = tmp_path_factory.mktemp("keys-model")
-    source = write_frozen_classifier(root / "classifier.pb")
-    return convert(source, ConvertOptions(name="classifier", output_dir=root / "models")).version_dir
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +153,44 @@ def test_unusable_keys_exit_2(model: Path, tmp_path: Path, tfpack_cli) -> None:
         result = tfpack_cli("sign", model, "--key", key)
         assert result.exit_code == 2 and message in result.stderr, (key, result.stderr)
     assert not (model / SIGNATURE_FILE).exists()
+
+
+# --- private keys inside the version dir -------------------------------------------------------
+
+
+def _ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+DER_KEYS = {
+    "pkcs8_der": lambda: _ec_key().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    "pkcs8_der_encrypted": lambda: _ec_key().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")),
+    "traditional_ec_der": lambda: _ec_key().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()),
+    "rsa_der": lambda: rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    "pem_padded_past_a_mebibyte": lambda: b"\0" * (3 << 20) + _ec_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(DER_KEYS))
+def test_a_private_key_in_any_encoding_or_size_is_never_signed(encoding: str, model: Path, signing_keys,
+                                                               tfpack_cli) -> None:
+    (model / "assets.extra" / "deploy.key").write_bytes(DER_KEYS[encoding]())
+    result = tfpack_cli("sign", model, "--key", signing_keys["private"])
+    assert result.exit_code == 2, result.stderr
+    assert "deploy.key is a private key inside the version dir" in result.stderr
+    assert not (model / SIGNATURE_FILE).exists()
+
+
+def test_ordinary_model_files_are_not_mistaken_for_keys(model: Path, signing_keys, tfpack_cli) -> None:
+    # A DER-looking blob (starts with a SEQUENCE tag) that is no key, and a public key.
+    (model / "assets.extra" / "blob.bin").write_bytes(b"\x30\x82\x01\x00" + os.urandom(256))
+    (model / "assets.extra" / "public.pem").write_bytes(_ec_key().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    result = tfpack_cli("sign", model, "--key", signing_keys["private"])
+    assert result.exit_code == 0, result.stderr

@@ -24,9 +24,9 @@ import docker.errors
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from factories.pki import private_key_pem, public_key_pem
 from factories.sources import write_frozen_classifier
+
 from packager.image import build_image
 from packager.signing import sign
 

@@ -1,0 +1,167 @@
+"""The tfpack wheel every serving image installs, packed from the tfpack that is running.
+
+A pip-installed tfpack has no source tree to build a wheel from, and a build host may have no
+network for pip's isolated build backend; so the wheel is made from what is already here: the
+files of tfpack's top-level packages (``packager`` and ``serving``, including the Dockerfile and
+k8s templates they carry as package data) and the installed distribution's metadata (METADATA,
+entry_points.txt, which gives the image its ``tfpack-model-server``). One path serves both
+installs: from a wheel install the package dirs are site-packages' copies; from a source checkout
+(an editable install) they are the checkout's dirs, whose ``_assets`` symlinks are followed to
+the top-level Dockerfile and k8s/.
+
+Entries are sorted and stamped with one fixed time and mode, so the same tfpack gives the same
+wheel bytes, and Docker reuses the image layer that installs it instead of reinstalling it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+from packager.errors import ToolError
+
+DISTRIBUTION = "tfpack"
+PACKAGES = ("packager", "serving")
+# The earliest time a zip entry can carry: no build time leaks into the wheel's bytes.
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+_COMPRESS_LEVEL = 6
+# Installed-metadata files the wheel carries; RECORD, INSTALLER, REQUESTED and direct_url.json
+# describe one installation, not the distribution, and are left behind.
+_REQUIRED_METADATA = ("METADATA", "entry_points.txt")
+# An .egg-info calls its METADATA PKG-INFO (same format).
+_METADATA_ALIASES = {"METADATA": "PKG-INFO"}
+_OPTIONAL_METADATA = ("top_level.txt",)
+_WHEEL_FILE = "Wheel-Version: 1.0\nGenerator: tfpack\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+
+
+def build_runtime_wheel(wheel_dir: Path) -> Path:
+    """Pack the running tfpack into ``wheel_dir/tfpack-VERSION-py3-none-any.whl``; return its path.
+
+    The same installed tfpack always gives the same bytes. The file is written beside its final
+    name and renamed into place, so ``wheel_dir`` never holds half a wheel.
+
+    Raises:
+        ToolError: tfpack's distribution metadata or one of its packages cannot be found, or a
+            file cannot be read or written.
+    """
+    distribution = _installed_distribution()
+    name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"]).lower()
+    dist_info = f"{name}-{distribution.version}.dist-info"
+    try:
+        entries = [(arcname, path.read_bytes(), _mode(path)) for arcname, path in _package_files()]
+        entries += [(f"{dist_info}/{file}", data, 0o644) for file, data in _metadata_files(distribution)]
+        entries.append((f"{dist_info}/WHEEL", _WHEEL_FILE.encode(), 0o644))
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        wheel = wheel_dir / f"{name}-{distribution.version}-py3-none-any.whl"
+        partial = wheel.with_name(wheel.name + ".partial")
+        with zipfile.ZipFile(partial, "w") as archive:
+            for arcname, data, mode in entries:
+                _write_entry(archive, arcname, data, mode)
+            _write_entry(archive, f"{dist_info}/RECORD", _record(entries, f"{dist_info}/RECORD"), 0o644)
+        partial.replace(wheel)
+    except OSError as exc:
+        raise ToolError(f"packing tfpack into a wheel for the image failed: {exc}") from None
+    return wheel
+
+
+def _installed_distribution() -> importlib.metadata.Distribution:
+    """The tfpack distribution pip installed (a .dist-info), before any other one on sys.path.
+
+    A checkout's tfpack.egg-info, left behind by in-tree builds and possibly stale, is found first
+    when the checkout is the working directory of ``python -m``; it is only used when nothing else
+    describes tfpack.
+
+    Raises:
+        ToolError: no tfpack distribution is installed.
+    """
+    found = list(importlib.metadata.distributions(name=DISTRIBUTION))
+    if not found:
+        raise ToolError(
+            f"no installed {DISTRIBUTION} distribution to pack into the image: install tfpack "
+            "(pip install tfpack, or pip install -e . in a checkout)"
+        )
+    installed = [distribution for distribution in found if distribution.read_text("METADATA") is not None]
+    return (installed or found)[0]
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(name in the wheel, file) for every file of tfpack's packages, sorted; no bytecode."""
+    files: list[tuple[str, Path]] = []
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        # An editable install's finder lists the checkout's dir (more than once) beside a path-hook
+        # marker that is no directory. ``serving`` is a namespace package, which may have portions
+        # in several sys.path entries: imports take each module from the first portion holding it,
+        # so the first directory is the running code.
+        found = spec.submodule_search_locations or [] if spec is not None else []
+        locations = [location for location in found if Path(location).is_dir()]
+        if not locations:
+            raise ToolError(f"tfpack's package {package!r} is not importable as a directory: reinstall tfpack")
+        root = Path(locations[0])
+        # followlinks: in a checkout packager/_assets links to the top-level Dockerfile and k8s/.
+        for directory, subdirs, names in os.walk(root, followlinks=True):
+            subdirs[:] = [d for d in subdirs if not _is_build_debris(d)]
+            for file_name in names:
+                if not _is_build_debris(file_name):
+                    path = Path(directory) / file_name
+                    files.append((f"{package}/{path.relative_to(root).as_posix()}", path))
+    return sorted(files)
+
+
+def _is_build_debris(name: str) -> bool:
+    """Bytecode caches and hidden files (editor swap files, tool caches) are no part of tfpack."""
+    return name == "__pycache__" or name.startswith(".") or name.endswith((".pyc", ".pyo"))
+
+
+def _metadata_files(distribution: importlib.metadata.Distribution) -> list[tuple[str, bytes]]:
+    """(name inside .dist-info, bytes) of the installed metadata the wheel carries, sorted."""
+    files: list[tuple[str, bytes]] = []
+    for file_name in (*_REQUIRED_METADATA, *_OPTIONAL_METADATA):
+        text = distribution.read_text(file_name)
+        if text is None and file_name in _METADATA_ALIASES:
+            text = distribution.read_text(_METADATA_ALIASES[file_name])
+        if text is None:
+            if file_name in _REQUIRED_METADATA:
+                raise ToolError(
+                    f"tfpack's installed metadata has no {file_name}, which the image needs: reinstall tfpack"
+                )
+            continue
+        files.append((file_name, text.encode()))
+    for path in distribution.files or []:
+        # License files (PEP 639) sit in .dist-info/licenses/ of both wheel and editable installs.
+        if len(path.parts) > 2 and path.parts[0].endswith(".dist-info") and path.parts[1] == "licenses":
+            files.append(("/".join(path.parts[1:]), path.read_binary()))
+    return sorted(files)
+
+
+def _mode(path: Path) -> int:
+    """0755 for an executable file, 0644 otherwise: nothing of the host's umask reaches the wheel."""
+    return 0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644
+
+
+def _write_entry(archive: zipfile.ZipFile, arcname: str, data: bytes, mode: int) -> None:
+    info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
+    info.create_system = 3  # Unix, so that installers apply external_attr's mode
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    archive.writestr(info, data, compresslevel=_COMPRESS_LEVEL)
+
+
+def _record(entries: list[tuple[str, bytes, int]], record_name: str) -> bytes:
+    """The wheel's RECORD: every entry's urlsafe-base64 sha256 and size, then RECORD itself."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    for arcname, data, _ in entries:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        writer.writerow([arcname, f"sha256={digest}", str(len(data))])
+    writer.writerow([record_name, "", ""])
+    return text.getvalue().encode()

@@ -1,0 +1,1 @@
+"""Tests of packager.signing and the trust check of packager.layout."""
