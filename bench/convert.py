@@ -126,8 +126,7 @@ def baseline_frozen_graph(source: Path, output: Path) -> None:
         )
         builder = v1.saved_model.Builder(str(output))
         with v1.Session(graph=graph) as session:
-            builder.add_meta_graph_and_variables(
-                session, ["serve"], signature_def_map={"serving_default": signature})
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": signature})
         builder.save()
 
 
@@ -168,8 +167,11 @@ def tfpack_convert(source: Path, output: Path, profile_to: Path | None) -> dict[
         profiler.dump_stats(profile_to)
     # A step's peak is the high-water mark when the next one starts (or convert returns).
     ends = [(t, rss) for _, t, rss in clock.steps[1:]] + [(time.perf_counter(), peak_rss_mib_so_far())]
-    return {"steps": [[_step_label(message), end - start, peak]
-                      for (message, start, _), (end, peak) in zip(clock.steps, ends)]}
+    return {
+        "steps": [
+            [_step_label(message), end - start, peak] for (message, start, _), (end, peak) in zip(clock.steps, ends)
+        ]
+    }
 
 
 # convert's progress messages (by their start; some carry paths or tensor names) and what runs
@@ -226,15 +228,26 @@ def spawn(role: str, source: Path, output: Path, scratch: Path, profile_to: Path
     """Run one child job in a fresh interpreter; its stdout/stderr are shown only if it fails."""
     result_file = scratch / f"result-{role}-{time.monotonic_ns()}.json"
     log_file = scratch / "child.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--source", str(source),
-               "--output", str(output), "--result", str(result_file)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        role,
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+        "--result",
+        str(result_file),
+    ]
     if profile_to is not None:
         command += ["--profile-to", str(profile_to)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # the same quiet TF for both sides
     with log_file.open("wb") as log:
         started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 cwd=Path(__file__).resolve().parent.parent)
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parent.parent
+        )
         # wait4, not Popen.wait: it returns this child's own rusage (RUSAGE_CHILDREN would give the
         # largest of all children so far).
         deadline = started + CHILD_TIMEOUT_SECONDS
@@ -276,9 +289,14 @@ class Measurements:
         """(step, median seconds, median peak RSS MiB by the step's end) of tfpack's convert steps."""
         per_run = [run.result["steps"] for run in self.runs]
         labels = [step[0] for step in per_run[0]]  # type: ignore[union-attr]
-        return [(label, statistics.median(steps[i][1] for steps in per_run),  # type: ignore[index]
-                 statistics.median(steps[i][2] for steps in per_run))  # type: ignore[index]
-                for i, label in enumerate(labels)]
+        return [
+            (
+                label,
+                statistics.median(steps[i][1] for steps in per_run),  # type: ignore[index]
+                statistics.median(steps[i][2] for steps in per_run),
+            )  # type: ignore[index]
+            for i, label in enumerate(labels)
+        ]
 
 
 def _verdict(ratio: float, target: float) -> str:
@@ -287,8 +305,10 @@ def _verdict(ratio: float, target: float) -> str:
 
 def print_report(sizes: dict[str, int], results: dict[str, dict[str, Measurements]], repeat: int) -> dict[str, bool]:
     """Print the table and the ratios against their targets; return {target: met by every model}."""
-    print(f"\nmedian of {repeat} run(s); each run a fresh process "
-          f"(wall = whole process; import = `import tensorflow`; work = after it)\n")
+    print(
+        f"\nmedian of {repeat} run(s); each run a fresh process "
+        f"(wall = whole process; import = `import tensorflow`; work = after it)\n"
+    )
     header = f"{'model':<14}{'side':<10}{'wall s':>9}{'import s':>10}{'work s':>9}{'CPU s':>9}{'peak RSS MiB':>14}"
     print(header)
     print("-" * len(header))
@@ -297,12 +317,16 @@ def print_report(sizes: dict[str, int], results: dict[str, dict[str, Measurement
     for model, sides in results.items():
         for side in ("baseline", "tfpack"):
             m = sides[side]
-            print(f"{model:<14}{side:<10}{m.median('wall_seconds'):>9.2f}{m.median('import_seconds'):>10.2f}"
-                  f"{m.median('work_seconds'):>9.2f}"
-                  f"{m.median('cpu_seconds'):>9.2f}{m.median('peak_rss_mib'):>14.0f}")
+            print(
+                f"{model:<14}{side:<10}{m.median('wall_seconds'):>9.2f}{m.median('import_seconds'):>10.2f}"
+                f"{m.median('work_seconds'):>9.2f}"
+                f"{m.median('cpu_seconds'):>9.2f}{m.median('peak_rss_mib'):>14.0f}"
+            )
         base, ours = sides["baseline"], sides["tfpack"]
-        ratio = {attribute: ours.median(attribute) / base.median(attribute)
-                 for attribute in ("wall_seconds", "work_seconds", "cpu_seconds", "peak_rss_mib")}
+        ratio = {
+            attribute: ours.median(attribute) / base.median(attribute)
+            for attribute in ("wall_seconds", "work_seconds", "cpu_seconds", "peak_rss_mib")
+        }
         met["time"] &= ratio["wall_seconds"] <= TARGET_TIME_RATIO
         met["rss"] &= ratio["peak_rss_mib"] <= TARGET_RSS_RATIO
         ratio_lines += [
@@ -313,8 +337,10 @@ def print_report(sizes: dict[str, int], results: dict[str, dict[str, Measurement
             f"    work only  x{ratio['work_seconds']:.2f}   (after `import tensorflow`; no target)",
             f"    peak RSS   {_verdict(ratio['peak_rss_mib'], TARGET_RSS_RATIO)}",
         ]
-    print(f"\ntfpack / baseline, against issue 9's targets (time <= {TARGET_TIME_RATIO}x, "
-          f"peak RSS <= {TARGET_RSS_RATIO}x)")
+    print(
+        f"\ntfpack / baseline, against issue 9's targets (time <= {TARGET_TIME_RATIO}x, "
+        f"peak RSS <= {TARGET_RSS_RATIO}x)"
+    )
     for line in ratio_lines:
         print("  " + line)
     print("\ntfpack convert steps (median): seconds, and peak RSS MiB by the step's end")
@@ -354,14 +380,19 @@ def main() -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="tfpack-bench-convert-"))
     try:
-        print("building ResNet50 (random weights) as .keras, as a frozen GraphDef and (tf_keras) as .h5 ...",
-              flush=True)
+        print(
+            "building ResNet50 (random weights) as .keras, as a frozen GraphDef and (tf_keras) as .h5 ...", flush=True
+        )
         built = spawn("build", scratch, scratch / "unused", scratch)
         sizes = {m: (scratch / SOURCE_FILES[m]).stat().st_size for m in MODELS}
-        print(f"  {built.result['parameters']:,} parameters; "
-              + ", ".join(f"{SOURCE_FILES[m]} {sizes[m] / 1e6:.0f} MB" for m in MODELS), flush=True)
-        results: dict[str, dict[str, Measurements]] = {m: {"baseline": Measurements(), "tfpack": Measurements()}
-                                                       for m in models}
+        print(
+            f"  {built.result['parameters']:,} parameters; "
+            + ", ".join(f"{SOURCE_FILES[m]} {sizes[m] / 1e6:.0f} MB" for m in MODELS),
+            flush=True,
+        )
+        results: dict[str, dict[str, Measurements]] = {
+            m: {"baseline": Measurements(), "tfpack": Measurements()} for m in models
+        }
         for attempt in range(1, args.repeat + 1):
             for model in models:
                 # Alternate the sides so drift (page cache, thermal) does not favour one of them.
@@ -370,14 +401,19 @@ def main() -> int:
                     run = spawn(side, scratch / SOURCE_FILES[model], output, scratch)
                     shutil.rmtree(output, ignore_errors=True)
                     results[model][side].runs.append(run)
-                    print(f"  run {attempt}/{args.repeat} {model:<13}{side:<9}wall {run.wall_seconds:6.2f} s  "
-                          f"import {run.import_seconds:5.2f} s  work {run.work_seconds:6.2f} s  "
-                          f"CPU {run.cpu_seconds:6.2f} s  "
-                          f"peak RSS {run.peak_rss_mib:6.0f} MiB", flush=True)
+                    print(
+                        f"  run {attempt}/{args.repeat} {model:<13}{side:<9}wall {run.wall_seconds:6.2f} s  "
+                        f"import {run.import_seconds:5.2f} s  work {run.work_seconds:6.2f} s  "
+                        f"CPU {run.cpu_seconds:6.2f} s  "
+                        f"peak RSS {run.peak_rss_mib:6.0f} MiB",
+                        flush=True,
+                    )
         met = print_report(sizes, results, args.repeat)
-        print(f"\ntargets over {', '.join(models)}: time (wall) <= {TARGET_TIME_RATIO}x baseline "
-              f"{'met' if met['time'] else 'NOT MET'}; peak RSS <= {TARGET_RSS_RATIO}x baseline "
-              f"{'met' if met['rss'] else 'NOT MET'}  (a report: the exit status is 0 either way)")
+        print(
+            f"\ntargets over {', '.join(models)}: time (wall) <= {TARGET_TIME_RATIO}x baseline "
+            f"{'met' if met['time'] else 'NOT MET'}; peak RSS <= {TARGET_RSS_RATIO}x baseline "
+            f"{'met' if met['rss'] else 'NOT MET'}  (a report: the exit status is 0 either way)"
+        )
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for model in models:

@@ -71,9 +71,7 @@ def write_half_plus_two(base_path: Path) -> None:
         lambda x: {"y": module.slope * x + module.offset},
         input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")],
     )
-    tf.saved_model.save(
-        module, str(base_path / "1"), signatures={"serving_default": module.serving_default}
-    )
+    tf.saved_model.save(module, str(base_path / "1"), signatures={"serving_default": module.serving_default})
 
 
 def write_image_half_plus_two(base_path: Path) -> None:
@@ -82,9 +80,7 @@ def write_image_half_plus_two(base_path: Path) -> None:
         lambda x: {"y": 0.5 * x + 2.0},
         input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32, name="x")],
     )
-    tf.saved_model.save(
-        module, str(base_path / "1"), signatures={"serving_default": module.serving_default}
-    )
+    tf.saved_model.save(module, str(base_path / "1"), signatures={"serving_default": module.serving_default})
 
 
 def write_mobilenet_v2(base_path: Path) -> None:
@@ -102,7 +98,7 @@ class Model:
         self.base_path = base_path
         self.servable = load_servable(name, 1, base_path / "1", SessionOptions())
         signature = self.servable.signature_defs["serving_default"]
-        (self.alias, info), = signature.inputs.items()
+        ((self.alias, info),) = signature.inputs.items()
         self.feed = info.name
         self.fetches = [output.name for output in signature.outputs.values()]
         self.x = x
@@ -187,8 +183,7 @@ def rest_caller(server: ServerHandle, model: Model) -> Callable[[], None]:
     path = f"/v1/models/{model.name}:predict"
 
     def call() -> None:
-        connection.request("POST", path, body=model.rest_body,
-                           headers={"Content-Type": "application/json"})
+        connection.request("POST", path, body=model.rest_body, headers={"Content-Type": "application/json"})
         response = connection.getresponse()
         response.read()
         if response.status != 200:
@@ -209,10 +204,13 @@ def sequential_rate(call: Callable[[], None], seconds: float) -> float:
 
 def server_flags(models: list[Model], root: Path, batching: bool) -> list[str]:
     config = root / "models.config"
-    config.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{m.name}" base_path: "{m.base_path}" model_platform: "tensorflow" }}\n'
-        for m in models
-    ) + "}\n")
+    config.write_text(
+        "model_config_list {\n"
+        + "".join(
+            f'  config {{ name: "{m.name}" base_path: "{m.base_path}" model_platform: "tensorflow" }}\n' for m in models
+        )
+        + "}\n"
+    )
     flags = [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"]
     if batching:
         (root / "batching.config").write_text(BATCHING_CONFIG)
@@ -224,8 +222,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per throughput figure")
     parser.add_argument("--latency-calls", type=int, default=300, help="for half_plus_two")
-    parser.add_argument("--large-seconds", type=float, default=8.0,
-                        help="per 10 MB body throughput figure")
+    parser.add_argument("--large-seconds", type=float, default=8.0, help="per 10 MB body throughput figure")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tfpack-bench-runtime-") as scratch:
@@ -236,8 +233,7 @@ def main() -> int:
         images = np.random.default_rng(1).random([LARGE_BATCH, 224, 224, 3], np.float32)
         models = [
             Model("half_plus_two", root / "half_plus_two", np.array([[2.0]], np.float32)),
-            Model("mobilenet_v2", root / "mobilenet_v2",
-                  np.random.default_rng(0).random([1, 224, 224, 3], np.float32)),
+            Model("mobilenet_v2", root / "mobilenet_v2", np.random.default_rng(0).random([1, 224, 224, 3], np.float32)),
         ]
         # Served for the 10 MB body only (not in the latency/throughput tables).
         image_model = Model("image_half_plus_two", root / "image_half_plus_two", images[:1])
@@ -258,55 +254,56 @@ def main() -> int:
         for batching in (False, True):
             label = "batching on" if batching else "batching off"
             (root / label).mkdir()
-            with running_model_server(server_flags([*models, image_model], root / label, batching),
-                                      timeout=180) as server:
+            with running_model_server(
+                server_flags([*models, image_model], root / label, batching), timeout=180
+            ) as server:
                 for model in models:
                     figures = results[model.name]
                     if not batching:
-                        figures["gRPC"] = percentiles_ms(grpc_caller(server, model),
-                                                         calls[model.name])
-                        figures["REST"] = percentiles_ms(rest_caller(server, model),
-                                                         calls[model.name])
+                        figures["gRPC"] = percentiles_ms(grpc_caller(server, model), calls[model.name])
+                        figures["REST"] = percentiles_ms(rest_caller(server, model), calls[model.name])
                     for clients in (1, 8):
                         figures[f"gRPC x{clients} {label}"] = throughput(
-                            lambda model=model: grpc_caller(server, model), clients,
+                            lambda model=model: grpc_caller(server, model),
+                            clients,
                             args.seconds,
                         )
                 if not batching:
                     for request in large:
                         large_figures[request.name] = {
-                            "gRPC": sequential_rate(grpc_caller(server, request),  # type: ignore[arg-type]
-                                                    args.large_seconds),
-                            "REST": sequential_rate(rest_caller(server, request),  # type: ignore[arg-type]
-                                                    args.large_seconds),
+                            "gRPC": sequential_rate(
+                                grpc_caller(server, request),  # type: ignore[arg-type]
+                                args.large_seconds,
+                            ),
+                            "REST": sequential_rate(
+                                rest_caller(server, request),  # type: ignore[arg-type]
+                                args.large_seconds,
+                            ),
                         }
 
-    print(f"tfpack-model-server vs in-process, {os.cpu_count()} CPUs, "
-          f"TensorFlow {tf.__version__}")
+    print(f"tfpack-model-server vs in-process, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
     for name, figures in results.items():
-        base_p50, base_p99 = figures["in-process"]  # type: ignore[misc]
+        base_p50, _base_p99 = figures["in-process"]  # type: ignore[misc]
         print(f"\n{name}")
         print("  latency ms        p50      p99    p50 vs in-process")
         for label in ("in-process", "gRPC", "REST"):
             p50, p99 = figures[label]  # type: ignore[misc]
-            print(f"  {label:<14} {p50:8.3f} {p99:8.3f}    {p50 / base_p50:5.2f}x "
-                  f"(+{p50 - base_p50:.3f} ms)")
+            print(f"  {label:<14} {p50:8.3f} {p99:8.3f}    {p50 / base_p50:5.2f}x (+{p50 - base_p50:.3f} ms)")
         print("  throughput req/s          x1      x8    x8 vs in-process x8")
         base = figures["in-process x8"]
         rows = [("in-process", "in-process x1", "in-process x8")] + [
             (f"gRPC {b}", f"gRPC x1 {b}", f"gRPC x8 {b}") for b in ("batching off", "batching on")
         ]
         for label, one, eight in rows:
-            print(f"  {label:<22} {figures[one]:7.1f} {figures[eight]:7.1f}    "
-                  f"{figures[eight] / base:5.2f}x")  # type: ignore[operator]
+            print(f"  {label:<22} {figures[one]:7.1f} {figures[eight]:7.1f}    {figures[eight] / base:5.2f}x")  # type: ignore[operator]
 
-    print(f"\nREST at scale: {body_mb:.1f} MB JSON body, {LARGE_BATCH} x 224x224x3 float32 "
-          f"({images.size} values)")
+    print(f"\nREST at scale: {body_mb:.1f} MB JSON body, {LARGE_BATCH} x 224x224x3 float32 ({images.size} values)")
     print(f"  parse + decode to request tensors (in-process): {parse_figure:.0f} ms")
     print("  sequential req/s         gRPC     REST    REST vs gRPC")
     for name, figures in large_figures.items():
-        print(f"  {name:<22} {figures['gRPC']:6.2f}   {figures['REST']:6.2f}    "
-              f"{figures['REST'] / figures['gRPC']:5.2f}x")
+        print(
+            f"  {name:<22} {figures['gRPC']:6.2f}   {figures['REST']:6.2f}    {figures['REST'] / figures['gRPC']:5.2f}x"
+        )
 
     def verdict(met: bool) -> str:
         return "met" if met else "NOT MET"
@@ -318,16 +315,24 @@ def main() -> int:
     best_x8 = max(mobilenet["gRPC x8 batching off"], mobilenet["gRPC x8 batching on"])  # type: ignore[type-var]
     ratio = best_x8 / mobilenet["in-process x8"]  # type: ignore[operator]
     print("\ngoals")
-    print(f"  half_plus_two gRPC p50 - in-process p50 = {grpc_extra:.3f} ms "
-          f"(goal <= {GRPC_LATENCY_GOAL_MS} ms): {verdict(grpc_extra <= GRPC_LATENCY_GOAL_MS)}")
-    print(f"  half_plus_two REST p50 - gRPC p50 = {rest_extra:.3f} ms "
-          f"(goal <= {REST_LATENCY_GOAL_MS} ms): {verdict(rest_extra <= REST_LATENCY_GOAL_MS)}")
+    print(
+        f"  half_plus_two gRPC p50 - in-process p50 = {grpc_extra:.3f} ms "
+        f"(goal <= {GRPC_LATENCY_GOAL_MS} ms): {verdict(grpc_extra <= GRPC_LATENCY_GOAL_MS)}"
+    )
+    print(
+        f"  half_plus_two REST p50 - gRPC p50 = {rest_extra:.3f} ms "
+        f"(goal <= {REST_LATENCY_GOAL_MS} ms): {verdict(rest_extra <= REST_LATENCY_GOAL_MS)}"
+    )
     for name, figures in large_figures.items():
         large_ratio = figures["REST"] / figures["gRPC"]
-        print(f"  {name} {body_mb:.0f} MB body: REST throughput = {large_ratio:.2f}x gRPC "
-              f"(goal >= {REST_THROUGHPUT_GOAL}x): {verdict(large_ratio >= REST_THROUGHPUT_GOAL)}")
-    print(f"  mobilenet_v2 8-client gRPC throughput = {ratio:.2f}x in-process "
-          f"(target >= {THROUGHPUT_TARGET}x): {verdict(ratio >= THROUGHPUT_TARGET)}")
+        print(
+            f"  {name} {body_mb:.0f} MB body: REST throughput = {large_ratio:.2f}x gRPC "
+            f"(goal >= {REST_THROUGHPUT_GOAL}x): {verdict(large_ratio >= REST_THROUGHPUT_GOAL)}"
+        )
+    print(
+        f"  mobilenet_v2 8-client gRPC throughput = {ratio:.2f}x in-process "
+        f"(target >= {THROUGHPUT_TARGET}x): {verdict(ratio >= THROUGHPUT_TARGET)}"
+    )
     return 0
 
 

@@ -87,10 +87,14 @@ def main() -> int:
         total_mb = sum(f.stat().st_size for f in files) / 1e6
         key = ec.generate_private_key(ec.SECP256R1())
         private_key, public_key = workdir / "private.pem", workdir / "public.pem"
-        private_key.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        public_key.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        private_key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        public_key.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
 
         def sha256sum() -> None:
             subprocess.run(["sha256sum", *map(str, files)], check=True, stdout=subprocess.DEVNULL)
@@ -106,8 +110,10 @@ def main() -> int:
         signing = best_of(args.repeats, lambda: sign(model, private_key))
         verifying = best_of(args.repeats, lambda: verify(model, public_key))
 
-        print(f"model dir: {len(files)} files, {total_mb:.0f} MB ({SHARDS} variables shards); "
-              f"{os.cpu_count()} CPUs; best of {args.repeats}")
+        print(
+            f"model dir: {len(files)} files, {total_mb:.0f} MB ({SHARDS} variables shards); "
+            f"{os.cpu_count()} CPUs; best of {args.repeats}"
+        )
         print(f"{'':16}{'seconds':>9}{'MB/s':>9}{'vs sha256sum':>15}")
         worst = None
         for label, seconds in (*rows, ("tfpack sign", signing), ("tfpack verify", verifying)):

@@ -123,8 +123,7 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d")) -> str:
         stanzas = sources.read_text().split("\n\n")
         for stanza in stanzas:
             fields = dict(
-                line.split(":", 1) for line in stanza.splitlines()
-                if ":" in line and not line.lstrip().startswith("#")
+                line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.lstrip().startswith("#")
             )
             uris = fields.get("URIs", "").split()
             suites = fields.get("Suites", "").split()
@@ -258,8 +257,12 @@ def _bootstrap_rootfs(tarball: Path, progress: Progress) -> None:
         progress.step(f"bootstrapping Debian {SUITE} (minbase + python3) from {mirror}")
         _run(
             [
-                "debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
-                SUITE, str(rootfs), mirror,
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(DEBIAN_PACKAGES)}",
+                SUITE,
+                str(rootfs),
+                mirror,
             ],
             what="debootstrap",
             log=tarball.with_suffix(".debootstrap.log"),
@@ -286,16 +289,23 @@ def _ensure_wheelhouse(progress: Progress) -> Path:
     (wheelhouse / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
     (wheelhouse / "no-deps-requirements.txt").write_text("\n".join(NO_DEPS_REQUIREMENTS) + "\n")
     target = [
-        "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
-        "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--abi",
+        "cp" + PYTHON_VERSION.replace(".", ""),
         *(option for platform in _WHEEL_PLATFORMS for option in ("--platform", platform)),
     ]
     download = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheelhouse)]
     progress.step(f"downloading the serving stack's wheels for CPython {PYTHON_VERSION}")
-    _run([*download, *target, *REQUIREMENTS], what="pip download",
-         log=wheelhouse / "download.log")
-    _run([*download, *target, "--no-deps", *NO_DEPS_REQUIREMENTS], what="pip download",
-         log=wheelhouse / "download-no-deps.log")
+    _run([*download, *target, *REQUIREMENTS], what="pip download", log=wheelhouse / "download.log")
+    _run(
+        [*download, *target, "--no-deps", *NO_DEPS_REQUIREMENTS],
+        what="pip download",
+        log=wheelhouse / "download-no-deps.log",
+    )
     complete.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
     return wheelhouse
 
@@ -307,6 +317,5 @@ def _run(command: list[str], *, what: str, log: Path) -> None:
     if result.returncode != 0:
         lines = log.read_text(errors="replace").strip().splitlines()
         raise ToolError(
-            f"{what} failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}"
-            f" (full log: {log})"
+            f"{what} failed (exit {result.returncode}): {lines[-1] if lines else 'no output'} (full log: {log})"
         )

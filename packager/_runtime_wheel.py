@@ -98,15 +98,19 @@ def _package_files() -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     for package in PACKAGES:
         spec = importlib.util.find_spec(package)
-        # An editable install's finder lists the checkout's dir (more than once) beside a path-hook
-        # marker that is no directory. ``serving`` is a namespace package, which may have portions
-        # in several sys.path entries: imports take each module from the first portion holding it,
-        # so the first directory is the running code.
-        found = spec.submodule_search_locations or [] if spec is not None else []
-        locations = [location for location in found if Path(location).is_dir()]
-        if not locations:
-            raise ToolError(f"tfpack's package {package!r} is not importable as a directory: reinstall tfpack")
-        root = Path(locations[0])
+        # The directory of the package's own __init__.py: the code that runs. (Both packages are
+        # regular packages, so no other directory of the same name on sys.path can merge into them.)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is not None and origin.name == "__init__.py" and origin.is_file():
+            root = origin.parent
+        else:
+            # An editable install made while serving/ was a namespace package still maps it as
+            # one: the portion holding the __init__.py is the package.
+            portions = list(spec.submodule_search_locations or []) if spec is not None else []
+            regular = [Path(p) for p in portions if (Path(p) / "__init__.py").is_file()]
+            if len(regular) != 1:
+                raise ToolError(f"tfpack's package {package!r} is not importable as a directory: reinstall tfpack")
+            root = regular[0]
         # followlinks: in a checkout packager/_assets links to the top-level Dockerfile and k8s/.
         for directory, subdirs, names in os.walk(root, followlinks=True):
             subdirs[:] = [d for d in subdirs if not _is_build_debris(d)]

@@ -58,7 +58,7 @@ class LineProgress:
             self._print_finished(self._current, time.monotonic() - self._started)
             self._current = None
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,7 +80,7 @@ class ConsoleProgress(LineProgress):
     def _print_finished(self, message: str, seconds: float) -> None:
         self._console.print(f"[dim]·[/dim] {message} [dim]({seconds:.1f}s)[/dim]")
 
-    def __enter__(self) -> "ConsoleProgress":
+    def __enter__(self) -> ConsoleProgress:
         self._status.start()
         return self
 
@@ -93,7 +93,7 @@ class _QuietProgress:
     def step(self, message: str) -> None:
         del message
 
-    def __enter__(self) -> "_QuietProgress":
+    def __enter__(self) -> _QuietProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,21 +165,34 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 def source_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The flags that say how to load a source (shared by inspect and convert)."""
-    for option in reversed([
-        click.option("--checkpoint", type=click.Path(path_type=Path),
-                     help="Checkpoint prefix holding the variables of a GraphDef source (freeze_graph's case)."),
-        click.option("--builder", help="MODULE:FUNC building the inference graph for a checkpoint without one."),
-        click.option("--custom-objects", help="Module with the custom Keras layers/functions the file uses."),
-        click.option("--unsafe", is_flag=True, help="Allow Keras Lambda layers (they run code stored in the file)."),
-        click.option("--ema", type=click.Choice(EMA_MODES), default="auto", show_default=True,
-                     help="Use ExponentialMovingAverage shadows of checkpoint variables (auto: where present)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--checkpoint",
+                type=click.Path(path_type=Path),
+                help="Checkpoint prefix holding the variables of a GraphDef source (freeze_graph's case).",
+            ),
+            click.option("--builder", help="MODULE:FUNC building the inference graph for a checkpoint without one."),
+            click.option("--custom-objects", help="Module with the custom Keras layers/functions the file uses."),
+            click.option(
+                "--unsafe", is_flag=True, help="Allow Keras Lambda layers (they run code stored in the file)."
+            ),
+            click.option(
+                "--ema",
+                type=click.Choice(EMA_MODES),
+                default="auto",
+                show_default=True,
+                help="Use ExponentialMovingAverage shadows of checkpoint variables (auto: where present).",
+            ),
+        ]
+    ):
         function = option(function)
     return function
 
 
-def _source_options(checkpoint: Path | None, builder: str | None, custom_objects: str | None, unsafe: bool,
-                    ema: EmaMode) -> Any:
+def _source_options(
+    checkpoint: Path | None, builder: str | None, custom_objects: str | None, unsafe: bool, ema: EmaMode
+) -> Any:
     from packager.sources import SourceOptions
 
     return SourceOptions(checkpoint=checkpoint, builder=builder, custom_objects=custom_objects, unsafe=unsafe, ema=ema)
@@ -187,30 +200,63 @@ def _source_options(checkpoint: Path | None, builder: str | None, custom_objects
 
 def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The flags that shape the signature and its proof (shared by inspect and convert)."""
-    for option in reversed([
-        click.option("--inputs", help="Comma-separated input tensor or op names (default: discovered)."),
-        click.option("--outputs", help="Comma-separated output tensor or op names (default: discovered)."),
-        click.option("--towers", type=click.Choice(TOWER_MODES), default="auto",
-                     show_default=True,
-                     help="Multi-GPU tower graphs: one batch across all towers (merge), a signature per tower "
-                          "(split), tower 0 alone (single); auto merges when towers exist."),
-        click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP",
-                     help="Let a denied op type (ReadFile, PyFunc, PrintV2, ...) onto the serving path; may repeat."),
-        click.option("--constant", "constants", multiple=True, metavar="NAME=VALUE",
-                     help="Fix a control placeholder (e.g. keep_prob=1.0, training=false); may repeat."),
-        click.option("--batchnorm", type=click.Choice(BATCHNORM_MODES), default="auto", show_default=True,
-                     help="Batch norm on batch statistics: refuse it (auto), rewrite it to the moving mean and "
-                          "variance (inference), or serve it as it is (batch)."),
-        click.option("--allow-random", is_flag=True,
-                     help="Serve a deliberately stochastic model (random ops on the serving path)."),
-        click.option("--batch-dependent", is_flag=True,
-                     help="Serve outputs that mix the samples of a batch on purpose."),
-        click.option("--sample-inputs", type=click.Path(path_type=Path),
-                     help="Real inputs for the proof, goldens and warmup: .npz, TF Serving REST JSON, or "
-                          "PredictionLog TFRecords."),
-        click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
-                     help="Largest allowed difference to the source: |a-b| <= tol*(1+|b|)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--inputs", help="Comma-separated input tensor or op names (default: discovered)."),
+            click.option("--outputs", help="Comma-separated output tensor or op names (default: discovered)."),
+            click.option(
+                "--towers",
+                type=click.Choice(TOWER_MODES),
+                default="auto",
+                show_default=True,
+                help="Multi-GPU tower graphs: one batch across all towers (merge), a signature per tower "
+                "(split), tower 0 alone (single); auto merges when towers exist.",
+            ),
+            click.option(
+                "--allow-op",
+                "allowed_ops",
+                multiple=True,
+                metavar="OP",
+                help="Let a denied op type (ReadFile, PyFunc, PrintV2, ...) onto the serving path; may repeat.",
+            ),
+            click.option(
+                "--constant",
+                "constants",
+                multiple=True,
+                metavar="NAME=VALUE",
+                help="Fix a control placeholder (e.g. keep_prob=1.0, training=false); may repeat.",
+            ),
+            click.option(
+                "--batchnorm",
+                type=click.Choice(BATCHNORM_MODES),
+                default="auto",
+                show_default=True,
+                help="Batch norm on batch statistics: refuse it (auto), rewrite it to the moving mean and "
+                "variance (inference), or serve it as it is (batch).",
+            ),
+            click.option(
+                "--allow-random",
+                is_flag=True,
+                help="Serve a deliberately stochastic model (random ops on the serving path).",
+            ),
+            click.option(
+                "--batch-dependent", is_flag=True, help="Serve outputs that mix the samples of a batch on purpose."
+            ),
+            click.option(
+                "--sample-inputs",
+                type=click.Path(path_type=Path),
+                help="Real inputs for the proof, goldens and warmup: .npz, TF Serving REST JSON, or "
+                "PredictionLog TFRecords.",
+            ),
+            click.option(
+                "--tolerance",
+                type=click.FloatRange(min=0, min_open=True),
+                default=1e-5,
+                show_default=True,
+                help="Largest allowed difference to the source: |a-b| <= tol*(1+|b|).",
+            ),
+        ]
+    ):
         function = option(function)
     return source_options(function)
 
@@ -218,20 +264,29 @@ def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
 def _proof_options(flags: dict[str, Any]) -> dict[str, Any]:
     """ProofOptions keyword arguments from the flags of ``proof_options``."""
     return {
-        "inputs": _split(flags["inputs"]), "outputs": _split(flags["outputs"]), "towers": flags["towers"],
-        "allowed_ops": list(flags["allowed_ops"]), "constants": list(flags["constants"]),
-        "batchnorm": flags["batchnorm"], "allow_random": flags["allow_random"],
-        "batch_dependent": flags["batch_dependent"], "sample_inputs": flags["sample_inputs"],
+        "inputs": _split(flags["inputs"]),
+        "outputs": _split(flags["outputs"]),
+        "towers": flags["towers"],
+        "allowed_ops": list(flags["allowed_ops"]),
+        "constants": list(flags["constants"]),
+        "batchnorm": flags["batchnorm"],
+        "allow_random": flags["allow_random"],
+        "batch_dependent": flags["batch_dependent"],
+        "sample_inputs": flags["sample_inputs"],
         "tolerance": flags["tolerance"],
-        "source": _source_options(flags["checkpoint"], flags["builder"], flags["custom_objects"], flags["unsafe"],
-                                  flags["ema"]),
+        "source": _source_options(
+            flags["checkpoint"], flags["builder"], flags["custom_objects"], flags["unsafe"], flags["ema"]
+        ),
     }
 
 
 def _print_readiness(readiness: dict[str, dict[str, str]]) -> None:
     for check, verdict in readiness.items():
-        _stdout.print(f"    {check.replace('_', ' ')}: {verdict['status']}"
-                      + (f" — {verdict['detail']}" if verdict["status"] != "passed" else ""), markup=False)
+        _stdout.print(
+            f"    {check.replace('_', ' ')}: {verdict['status']}"
+            + (f" — {verdict['detail']}" if verdict["status"] != "passed" else ""),
+            markup=False,
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -258,7 +313,9 @@ def inspect(source: Path, as_json: bool, **flags: Any) -> None:
         for title, refs in (("inputs", r.inputs), ("outputs", r.outputs)):
             _stdout.print(f"  {title}:", markup=False)
             for ref in refs:
-                shape = "?" if ref.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in ref.shape) + "]"
+                shape = (
+                    "?" if ref.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in ref.shape) + "]"
+                )
                 _stdout.print(f"    {ref.key:<24} {ref.dtype:<8} {shape:<16} {ref.tensor_name}", markup=False)
         _stdout.print(
             f"  ops: {r.op_count} in the source, {r.serving_op_count} in the serving graph; variables: {r.variable_count}, "
@@ -279,11 +336,17 @@ def inspect(source: Path, as_json: bool, **flags: Any) -> None:
             found = ", ".join(f"{kind} ({count} ops)" for kind, count in r.training_subgraphs.items())
             _stdout.print(f"  training machinery (not served): {found}", markup=False)
         if r.towers is not None:
-            _stdout.print(f"  towers: {r.towers.count} ({', '.join(t.scope for t in r.towers.towers)}), "
-                          f"inputs {', '.join(r.towers.input_roles)}, outputs {', '.join(r.towers.output_roles)}", markup=False)
+            _stdout.print(
+                f"  towers: {r.towers.count} ({', '.join(t.scope for t in r.towers.towers)}), "
+                f"inputs {', '.join(r.towers.input_roles)}, outputs {', '.join(r.towers.output_roles)}",
+                markup=False,
+            )
             for tower in r.towers.towers:
-                _stdout.print(f"    {tower.scope}: device {tower.device or '(none)'}; "
-                              f"{', '.join(tower.inputs)} -> {', '.join(tower.outputs)}", markup=False)
+                _stdout.print(
+                    f"    {tower.scope}: device {tower.device or '(none)'}; "
+                    f"{', '.join(tower.inputs)} -> {', '.join(tower.outputs)}",
+                    markup=False,
+                )
         for key, value in sorted(r.details.items()):
             if value in ([], {}, None):
                 continue
@@ -298,15 +361,26 @@ def inspect(source: Path, as_json: bool, **flags: Any) -> None:
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Model name (a plain name: letters, digits, . _ -).")
-@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
-              help="Writes OUTPUT_DIR/NAME/VERSION.")
-@click.option("--version", "version", type=click.IntRange(min=1, max=2**63 - 1), default=None,
-              help="Version number [default: one more than the highest existing, else 1].")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="Writes OUTPUT_DIR/NAME/VERSION.",
+)
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1, max=2**63 - 1),
+    default=None,
+    help="Version number [default: one more than the highest existing, else 1].",
+)
 @proof_options
 @json_option
 def convert(source: Path, name: str, output_dir: Path, version: int | None, as_json: bool, **flags: Any) -> None:
     """Convert SOURCE into a verified SavedModel version dir OUTPUT_DIR/NAME/N."""
-    from packager.convert import ConvertOptions, convert as convert_source
+    from packager.convert import ConvertOptions
+    from packager.convert import convert as convert_source
 
     options = ConvertOptions(name=name, output_dir=output_dir, version=version, **_proof_options(flags))
     with _progress(as_json) as progress:
@@ -314,11 +388,14 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, as_j
 
     def human(r: Any) -> None:
         towers = f", towers {r.tower_mode}" if r.tower_mode != "off" else ""
-        _stdout.print(f"wrote {r.version_dir} ({r.source_format}{towers}; signatures: {', '.join(r.signatures)})", markup=False)
+        _stdout.print(
+            f"wrote {r.version_dir} ({r.source_format}{towers}; signatures: {', '.join(r.signatures)})", markup=False
+        )
         _stdout.print(f"  inputs:  {', '.join(f'{i.key} {i.dtype}' for i in r.inputs)}", markup=False)
         _stdout.print(f"  outputs: {', '.join(f'{o.key} {o.dtype}' for o in r.outputs)}", markup=False)
-        _stdout.print(f"  equal to the {r.reference}: max |error| {r.max_abs_error:.3g} (tolerance {r.tolerance:g})",
-                      markup=False)
+        _stdout.print(
+            f"  equal to the {r.reference}: max |error| {r.max_abs_error:.3g} (tolerance {r.tolerance:g})", markup=False
+        )
         _stdout.print("  serving readiness:", markup=False)
         _print_readiness(r.readiness)
 
@@ -330,8 +407,16 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, as_j
 @click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP", help="An op type to accept; may repeat.")
 @source_options
 @json_option
-def scan(target: Path, allowed_ops: tuple[str, ...], checkpoint: Path | None, builder: str | None,
-         custom_objects: str | None, unsafe: bool, ema: EmaMode, as_json: bool) -> None:
+def scan(
+    target: Path,
+    allowed_ops: tuple[str, ...],
+    checkpoint: Path | None,
+    builder: str | None,
+    custom_objects: str | None,
+    unsafe: bool,
+    ema: EmaMode,
+    as_json: bool,
+) -> None:
     """Scan a source or a version dir for ops that touch files, run Python or print; exit 3 if any."""
     from packager.scanning import scan_target
 
@@ -363,16 +448,36 @@ def contract(args: tuple[str, ...], as_json: bool) -> None:
 @click.option("--key", "key", type=click.Path(path_type=Path), help="EC private key (PEM), optionally encrypted.")
 @click.option("--pkcs11-uri", help="RFC 7512 pkcs11: URI of a key in a PKCS#11 token, instead of --key.")
 @click.option("--cert", "certificate", type=click.Path(path_type=Path), help="Signing certificate (PEM).")
-@click.option("--chain", "chain", multiple=True, type=click.Path(path_type=Path),
-              help="Certificate chain (PEM), with --cert; may repeat.")
-@click.option("--prompt-password", is_flag=True,
-              help=f"Ask for the key's password or the token's PIN (or set {ENV_KEY_PASSWORD}; never pass it "
-                   "as an argument).")
-@click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP",
-              help="Vouch for an op 'tfpack convert --allow-op' let onto the serving path; may repeat.")
+@click.option(
+    "--chain",
+    "chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Certificate chain (PEM), with --cert; may repeat.",
+)
+@click.option(
+    "--prompt-password",
+    is_flag=True,
+    help=f"Ask for the key's password or the token's PIN (or set {ENV_KEY_PASSWORD}; never pass it as an argument).",
+)
+@click.option(
+    "--allow-op",
+    "allowed_ops",
+    multiple=True,
+    metavar="OP",
+    help="Vouch for an op 'tfpack convert --allow-op' let onto the serving path; may repeat.",
+)
 @json_option
-def sign(version_dir: Path, key: Path | None, pkcs11_uri: str | None, certificate: Path | None,
-         chain: tuple[Path, ...], prompt_password: bool, allowed_ops: tuple[str, ...], as_json: bool) -> None:
+def sign(
+    version_dir: Path,
+    key: Path | None,
+    pkcs11_uri: str | None,
+    certificate: Path | None,
+    chain: tuple[Path, ...],
+    prompt_password: bool,
+    allowed_ops: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Sign VERSION_DIR into VERSION_DIR/model.sig (OpenSSF model-signing bundle)."""
     from packager.signing import sign as sign_version_dir
 
@@ -387,18 +492,37 @@ def sign(version_dir: Path, key: Path | None, pkcs11_uri: str | None, certificat
         password_text = click.prompt("key password" if key else "token PIN", hide_input=True, err=True)
     password = password_text.encode() if password_text else None
     with _progress(as_json) as progress:
-        result = _run(lambda: sign_version_dir(
-            version_dir, key, password=password, certificate=certificate, chain=list(chain),
-            pkcs11_uri=pkcs11_uri, allowed_ops=frozenset(allowed_ops), progress=progress))
-    _emit(result, as_json, lambda r: _stdout.print(
-        f"signed {r.files} files of {r.version_dir} -> {r.signature} ({r.to_json()['digest']})", markup=False))
+        result = _run(
+            lambda: sign_version_dir(
+                version_dir,
+                key,
+                password=password,
+                certificate=certificate,
+                chain=list(chain),
+                pkcs11_uri=pkcs11_uri,
+                allowed_ops=frozenset(allowed_ops),
+                progress=progress,
+            )
+        )
+    _emit(
+        result,
+        as_json,
+        lambda r: _stdout.print(
+            f"signed {r.files} files of {r.version_dir} -> {r.signature} ({r.to_json()['digest']})", markup=False
+        ),
+    )
 
 
 @cli.command()
 @click.argument("version_dir", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="EC public key (PEM).")
-@click.option("--cert-chain", "cert_chain", multiple=True, type=click.Path(path_type=Path),
-              help="Certificate chain (PEM) to verify a certificate signature; may repeat.")
+@click.option(
+    "--cert-chain",
+    "cert_chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Certificate chain (PEM) to verify a certificate signature; may repeat.",
+)
 @json_option
 def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, ...], as_json: bool) -> None:
     """Verify VERSION_DIR against its model.sig; exit 3 on any mismatch."""
@@ -407,29 +531,57 @@ def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, .
     if (public_key is None) == (not cert_chain):
         raise click.UsageError("give exactly one of --public-key or --cert-chain")
     with _progress(as_json) as progress:
-        result = _run(lambda: verify_version_dir(
-            version_dir, public_key, certificate_chain=list(cert_chain), progress=progress))
-    _emit(result, as_json, lambda r: _stdout.print(
-        f"verified {r.files} files of {r.version_dir} ({r.to_json()['digest']})", markup=False))
+        result = _run(
+            lambda: verify_version_dir(version_dir, public_key, certificate_chain=list(cert_chain), progress=progress)
+        )
+    _emit(
+        result,
+        as_json,
+        lambda r: _stdout.print(f"verified {r.files} files of {r.version_dir} ({r.to_json()['digest']})", markup=False),
+    )
 
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--tag", required=True, help="Image tag, e.g. registry.example.com/models/NAME:1.")
-@click.option("--base", default="embedded", show_default=True,
-              help="'embedded' (tfpack's runtime, built here) or a TF Serving image, e.g. tensorflow/serving:2.21.0.")
-@click.option("--public-key", type=click.Path(path_type=Path),
-              help="Public key the image's entrypoint verifies every model.sig with.")
-@click.option("--cert-chain", "cert_chain", multiple=True, type=click.Path(path_type=Path),
-              help="Instead of a key: certificate chain (PEM) certificate signatures must chain to; may repeat.")
+@click.option(
+    "--base",
+    default="embedded",
+    show_default=True,
+    help="'embedded' (tfpack's runtime, built here) or a TF Serving image, e.g. tensorflow/serving:2.21.0.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path),
+    help="Public key the image's entrypoint verifies every model.sig with.",
+)
+@click.option(
+    "--cert-chain",
+    "cert_chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Instead of a key: certificate chain (PEM) certificate signatures must chain to; may repeat.",
+)
 @click.option("--allow-unsigned", is_flag=True, help="Serve unsigned models (recorded in the image labels).")
-@click.option("--allow-reload-config", is_flag=True,
-              help="Let ModelService.HandleReloadConfigRequest change the served models at run time, each "
-                   "new version dir verified first (embedded base only; otherwise reloads are refused).")
+@click.option(
+    "--allow-reload-config",
+    is_flag=True,
+    help="Let ModelService.HandleReloadConfigRequest change the served models at run time, each "
+    "new version dir verified first (embedded base only; otherwise reloads are refused).",
+)
 @click.option("--push", is_flag=True, help="Push the tag after building.")
 @json_option
-def build(model_dir: Path, tag: str, base: str, public_key: Path | None, cert_chain: tuple[Path, ...],
-          allow_unsigned: bool, allow_reload_config: bool, push: bool, as_json: bool) -> None:
+def build(
+    model_dir: Path,
+    tag: str,
+    base: str,
+    public_key: Path | None,
+    cert_chain: tuple[Path, ...],
+    allow_unsigned: bool,
+    allow_reload_config: bool,
+    push: bool,
+    as_json: bool,
+) -> None:
     """Build the serving image for MODEL_DIR (DIR/NAME with version dirs, or a dir of models)."""
     from packager.image import build_image
 
@@ -437,11 +589,22 @@ def build(model_dir: Path, tag: str, base: str, public_key: Path | None, cert_ch
         raise click.UsageError("give --public-key or --cert-chain, not both")
     if public_key is None and not cert_chain and not allow_unsigned:
         raise click.UsageError(
-            "give --public-key PUB.pem or --cert-chain CHAIN.pem (or --allow-unsigned to serve unsigned models)")
+            "give --public-key PUB.pem or --cert-chain CHAIN.pem (or --allow-unsigned to serve unsigned models)"
+        )
     with _progress(as_json) as progress:
-        result = _run(lambda: build_image(
-            model_dir, tag, base=base, public_key=public_key, cert_chain=list(cert_chain),
-            allow_unsigned=allow_unsigned, allow_reload_config=allow_reload_config, push=push, progress=progress))
+        result = _run(
+            lambda: build_image(
+                model_dir,
+                tag,
+                base=base,
+                public_key=public_key,
+                cert_chain=list(cert_chain),
+                allow_unsigned=allow_unsigned,
+                allow_reload_config=allow_reload_config,
+                push=push,
+                progress=progress,
+            )
+        )
     _emit(result, as_json, lambda r: _stdout.print(f"built {r.tag} ({r.image_id})", markup=False))
 
 
@@ -449,16 +612,31 @@ def build(model_dir: Path, tag: str, base: str, public_key: Path | None, cert_ch
 @click.argument("image", required=False)
 @click.option("--target", help="HOST:PORT of a running model server's gRPC port, instead of IMAGE.")
 @click.option("--rest-target", help="HOST:PORT of its REST port (with --target).")
-@click.option("--version-dir", type=click.Path(path_type=Path),
-              help="The version dir whose goldens to send (with --target).")
+@click.option(
+    "--version-dir", type=click.Path(path_type=Path), help="The version dir whose goldens to send (with --target)."
+)
 @click.option("--model", required=True, help="Model name to test.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML here.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=180, show_default=True,
-              help="Seconds to wait for the model to become AVAILABLE.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=180,
+    show_default=True,
+    help="Seconds to wait for the model to become AVAILABLE.",
+)
 @json_option
-def smoke(image: str | None, target: str | None, rest_target: str | None, version_dir: Path | None,
-          model: str, report_path: Path | None, junit_path: Path | None, timeout: float, as_json: bool) -> None:
+def smoke(
+    image: str | None,
+    target: str | None,
+    rest_target: str | None,
+    version_dir: Path | None,
+    model: str,
+    report_path: Path | None,
+    junit_path: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Smoke-test IMAGE (or a running server) with the model's golden inputs; exit 4 on failure."""
     from packager import smoke as smoke_tests
 
@@ -468,13 +646,28 @@ def smoke(image: str | None, target: str | None, rest_target: str | None, versio
         raise click.UsageError("--target needs --version-dir (where the goldens are)")
     with _progress(as_json) as progress:
         if image is not None:
-            report = _run(lambda: smoke_tests.smoke_image(
-                image, model, report_path=report_path, junit_path=junit_path, timeout=timeout,
-                progress=progress), as_json)
+            report = _run(
+                lambda: smoke_tests.smoke_image(
+                    image, model, report_path=report_path, junit_path=junit_path, timeout=timeout, progress=progress
+                ),
+                as_json,
+            )
         else:
-            report = _run(lambda: smoke_tests.smoke_target(
-                target, model, version_dir, rest_target=rest_target, report_path=report_path,
-                junit_path=junit_path, timeout=timeout, progress=progress), as_json)
+            assert target is not None and version_dir is not None  # one of IMAGE or --target, checked above
+            address, goldens_dir = target, version_dir
+            report = _run(
+                lambda: smoke_tests.smoke_target(
+                    address,
+                    model,
+                    goldens_dir,
+                    rest_target=rest_target,
+                    report_path=report_path,
+                    junit_path=junit_path,
+                    timeout=timeout,
+                    progress=progress,
+                ),
+                as_json,
+            )
     _emit(report, as_json, lambda r: _stdout.print(r.summary(), markup=False))
 
 
@@ -490,10 +683,10 @@ def k8s(image: str, model: str, output_dir: Path, gpus: int, replicas: int, as_j
     from packager.k8s import render_manifests
 
     with _progress(as_json) as progress:
-        result = _run(lambda: render_manifests(
-            image, model, output_dir, gpus=gpus, replicas=replicas, progress=progress))
-    _emit(result, as_json, lambda r: _stdout.print(
-        f"wrote {len(r.files)} files under {r.output_dir}", markup=False))
+        result = _run(
+            lambda: render_manifests(image, model, output_dir, gpus=gpus, replicas=replicas, progress=progress)
+        )
+    _emit(result, as_json, lambda r: _stdout.print(f"wrote {len(r.files)} files under {r.output_dir}", markup=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,10 @@ class Contract:
     signatures: dict[str, SignatureContract]
 
     def to_json(self) -> dict[str, object]:
-        return {"version_dir": str(self.version_dir),
-                "signatures": {k: v.to_json() for k, v in sorted(self.signatures.items())}}
+        return {
+            "version_dir": str(self.version_dir),
+            "signatures": {k: v.to_json() for k, v in sorted(self.signatures.items())},
+        }
 
     def summary(self) -> str:
         """The contract for people: one line per signature, then one per tensor."""
@@ -87,8 +89,12 @@ class ContractDiff:
     compatible: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        return {"old": str(self.old), "new": str(self.new), "breaking": list(self.breaking),
-                "compatible": list(self.compatible)}
+        return {
+            "old": str(self.old),
+            "new": str(self.new),
+            "breaking": list(self.breaking),
+            "compatible": list(self.compatible),
+        }
 
     def summary(self) -> str:
         """The diff for people: unchanged, or one line per change, breaking ones first."""
@@ -126,15 +132,22 @@ def read_contract(version_dir: Path) -> Contract:
         result = {}
         for key, info in infos.items():
             dtype = tf.as_dtype(info.dtype).name if info.dtype else "invalid"
-            shape = None if info.tensor_shape.unknown_rank else [None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
+            shape = (
+                None
+                if info.tensor_shape.unknown_rank
+                else [None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
+            )
             result[key] = TensorContract(dtype, shape)
         return result
 
-    return Contract(version_dir, {
-        name: SignatureContract(signature.method_name, tensors(signature.inputs), tensors(signature.outputs))
-        for name, signature in meta_graph.signature_def.items()
-        if not name.startswith("__")  # __saved_model_init_op is no client contract
-    })
+    return Contract(
+        version_dir,
+        {
+            name: SignatureContract(signature.method_name, tensors(signature.inputs), tensors(signature.outputs))
+            for name, signature in meta_graph.signature_def.items()
+            if not name.startswith("__")  # __saved_model_init_op is no client contract
+        },
+    )
 
 
 def _accepts_all_of(new: Shape, old: Shape) -> bool:
@@ -178,7 +191,9 @@ def diff_contracts(old_dir: Path, new_dir: Path) -> ContractDiff:
             elif not _accepts_all_of(now.shape, was.shape):
                 breaking.append(f"{name}: input {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
             elif now.shape != was.shape:
-                compatible.append(f"{name}: input {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                compatible.append(
+                    f"{name}: input {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}"
+                )
         for key in sorted(before.outputs.keys() & after.outputs.keys()):
             was, now = before.outputs[key], after.outputs[key]
             if was.dtype != now.dtype:
@@ -186,7 +201,9 @@ def diff_contracts(old_dir: Path, new_dir: Path) -> ContractDiff:
             elif not _accepts_all_of(now.shape, was.shape):
                 breaking.append(f"{name}: output {key} shape {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
             elif now.shape != was.shape:  # declared less precisely; the values clients get are the same
-                compatible.append(f"{name}: output {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}")
+                compatible.append(
+                    f"{name}: output {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}"
+                )
     diff = ContractDiff(old_dir, new_dir, tuple(breaking), tuple(compatible))
     if diff.breaking:
         raise ContractBreak(

@@ -13,7 +13,6 @@ signature flags and see every readiness verdict without writing a file.
 from __future__ import annotations
 
 import gc
-import hashlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ from packager.layout import (
     Goldens,
     Provenance,
     check_model_name,
+    file_sha256,
     next_version,
 )
 from packager.modes import BATCHNORM_MODES, BatchNormMode, ServedTowerMode, TowerMode
@@ -73,10 +73,18 @@ if TYPE_CHECKING:
 
 DEFAULT_TOLERANCE = 1e-5
 # Tables need an initialization op run at load; a frozen graph has none to run.
-LOOKUP_TABLE_OPS = frozenset({
-    "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
-    "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2",
-})
+LOOKUP_TABLE_OPS = frozenset(
+    {
+        "HashTable",
+        "HashTableV2",
+        "MutableHashTable",
+        "MutableHashTableV2",
+        "MutableHashTableOfTensors",
+        "MutableHashTableOfTensorsV2",
+        "MutableDenseHashTable",
+        "MutableDenseHashTableV2",
+    }
+)
 
 
 class SampleRecord(TypedDict):
@@ -159,8 +167,11 @@ class ConvertResult:
             "outputs": [r.to_json() for r in self.outputs],
             "signatures": self.signatures,
             "towers": self.tower_mode,
-            "equivalence": {"max_abs_error": self.max_abs_error, "tolerance": self.tolerance,
-                            "reference": self.reference},
+            "equivalence": {
+                "max_abs_error": self.max_abs_error,
+                "tolerance": self.tolerance,
+                "reference": self.reference,
+            },
             "readiness": self.readiness,
         }
 
@@ -277,8 +288,11 @@ def _control_flags(controls: list[ControlPlaceholder]) -> list[str]:
     """``--constant`` suggestions for the control placeholders that may switch training
     behaviour (dropout, batch statistics) off: a bool flag to false, a scalar without default
     (keep_prob) to the value inference needs."""
-    return [f"--constant {c.name}=false" if c.dtype == "bool" else f"--constant {c.name}=VALUE"
-            for c in controls if c.dtype == "bool" or not c.has_default]
+    return [
+        f"--constant {c.name}=false" if c.dtype == "bool" else f"--constant {c.name}=VALUE"
+        for c in controls
+        if c.dtype == "bool" or not c.has_default
+    ]
 
 
 def _outputs_verdict(plan: SignaturePlan) -> Verdict:
@@ -287,13 +301,18 @@ def _outputs_verdict(plan: SignaturePlan) -> Verdict:
     listing = "; ".join(f"{name} ({reason})" for name, reason in plan.output_findings.items())
     if plan.outputs_named:
         return Verdict("inference_outputs", "allowed", f"named with --outputs: {listing}")
-    return Verdict("inference_outputs", "failed",
-                   f"the model's declared outputs are not inference outputs: {listing}: "
-                   "name the outputs to serve with --outputs")
+    return Verdict(
+        "inference_outputs",
+        "failed",
+        f"the model's declared outputs are not inference outputs: {listing}: name the outputs to serve with --outputs",
+    )
 
 
 def _golden_run(
-    plan_inputs: dict[str, list[TensorRef]], run: SignatureRunner, options: ProofOptions, graph_def: GraphDef,
+    plan_inputs: dict[str, list[TensorRef]],
+    run: SignatureRunner,
+    options: ProofOptions,
+    graph_def: GraphDef,
     source_path: Path,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], SampleRecord | None, Verdict]:
     """Choose golden inputs and run the reference on them; the outputs must be finite.
@@ -311,8 +330,12 @@ def _golden_run(
         # inputs as serving_default, which is the signature the file is read (and named) for.
         default_inputs = plan_inputs[DEFAULT_SIGNATURE]
         sample = load_sample_inputs(options.sample_inputs, default_inputs, DEFAULT_SIGNATURE)
-        records: SampleRecord = {"path": str(options.sample_inputs), "sha256": sample.sha256,
-                                 "format": sample.format, "batch": sample.batch}
+        records: SampleRecord = {
+            "path": str(options.sample_inputs),
+            "sha256": sample.sha256,
+            "format": sample.format,
+            "batch": sample.batch,
+        }
         goldens = {}
         for name, inputs in plan_inputs.items():
             same = [(r.key, r.dtype) for r in inputs] == [(r.key, r.dtype) for r in default_inputs]
@@ -326,8 +349,10 @@ def _golden_run(
     ladder = free_dimension_ladder([r for inputs in plan_inputs.values() for r in inputs])
     failure = ""
     for size in ladder:
-        goldens = {name: generate_inputs(inputs, constraints=constraints[name], free_dimension=size)
-                   for name, inputs in plan_inputs.items()}
+        goldens = {
+            name: generate_inputs(inputs, constraints=constraints[name], free_dimension=size)
+            for name, inputs in plan_inputs.items()
+        }
         try:
             expected = {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
         except SourceError as exc:
@@ -367,10 +392,18 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     constants = parse_constants(options.constants)
 
     progress.step(f"loading {source_path}")
-    source = load_source(source_path, replace(options.source, batchnorm=options.batchnorm,
-                                              allowed_ops=frozenset(options.allowed_ops)))
-    plan = plan_signature(source, options.inputs, options.outputs, constants, towers=options.towers,
-                          batchnorm=options.batchnorm, strict=strict)
+    source = load_source(
+        source_path, replace(options.source, batchnorm=options.batchnorm, allowed_ops=frozenset(options.allowed_ops))
+    )
+    plan = plan_signature(
+        source,
+        options.inputs,
+        options.outputs,
+        constants,
+        towers=options.towers,
+        batchnorm=options.batchnorm,
+        strict=strict,
+    )
     default = plan.default
     inputs, outputs = default.inputs, default.outputs
     progress.step(
@@ -380,7 +413,9 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     report = ReadinessReport()
     report.add(_outputs_verdict(plan))
     # The inputs stay in the serving graph even when no output needs them: clients send them.
-    keep = plan.output_tensor_names() + sorted({r.tensor_name for spec in plan.signatures.values() for r in spec.inputs})
+    keep = plan.output_tensor_names() + sorted(
+        {r.tensor_name for spec in plan.signatures.values() for r in spec.inputs}
+    )
     graph_def = prune_for_serving(plan.graph_def, keep, clear_devices=not plan.keep_devices)
     tables = sorted({n.op for n in graph_def.node if n.op in LOOKUP_TABLE_OPS})
     if tables and strict:
@@ -392,9 +427,11 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     scan = scan_graph_def(graph_def, str(source_path), frozenset(options.allowed_ops))
     if scan.blocking and strict:
         raise UsageError(f"{scan.summary()}: remove them, or allow each with --allow-op {scan.blocking[0].op_type}")
-    rewrites: dict[str, Any] = {"batchnorm": options.batchnorm,
-                                "batchnorm_sites": [site.to_json() for site in plan.batchnorm_sites],
-                                "batchnorm_rewritten": plan.batchnorm_rewrites}
+    rewrites: dict[str, Any] = {
+        "batchnorm": options.batchnorm,
+        "batchnorm_sites": [site.to_json() for site in plan.batchnorm_sites],
+        "batchnorm_rewritten": plan.batchnorm_rewrites,
+    }
     signatures = {name: (spec.inputs, spec.outputs) for name, spec in plan.signatures.items()}
     # A graph source's reference is the unfrozen training graph, whose batch norms still use the
     # batch: the rewritten graph is what the written model must equal (a Keras source was loaded
@@ -413,7 +450,8 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
             random_problem = (
                 f"--allow-random: the proof cannot fix the seeds of {', '.join(unprovable[:4])} (no stateless "
                 "twin): tfpack proves stochastic models built on uniform, normal, truncated-normal and "
-                "uniform-int random ops")
+                "uniform-int random ops"
+            )
         if random_problem and strict:
             raise UsageError(random_problem)
 
@@ -424,7 +462,8 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     progress.step("running the source on " + ("--sample-inputs" if options.sample_inputs else "generated inputs"))
     try:
         goldens, expected, sample_record, finite = _golden_run(
-            {name: spec.inputs for name, spec in plan.signatures.items()}, run, options, graph_def, source_path)
+            {name: spec.inputs for name, spec in plan.signatures.items()}, run, options, graph_def, source_path
+        )
     except SourceError as exc:
         if strict:
             raise
@@ -435,11 +474,17 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
     elif random_problem:
         report.add(Verdict("determinism", "failed", random_problem))
     elif options.allow_random:
-        report.add(Verdict("determinism", "allowed",
-                           f"--allow-random: a stochastic model is served ({len(rewrites['random_ops'])} random op(s)); "
-                           "the proof fixed their seeds on both sides to compare like with like"))
+        report.add(
+            Verdict(
+                "determinism",
+                "allowed",
+                f"--allow-random: a stochastic model is served ({len(rewrites['random_ops'])} random op(s)); "
+                "the proof fixed their seeds on both sides to compare like with like",
+            )
+        )
     else:
         progress.step("running the source again: deterministic?")
+
         def rerun() -> dict[str, dict[str, np.ndarray]]:
             return {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
 
@@ -484,13 +529,15 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
         reference_graph=reference_graph,
         sample_inputs=sample_record,
         facts=facts,
-        batchless_outputs=frozenset(key for key, reason in plan.output_findings.items()
-                                    if plan.outputs_named and "no batch dimension" in reason),
+        batchless_outputs=frozenset(
+            key for key, reason in plan.output_findings.items() if plan.outputs_named and "no batch dimension" in reason
+        ),
     )
 
 
-def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, options: ProofOptions,
-                                served_graph_def: GraphDef) -> Verdict:
+def check_batch_independence_of(
+    run: SignatureRunner, prepared: Prepared, options: ProofOptions, served_graph_def: GraphDef
+) -> Verdict:
     """Batch independence of the model ``run`` serves (``served_graph_def``), or why it was not
     checked. A stochastic model (--allow-random) is checked on a copy whose random draws are
     constants: its samples differ between runs, what they share must not."""
@@ -505,8 +552,14 @@ def check_batch_independence_of(run: SignatureRunner, prepared: Prepared, option
         batched = [r.key for r in inputs if has_batch_dimension(r.shape)]
         if batched:
             batches[name] = independence_batch(prepared.goldens[name], batched)
-    return check_batch_independence(run, batches, options.tolerance, prepared.graph_def,
-                                    exempt=prepared.batchless_outputs, fixes=tuple(_control_flags(prepared.controls)))
+    return check_batch_independence(
+        run,
+        batches,
+        options.tolerance,
+        prepared.graph_def,
+        exempt=prepared.batchless_outputs,
+        fixes=tuple(_control_flags(prepared.controls)),
+    )
 
 
 @contextmanager
@@ -535,11 +588,7 @@ def file_digests(files: list[Path], root: Path) -> dict[str, str]:
         resolved = path.resolve()
         # A checkpoint state file may name shards elsewhere: those go by name.
         relative = resolved.relative_to(base).as_posix() if base and resolved.is_relative_to(base) else path.name
-        sha = hashlib.sha256()
-        with resolved.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(chunk)
-        digests[relative] = sha.hexdigest()
+        digests[relative] = file_sha256(resolved)
     return digests
 
 
@@ -574,20 +623,31 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
         max_error = 0.0
         with loaded_saved_model(staging, soft_placement=prepared.keep_devices) as run:
             # A stochastic model is compared as its reference ran: the written graph derandomized.
-            check = (graph_runner(derandomize(written_graph_def(staging))[0], prepared.signatures)
-                     if options.allow_random else run)
+            check = (
+                graph_runner(derandomize(written_graph_def(staging))[0], prepared.signatures)
+                if options.allow_random
+                else run
+            )
             for name in prepared.signatures:
                 try:
                     actual = check(name, prepared.goldens[name])
                 except tensorflow().errors.OpError as exc:
-                    raise VerificationError(f"the written SavedModel fails to run signature {name}: {first_line(exc)}") from None
-                comparison = compare_outputs(prepared.expected[name], actual, options.tolerance,
-                                             f"signature {name} of the written SavedModel vs the {prepared.reference}")
+                    raise VerificationError(
+                        f"the written SavedModel fails to run signature {name}: {first_line(exc)}"
+                    ) from None
+                comparison = compare_outputs(
+                    prepared.expected[name],
+                    actual,
+                    options.tolerance,
+                    f"signature {name} of the written SavedModel vs the {prepared.reference}",
+                )
                 max_error = max(max_error, comparison.max_abs_error)
             progress.step("one sample alone vs inside a batch: batch independent?")
             report.add(check_batch_independence_of(run, prepared, options, written_graph_def(staging)))
         raise_first_failure(report)
-        Goldens(inputs=prepared.goldens[DEFAULT_SIGNATURE], outputs=prepared.expected[DEFAULT_SIGNATURE]).save(staging / GOLDENS_FILE)
+        Goldens(inputs=prepared.goldens[DEFAULT_SIGNATURE], outputs=prepared.expected[DEFAULT_SIGNATURE]).save(
+            staging / GOLDENS_FILE
+        )
         write_warmup_requests(staging / WARMUP_FILE, options.name, prepared.goldens[DEFAULT_SIGNATURE])
         provenance = Provenance(
             model_name=options.name,
@@ -611,7 +671,7 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
         )
         provenance.save(staging / PROVENANCE_FILE)
         # Last, so the statement's subject digest covers every other file of the version.
-        write_provenance_statement(staging, provenance.to_json())
+        write_provenance_statement(staging, provenance)
     return ConvertResult(
         version_dir=options.output_dir / options.name / str(version),
         source_format=prepared.source_record["format"],

@@ -70,6 +70,11 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# What an engine request (build, push, containers) can raise besides the SDK's own errors: the engine's HTTP connection
+# breaking mid-request surfaces as a requests error.
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
+
+
 def build_from_context(
     client: docker.DockerClient,
     context: Path,
@@ -125,9 +130,11 @@ def build_from_context(
                     progress.step(line)
                 elif line and not line.startswith(("--->", "Removing intermediate container")):
                     last_output = line
+        image_id: str = client.images.get(tag).id
     except docker.errors.APIError as exc:
         raise UsageError(f"docker refused to build {tag!r}: {docker_reason(exc)}") from None
-    image_id: str = client.images.get(tag).id
+    except _ENGINE_ERRORS as exc:  # the connection dropped or timed out mid-build
+        raise DockerEngineError(f"the Docker engine failed while building {tag}: {first_line(exc)}") from None
     return image_id
 
 
@@ -159,16 +166,14 @@ def push_tag(client: docker.DockerClient, tag: str, progress: Progress) -> str:
             digest = chunk.get("aux", {}).get("Digest", digest)
     except docker.errors.APIError as exc:
         raise UsageError(f"push of {tag} failed: {docker_reason(exc)}") from None
+    except _ENGINE_ERRORS as exc:  # the connection dropped or timed out mid-push
+        raise DockerEngineError(f"the Docker engine failed while pushing {tag}: {first_line(exc)}") from None
     if digest is None:
         raise UsageError(f"push of {tag} reported no digest: check the registry")
     return f"{repository}@{digest}"
 
 
 # --- containers --------------------------------------------------------------------------------
-
-# What a container request can raise besides the SDK's own errors: the engine's HTTP connection
-# breaking mid-request surfaces as a requests error.
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
 
 
 def create_container(

@@ -30,10 +30,7 @@ def golden_shape(
     """A concrete shape for ``ref``: ``batch`` in a leading unknown dim, ``free_dimension`` elsewhere."""
     if ref.shape is None:
         return (batch,)
-    return tuple(
-        (batch if axis == 0 else free_dimension) if dim is None else dim
-        for axis, dim in enumerate(ref.shape)
-    )
+    return tuple((batch if axis == 0 else free_dimension) if dim is None else dim for axis, dim in enumerate(ref.shape))
 
 
 def has_free_dimensions(refs: list[TensorRef]) -> bool:
@@ -180,8 +177,7 @@ def compare_outputs(
             limit = tolerance * (1.0 + np.abs(want.astype(wide)))
             if np.isnan(error) or np.any(diff > limit):
                 raise VerificationError(
-                    f"{what}: output {key!r} differs by up to {error:.3g} "
-                    f"(tolerance {tolerance:g})"
+                    f"{what}: output {key!r} differs by up to {error:.3g} (tolerance {tolerance:g})"
                 )
         else:
             if not np.array_equal(got, want):

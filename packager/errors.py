@@ -57,14 +57,26 @@ class ContractBreak(TfpackError):
 
 # Lines TensorFlow puts before the cause of an OpError ("Graph execution error:", "Detected at
 # node ... defined at (most recent call last):", the Python stack of where the op was built).
-_HEADER_LINES = ("Graph execution error", "Detected at node", "Traceback", "File ", "Node:", "  ",
-                 "<stack traces unavailable>")
+_HEADER_LINES = (
+    "Graph execution error",
+    "Detected at node",
+    "Traceback",
+    "File ",
+    "Node:",
+    "  ",
+    "<stack traces unavailable>",
+)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first informative line of an underlying library's error, short enough for one line."""
-    text = getattr(exc, "message", None) if isinstance(getattr(exc, "message", None), str) else str(exc)
+    message = getattr(exc, "message", None)  # TensorFlow's OpError keeps its own text here
+    text = message if isinstance(message, str) else str(exc)
     lines = [line for line in text.splitlines() if line.strip()]
-    informative = [line.strip() for line in lines if not line.startswith(_HEADER_LINES) and not line.strip().startswith(_HEADER_LINES)]
+    informative = [
+        line.strip()
+        for line in lines
+        if not line.startswith(_HEADER_LINES) and not line.strip().startswith(_HEADER_LINES)
+    ]
     chosen = (informative or [line.strip() for line in lines] or [type(exc).__name__])[0]
     return chosen[:limit]

@@ -121,10 +121,13 @@ def write_saved_model(
     meta_info.stripped_op_list.CopyFrom(meta_graph_lib.stripped_op_list_for_graph(graph_def))
     meta_graph_lib.strip_graph_default_valued_attrs(meta_graph)
     for name, (inputs, outputs) in signatures.items():
-        meta_graph.signature_def[name].CopyFrom(meta_graph_pb2.SignatureDef(
-            inputs=info(inputs), outputs=info(outputs),
-            method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
-        ))
+        meta_graph.signature_def[name].CopyFrom(
+            meta_graph_pb2.SignatureDef(
+                inputs=info(inputs),
+                outputs=info(outputs),
+                method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
+            )
+        )
     saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1, meta_graphs=[meta_graph])
     export_dir.mkdir(parents=True)
     (export_dir / "variables").mkdir()
@@ -165,8 +168,10 @@ def loaded_saved_model(export_dir: Path, *, soft_placement: bool = False) -> Ite
         # Fresh copies of the signatures: a sub-message would keep the whole parsed SavedModel
         # (every weight) alive while the session, which holds its own copy, runs.
         meta_graph = loader.get_meta_graph_def_from_tags([SERVING_TAG])
-        signature_defs = {name: meta_graph_pb2.SignatureDef.FromString(signature.SerializeToString())
-                          for name, signature in meta_graph.signature_def.items()}
+        signature_defs = {
+            name: meta_graph_pb2.SignatureDef.FromString(signature.SerializeToString())
+            for name, signature in meta_graph.signature_def.items()
+        }
         del loader, meta_graph
 
         def run(signature_name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -207,4 +212,3 @@ def write_warmup_requests(path: Path, model_name: str, feeds: Mapping[str, np.nd
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         writer.write(log.SerializeToString())
-

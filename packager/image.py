@@ -23,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +36,42 @@ from packager import _runtime_base, _runtime_wheel
 from packager.docker_engine import build_from_context, docker_client, docker_reason, push_tag
 from packager.errors import ToolError, UsageError, VerificationError
 from packager.layout import (
-    SIGNATURE_FILE,
+    CHAIN_DIR,
+    PUBLIC_KEY_FILE,
     TRUST_DIR,
+    Trust,
     check_image_reference,
     check_model_name,
     is_version_dir,
     load_certificates,
     load_ec_public_key,
     numeric_versions,
-    verify_version_dir,
     version_dirs,
 )
 from packager.progress import SILENT, Progress
 from packager.signing import MODEL_SIGNING_VERSION
 from serving.entrypoint import (
+    EMBEDDED_SERVER,
     MODEL_CONFIG_FILE,
     SERVER_PATHS,
     SERVING_FILE,
     SESSION_CONFIG_FILE,
+    TF_SERVING_SERVER,
     BakedServing,
     model_config_text,
 )
 
 EMBEDDED_BASE = "embedded"
-EMBEDDED_MODEL_SERVER = "tfpack-model-server"
-TF_SERVING_MODEL_SERVER = "tensorflow_model_server"
+# The entrypoint's names for the two servers, under the names the build has always exported.
+EMBEDDED_MODEL_SERVER = EMBEDDED_SERVER
+TF_SERVING_MODEL_SERVER = TF_SERVING_SERVER
 LABEL_PREFIX = "dev.tfpack"
 # Passed to either server as --tensorflow_session_config_file. Soft placement lets a model whose
 # ops are pinned to GPUs (merged towers: /device:*:N) run on whatever devices the host has;
 # tensorflow_model_server places strictly by default and would refuse to load it on a CPU host.
-SESSION_CONFIG = "# tensorflow.ConfigProto for the model server's sessions (written by tfpack build)\nallow_soft_placement: true\n"
+SESSION_CONFIG = (
+    "# tensorflow.ConfigProto for the model server's sessions (written by tfpack build)\nallow_soft_placement: true\n"
+)
 
 # What the entrypoint needs where the base has no Python of its own (tensorflow/serving):
 # packager.layout's trust check, nothing of TensorFlow.
@@ -205,28 +211,24 @@ def verify_signatures(
             "--public-key PUB.pem or --cert-chain CHAIN.pem is required: the image verifies "
             "every model signature against it at startup"
         )
+    # The entrypoint's own check (packager.layout.Trust), telling a build's reader which flags fix it.
+    trust = Trust(
+        public_key=public_key,
+        cert_chain=list(cert_chain or []),
+        allow_unsigned=allow_unsigned,
+        unsigned_remedy="sign it with 'tfpack sign' or build with --allow-unsigned",
+    )
     digests: dict[Path, str] = {}
     failures: list[str] = []
     for version_dir in (d for dirs in models.values() for d in dirs):
-        signed = (version_dir / SIGNATURE_FILE).is_file()
-        if not signed and allow_unsigned:
-            continue
-        if not trusted:
-            raise UsageError(
-                f"{version_dir} is signed but no --public-key or --cert-chain was given to verify it with"
-            )
-        if not signed:
-            failures.append(
-                f"{version_dir} is unsigned ({SIGNATURE_FILE} is missing): sign it with "
-                "'tfpack sign' or build with --allow-unsigned"
-            )
-            continue
         progress.step(f"verifying {version_dir}")
         try:
-            result = verify_version_dir(version_dir, public_key, certificate_chain=cert_chain or None)
-            digests[version_dir] = f"sha256:{result.digest}"
+            verified = trust.check(version_dir)
         except VerificationError as exc:
             failures.append(str(exc))
+            continue
+        if verified is not None:
+            digests[version_dir] = f"sha256:{verified.digest}"
     if failures:
         raise VerificationError(" | ".join(failures))
     return digests
@@ -319,14 +321,21 @@ def build_image(
     else:
         base_image, model_server = _require_base(client, base, progress), TF_SERVING_MODEL_SERVER
     labels = image_labels(
-        models, digests, tag=tag, base=base_image, model_server=model_server,
-        allow_unsigned=allow_unsigned, public_key_pem=key_pem, chain_pems=chain_pems,
+        models,
+        digests,
+        tag=tag,
+        base=base_image,
+        model_server=model_server,
+        allow_unsigned=allow_unsigned,
+        public_key_pem=key_pem,
+        chain_pems=chain_pems,
         serving=serving,
     )
     with tempfile.TemporaryDirectory(prefix="tfpack-build-") as work:
         context = Path(work) / "context"
-        render_context(context, models, public_key_pem=key_pem, chain_pems=chain_pems,
-                       serving=serving, progress=progress)
+        render_context(
+            context, models, public_key_pem=key_pem, chain_pems=chain_pems, serving=serving, progress=progress
+        )
         image_id = build_from_context(
             client,
             context,
@@ -390,11 +399,11 @@ def render_context(
     trust = etc / TRUST_DIR
     trust.mkdir(parents=True)
     if public_key_pem is not None:
-        (trust / "public_key.pem").write_bytes(public_key_pem)
+        (trust / PUBLIC_KEY_FILE).write_bytes(public_key_pem)
     if chain_pems:
-        (trust / "chain").mkdir()
+        (trust / CHAIN_DIR).mkdir()
         for position, pem in enumerate(chain_pems):
-            (trust / "chain" / f"{position:02d}.pem").write_bytes(pem)
+            (trust / CHAIN_DIR / f"{position:02d}.pem").write_bytes(pem)
     (etc / SERVING_FILE).write_text(serving.dumps())
     (etc / MODEL_CONFIG_FILE).write_text(model_config_text(serving.served_versions))
     (etc / SESSION_CONFIG_FILE).write_text(SESSION_CONFIG)
@@ -423,9 +432,7 @@ def image_labels(
         "org.opencontainers.image.description": "TensorFlow Serving image built by tfpack: "
         + ", ".join(f"{name} v{','.join(d.name for d in dirs)}" for name, dirs in models.items()),
         "org.opencontainers.image.version": image_version or "latest",
-        "org.opencontainers.image.created": datetime.now(timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
         "org.opencontainers.image.base.name": base,
         f"{LABEL_PREFIX}.version": packager.__version__,
         f"{LABEL_PREFIX}.models": ",".join(models),
@@ -448,8 +455,10 @@ def image_labels(
     if serving is not None:
         labels[f"{LABEL_PREFIX}.serving.sha256"] = hashlib.sha256(serving.dumps().encode()).hexdigest()
         labels[f"{LABEL_PREFIX}.reload-config"] = (
-            "verified" if serving.allow_reload_config
-            else "refused" if serving.model_server == EMBEDDED_MODEL_SERVER
+            "verified"
+            if serving.allow_reload_config
+            else "refused"
+            if serving.model_server == EMBEDDED_MODEL_SERVER
             # tensorflow_model_server always serves HandleReloadConfigRequest: say so.
             else "unguarded"
         )
@@ -488,14 +497,16 @@ def _make_world_readable(root: Path) -> None:
 def _git_labels() -> dict[str, str]:
     """org.opencontainers.image.source/revision of tfpack's checkout, when it is one."""
     labels: dict[str, str] = {}
+    if not _is_tfpack_checkout(_SOURCE_TREE):
+        # A pip-installed tfpack lives in site-packages: the git repository around it (a project
+        # with its venv inside) is the user's, and its commit is not tfpack's revision.
+        return labels
     for key, command in (
         ("org.opencontainers.image.revision", ["git", "rev-parse", "HEAD"]),
         ("org.opencontainers.image.source", ["git", "config", "--get", "remote.origin.url"]),
     ):
         try:
-            result = subprocess.run(
-                command, cwd=_SOURCE_TREE, capture_output=True, text=True, check=False, timeout=10
-            )
+            result = subprocess.run(command, cwd=_SOURCE_TREE, capture_output=True, text=True, check=False, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             continue
         if result.returncode == 0 and result.stdout.strip():
@@ -506,10 +517,25 @@ def _git_labels() -> dict[str, str]:
     return labels
 
 
+def _is_tfpack_checkout(root: Path) -> bool:
+    """True when ``root`` is the top of a tfpack source checkout (its own git work tree)."""
+    try:
+        is_tfpack = 'name = "tfpack"' in (root / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    return is_tfpack and (root / ".git").exists()
+
+
 def _tree_is_dirty() -> bool:
     try:
-        status = subprocess.run(["git", "status", "--porcelain", "--", "packager", "serving", "Dockerfile", "pyproject.toml"],
-                                cwd=_SOURCE_TREE, capture_output=True, text=True, check=False, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "packager", "serving", "Dockerfile", "pyproject.toml"],
+            cwd=_SOURCE_TREE,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return status.returncode == 0 and bool(status.stdout.strip())
@@ -523,9 +549,7 @@ def _require_base(client: docker.DockerClient, base: str, progress: Progress) ->
     except docker.errors.ImageNotFound:
         pass
     except docker.errors.APIError as exc:
-        raise UsageError(
-            f"--base {base!r} is not a usable image reference: {docker_reason(exc)}"
-        ) from None
+        raise UsageError(f"--base {base!r} is not a usable image reference: {docker_reason(exc)}") from None
     progress.step(f"pulling {base}")
     try:
         client.images.pull(base)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from packager import __version__, layout
-from packager.errors import TfpackError, ToolError, UsageError
+from packager.errors import ToolError, UsageError
 from packager.progress import SILENT, Progress
 
 # Package data: in a checkout packager/_assets/k8s links to the top-level k8s/; a wheel carries a
@@ -192,24 +192,25 @@ def _check_replaceable(output_dir: Path) -> None:
         raise UsageError(f"--output-dir {output_dir} is a file: give a directory path")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MARKER_FILE).is_file():
         raise UsageError(
-            f"--output-dir {output_dir} is not empty and was not written by 'tfpack k8s': "
-            "give a new or empty directory"
+            f"--output-dir {output_dir} is not empty and was not written by 'tfpack k8s': give a new or empty directory"
         )
 
 
 def _render_templates(values: dict[str, str]) -> dict[Path, str]:
     """Every template file under TEMPLATES_DIR, substituted, keyed by its relative path."""
     if not (TEMPLATES_DIR / "kustomization.yaml").is_file():
-        raise ToolError(
-            f"tfpack's k8s templates are missing from {TEMPLATES_DIR}: reinstall tfpack"
-        )
+        raise ToolError(f"tfpack's k8s templates are missing from {TEMPLATES_DIR}: reinstall tfpack")
     rendered: dict[Path, str] = {}
     for template_path in sorted(TEMPLATES_DIR.rglob("*.yaml")):
         relative = template_path.relative_to(TEMPLATES_DIR)
         try:
             rendered[relative] = string.Template(template_path.read_text()).substitute(values)
+        except OSError as exc:
+            raise ToolError(
+                f"cannot read tfpack's k8s template {template_path}: {exc.strerror}: reinstall tfpack"
+            ) from None
         except (KeyError, ValueError) as exc:
-            raise TfpackError(f"k8s template {relative} has a bad placeholder: {exc}") from None
+            raise ToolError(f"tfpack's k8s template {relative} has a bad placeholder {exc}: reinstall tfpack") from None
     return rendered
 
 

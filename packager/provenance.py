@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +42,7 @@ from packager.layout import (
     SIGNATURE_FILE,
     STATEMENT_FILE,
     STATEMENT_TYPE,
+    Provenance,
     file_sha256,
     read_provenance_statement,
 )
@@ -93,7 +93,7 @@ def model_root_digest(version_dir: Path) -> str:
     return root.hexdigest()
 
 
-def write_provenance_statement(version_dir: Path, provenance: Mapping[str, Any]) -> ProvenanceStatement:
+def write_provenance_statement(version_dir: Path, provenance: Provenance) -> ProvenanceStatement:
     """Write ``version_dir/assets.extra/tfpack_provenance.intoto.json`` from tfpack's provenance.
 
     Call it after every other file of the version dir is written and before signing: its subject
@@ -101,19 +101,11 @@ def write_provenance_statement(version_dir: Path, provenance: Mapping[str, Any])
 
     Args:
         version_dir: the (staged) version dir.
-        provenance: the record of ``layout.Provenance.to_json()`` (as in tfpack_provenance.json).
-
-    Raises:
-        UsageError: ``provenance`` lacks the model name, version, source or equivalence record.
+        provenance: the record written beside it as tfpack_provenance.json.
     """
-    try:
-        subject = f"{provenance['model_name']}/{provenance['version']}"
-        source = provenance["source"]
-        equivalence = provenance["equivalence"]
-        tolerance = float(equivalence["tolerance"])
-        max_abs_error = float(equivalence["max_abs_error"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"the provenance record lacks {exc}: it must come from layout.Provenance") from None
+    subject = f"{provenance.model_name}/{provenance.version}"
+    source = provenance.source
+    tolerance, max_abs_error = provenance.tolerance, provenance.max_abs_error
     digest = model_root_digest(version_dir)
     statement = {
         "_type": STATEMENT_TYPE,
@@ -129,13 +121,13 @@ def write_provenance_statement(version_dir: Path, provenance: Mapping[str, Any])
                 ],
             },
             "builder": {
-                "tfpack": provenance.get("tfpack_version"),
-                "tensorflow": provenance.get("tensorflow_version"),
+                "tfpack": provenance.tfpack_version,
+                "tensorflow": provenance.tensorflow_version,
             },
             "conversion": {
-                "options": provenance.get("options", {}),
-                "towers": provenance.get("towers"),
-                "signature": provenance.get("signature"),
+                "options": provenance.options,
+                "towers": provenance.extra.get("towers"),
+                "signature": provenance.to_json()["signature"],
             },
             "equivalence": {
                 "tolerance": tolerance,
@@ -154,6 +146,8 @@ def recorded_allowed_ops(version_dir: Path) -> frozenset[str]:
     """The ops ``tfpack convert --allow-op`` let through, as the version's provenance records
     them (empty when there is no readable record). Trust it only as far as the record is signed
     or about to be signed by the caller."""
+    # What the file claims, read leniently (a partial record too): the callers decide how far to
+    # trust it, and `tfpack sign` names a claim it will not honour.
     try:
         record = json.loads((version_dir / PROVENANCE_FILE).read_text())
         allowed = record.get("options", {}).get("allowed_ops") or []

@@ -38,7 +38,6 @@ DETERMINISM_TOLERANCE = 1e-6
 RANDOM_RERUNS = 4  # reruns when random ops are reachable: a shuffle of 2 rows repeats itself half the time
 
 
-
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of one readiness check."""
@@ -89,8 +88,11 @@ def check_finite(outputs: Mapping[str, Mapping[str, np.ndarray]], where: str) ->
             array = np.asarray(value)
             if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
                 bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-                return Verdict("finite_goldens", "failed",
-                               f"output {key!r} of signature {signature} has {bad} non-finite value(s) on {where}")
+                return Verdict(
+                    "finite_goldens",
+                    "failed",
+                    f"output {key!r} of signature {signature} has {bad} non-finite value(s) on {where}",
+                )
     return Verdict("finite_goldens", "passed", f"every golden output is finite ({where})")
 
 
@@ -116,18 +118,26 @@ def check_determinism(
             may switch randomness off (a ``training`` flag).
     """
     found, conditional = reachable_random_ops(graph_def)
-    fix = (f"fix {' or '.join(control_flags)}, or " if control_flags else "") + "serve it as a stochastic model with --allow-random"
+    fix = (
+        f"fix {' or '.join(control_flags)}, or " if control_flags else ""
+    ) + "serve it as a stochastic model with --allow-random"
     if conditional:
         # The goldens may never take the branch a real request takes: no rerun can clear them.
-        return Verdict("determinism", "failed",
-                       f"random ops behind a condition on the request's values: {_listing(conditional)}: {fix}")
+        return Verdict(
+            "determinism",
+            "failed",
+            f"random ops behind a condition on the request's values: {_listing(conditional)}: {fix}",
+        )
     stateless = [name for name in found if "(Stateless" in name]
     if stateless:
         # A stateless draw repeats itself on every request, so no rerun can show it: a dropout
         # mask or an augmentation frozen with a fixed seed still changes every answer.
-        return Verdict("determinism", "failed",
-                       f"seeded random ops on the serving path draw the same numbers for every request "
-                       f"(dropout or augmentation left in with a fixed seed): {_listing(stateless)}: {fix}")
+        return Verdict(
+            "determinism",
+            "failed",
+            f"seeded random ops on the serving path draw the same numbers for every request "
+            f"(dropout or augmentation left in with a fixed seed): {_listing(stateless)}: {fix}",
+        )
     # Two runs of one deterministic graph agree to the last bit or nearly: the equivalence
     # tolerance (which a user may loosen) must not hide a random op's small effect.
     tight = 0.0 if found else min(tolerance, DETERMINISM_TOLERANCE)
@@ -138,17 +148,25 @@ def check_determinism(
                 if tight == 0.0:
                     for key, value in values.items():
                         if not np.array_equal(np.asarray(value), np.asarray(again[signature][key]), equal_nan=True):
-                            raise VerificationError(f"signature {signature} of the source run again: output {key!r} differs")
+                            raise VerificationError(
+                                f"signature {signature} of the source run again: output {key!r} differs"
+                            )
                 else:
                     compare_outputs(values, again[signature], tight, f"signature {signature} of the source run twice")
             except VerificationError as exc:
                 ops = f"random ops on the serving path: {_listing(found)}" if found else "no random op found by name"
-                return Verdict("determinism", "failed",
-                               f"the source gives different outputs for the same inputs ({exc}); {ops}: {fix}")
+                return Verdict(
+                    "determinism",
+                    "failed",
+                    f"the source gives different outputs for the same inputs ({exc}); {ops}: {fix}",
+                )
     if found:
-        return Verdict("determinism", "passed",
-                       f"random ops on the serving path ({_listing(found)}) do not change the outputs: "
-                       f"{RANDOM_RERUNS + 1} runs agree to the last bit (e.g. dropout at keep_prob 1.0)")
+        return Verdict(
+            "determinism",
+            "passed",
+            f"random ops on the serving path ({_listing(found)}) do not change the outputs: "
+            f"{RANDOM_RERUNS + 1} runs agree to the last bit (e.g. dropout at keep_prob 1.0)",
+        )
     return Verdict("determinism", "passed", "no random op on the serving path; the source run twice agrees")
 
 
@@ -185,8 +203,9 @@ def _varied_row(row: np.ndarray, variant: int) -> np.ndarray:
     return row
 
 
-def independence_batch(goldens: Mapping[str, np.ndarray], batched: Iterable[str],
-                       batch: int = INDEPENDENCE_BATCH) -> IndependenceBatch:
+def independence_batch(
+    goldens: Mapping[str, np.ndarray], batched: Iterable[str], batch: int = INDEPENDENCE_BATCH
+) -> IndependenceBatch:
     """A batch of ``batch`` samples built from the goldens' rows; a row equal to an earlier one
     (a reused golden row, or a sample file repeating one request) is varied."""
     batched = frozenset(batched)
@@ -198,7 +217,9 @@ def independence_batch(goldens: Mapping[str, np.ndarray], batched: Iterable[str]
     for i in range(batch):
         sample = {key: goldens[key][i % size] for key in batched}
         variant = 0
-        while any(all(np.array_equal(sample[k], earlier[k]) for k in batched) for earlier in samples) and variant < batch:
+        while (
+            any(all(np.array_equal(sample[k], earlier[k]) for k in batched) for earlier in samples) and variant < batch
+        ):
             variant += 1
             sample = {key: _varied_row(goldens[key][i % size], variant) for key in batched}
         samples.append(sample)
@@ -206,7 +227,8 @@ def independence_batch(goldens: Mapping[str, np.ndarray], batched: Iterable[str]
         feeds[key] = np.stack([sample[key] for sample in samples]).astype(goldens[key].dtype)
     distinct = all(
         any(not np.array_equal(feeds[key][i], feeds[key][j]) for key in batched)
-        for i in range(batch) for j in range(i + 1, batch)
+        for i in range(batch)
+        for j in range(i + 1, batch)
     )
     return IndependenceBatch(feeds, batched, distinct)
 
@@ -236,25 +258,35 @@ def check_batch_independence(
     """
     mixing = batch_mixing_ops(graph_def)
     cause = f"ops that mix samples: {_listing(mixing)}" if mixing else "no op that mixes samples found by type"
-    fix = ("".join(f"fix {flag}, or " for flag in fixes[:1]) + "for batch norm use --batchnorm inference, or serve "
-           "outputs that depend on the batch on purpose with --batch-dependent")
+    fix = (
+        "".join(f"fix {flag}, or " for flag in fixes[:1]) + "for batch norm use --batchnorm inference, or serve "
+        "outputs that depend on the batch on purpose with --batch-dependent"
+    )
     for signature, checked in batches.items():
         feeds = checked.feeds
         batch = len(next(feeds[k] for k in checked.batched))
         if not checked.distinct:
-            return Verdict("batch_independence", "failed",
-                           f"signature {signature}: the samples are identical, so a mix of them cannot show ({cause}): "
-                           f"give --sample-inputs with different samples, or {fix}")
+            return Verdict(
+                "batch_independence",
+                "failed",
+                f"signature {signature}: the samples are identical, so a mix of them cannot show ({cause}): "
+                f"give --sample-inputs with different samples, or {fix}",
+            )
         try:
             together = run(signature, feeds)
-            alone = [run(signature, {k: (v[i:i + 1] if k in checked.batched else v) for k, v in feeds.items()})
-                     for i in range(batch)]
+            alone = [
+                run(signature, {k: (v[i : i + 1] if k in checked.batched else v) for k, v in feeds.items()})
+                for i in range(batch)
+            ]
         except Exception as exc:  # an OpError from TensorFlow: the served model fails at some batch size
             from packager.errors import first_line
 
-            return Verdict("batch_independence", "failed",
-                           f"signature {signature} fails on a batch of 1 or {batch}: {first_line(exc)}"
-                           + (f"; ops that split or mix the batch: {_listing(mixing)}" if mixing else ""))
+            return Verdict(
+                "batch_independence",
+                "failed",
+                f"signature {signature} fails on a batch of 1 or {batch}: {first_line(exc)}"
+                + (f"; ops that split or mix the batch: {_listing(mixing)}" if mixing else ""),
+            )
         checked_keys = [key for key in together if key not in exempt]
         for key in checked_keys:
             value = together[key]
@@ -262,25 +294,33 @@ def check_batch_independence(
             single_rows = [np.shape(s[key])[0] if np.ndim(s[key]) else None for s in alone]
             if rows != batch or any(r != 1 for r in single_rows):
                 return Verdict(
-                    "batch_independence", "failed",
+                    "batch_independence",
+                    "failed",
                     f"signature {signature}: output {key!r} has shape {np.shape(value)} for a batch of {batch} "
-                    f"and {np.shape(alone[0][key])} for one sample: its rows are not one per sample; {fix}")
+                    f"and {np.shape(alone[0][key])} for one sample: its rows are not one per sample; {fix}",
+                )
         for i, single in enumerate(alone):
-            row = {key: np.asarray(together[key])[i:i + 1] for key in checked_keys}
+            row = {key: np.asarray(together[key])[i : i + 1] for key in checked_keys}
             try:
-                compare_outputs(row, {key: single[key] for key in checked_keys}, tolerance,
-                                f"sample {i} alone vs inside a batch of {batch}")
+                compare_outputs(
+                    row,
+                    {key: single[key] for key in checked_keys},
+                    tolerance,
+                    f"sample {i} alone vs inside a batch of {batch}",
+                )
             except VerificationError as exc:
                 return Verdict("batch_independence", "failed", f"signature {signature}: {exc}; {cause}: {fix}")
     if not batches:
         return Verdict("batch_independence", "skipped", "no signature has an input with a batch dimension")
-    return Verdict("batch_independence", "passed",
-                   f"each of {INDEPENDENCE_BATCH} samples alone equals itself inside the batch")
+    return Verdict(
+        "batch_independence", "passed", f"each of {INDEPENDENCE_BATCH} samples alone equals itself inside the batch"
+    )
 
 
 def raise_first_failure(report: ReadinessReport) -> None:
     """Raise NotServingReady for the first failed verdict, carrying every verdict as the result."""
     for verdict in report.verdicts:
         if verdict.status == "failed":
-            raise NotServingReady(f"not serving-ready ({verdict.check}): {verdict.detail}",
-                                  result={"readiness": report.to_json()})
+            raise NotServingReady(
+                f"not serving-ready ({verdict.check}): {verdict.detail}", result={"readiness": report.to_json()}
+            )

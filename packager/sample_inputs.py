@@ -64,9 +64,7 @@ class SampleInputs:
     batch: int
 
 
-def load_sample_inputs(
-    path: Path, inputs: list[TensorRef], signature_name: str = DEFAULT_SIGNATURE
-) -> SampleInputs:
+def load_sample_inputs(path: Path, inputs: list[TensorRef], signature_name: str = DEFAULT_SIGNATURE) -> SampleInputs:
     """Read and validate sample inputs for the signature ``signature_name`` with ``inputs``.
 
     The format comes from the suffix (``.npz``, ``.json``, ``.tfrecord``/``.tfrecords`` or the

@@ -16,7 +16,9 @@ from packager.sources.graph_def import read_graph_def
 
 
 def scan_target(
-    target: Path, options: SourceOptions = SourceOptions(), allowed: frozenset[str] = frozenset(),
+    target: Path,
+    options: SourceOptions = SourceOptions(),
+    allowed: frozenset[str] = frozenset(),
     progress: Progress = SILENT,
 ) -> ScanResult:
     """Scan ``target``'s serving paths; a SavedModel version dir is scanned as written.
@@ -31,8 +33,11 @@ def scan_target(
     if source_format == "saved_model":
         # Read, never loaded: loading a SavedModel runs its init ops, which are what is scanned.
         result = scan_saved_model(target if target.is_dir() else target.parent, allowed)
-    elif source_format == "checkpoint" and options.builder is None and (
-            (restore := scan_restore(target, allowed)) is not None and restore.blocking):
+    elif (
+        source_format == "checkpoint"
+        and options.builder is None
+        and ((restore := scan_restore(target, allowed)) is not None and restore.blocking)
+    ):
         # Restoring runs the meta graph's restore op: what it depends on is refused before it runs.
         result = restore
     elif source_format == "frozen_graph" and options.checkpoint is None:

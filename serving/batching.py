@@ -15,6 +15,7 @@ gets its own error) instead of failing every request batched with it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf.message import Message
 
 from serving.metrics import REGISTRY
 from serving.status import ServingError, invalid_argument
@@ -43,35 +44,41 @@ def _batching_parameters_class() -> type:
     # tensorflow-serving-api does not ship session_bundle_config_pb2: describe the message as
     # tensorflow_serving/servables/tensorflow/session_bundle_config.proto declares it.
     file = descriptor_pb2.FileDescriptorProto(
-        name="tfpack/batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
+        name="tfpack/batching_parameters.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
         dependency=["google/protobuf/wrappers.proto"],
     )
     field_type = descriptor_pb2.FieldDescriptorProto
     message = file.message_type.add(name="BatchingParameters")
     wrapped = (
-        ("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-        ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-        ("thread_pool_name", 5, "StringValue"), ("max_execution_batch_size", 9, "Int64Value"),
+        ("max_batch_size", 1, "Int64Value"),
+        ("batch_timeout_micros", 2, "Int64Value"),
+        ("max_enqueued_batches", 3, "Int64Value"),
+        ("num_batch_threads", 4, "Int64Value"),
+        ("thread_pool_name", 5, "StringValue"),
+        ("max_execution_batch_size", 9, "Int64Value"),
     )
     for name, number, wrapper in wrapped:
         message.field.add(
-            name=name, number=number, type=field_type.TYPE_MESSAGE,
-            label=field_type.LABEL_OPTIONAL, type_name=f".google.protobuf.{wrapper}",
+            name=name,
+            number=number,
+            type=field_type.TYPE_MESSAGE,
+            label=field_type.LABEL_OPTIONAL,
+            type_name=f".google.protobuf.{wrapper}",
         )
     message.field.add(
-        name="allowed_batch_sizes", number=6, type=field_type.TYPE_INT64,
+        name="allowed_batch_sizes",
+        number=6,
+        type=field_type.TYPE_INT64,
         label=field_type.LABEL_REPEATED,
     )
     for name, number in (("pad_variable_length_inputs", 7), ("enable_large_batch_splitting", 8)):
-        message.field.add(
-            name=name, number=number, type=field_type.TYPE_BOOL, label=field_type.LABEL_OPTIONAL
-        )
+        message.field.add(name=name, number=number, type=field_type.TYPE_BOOL, label=field_type.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    )
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
 
 BatchingParameters = _batching_parameters_class()
@@ -88,19 +95,19 @@ class BatchingOptions:
     allowed_batch_sizes: tuple[int, ...] = ()
 
 
-def batching_options(parameters: object) -> BatchingOptions:
+def batching_options(parameters: Message) -> BatchingOptions:
     """Return the options a BatchingParameters message asks for, checked as TF Serving does.
 
     Raises:
         ValueError: If a value is out of range or allowed_batch_sizes is malformed.
     """
-    chosen: dict[str, object] = {}
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-                 "num_batch_threads"):
-        if parameters.HasField(name):  # type: ignore[attr-defined]
-            chosen[name] = getattr(parameters, name).value
+    chosen: dict[str, int] = {}
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        if parameters.HasField(name):
+            chosen[name] = int(getattr(parameters, name).value)
     options = BatchingOptions(
-        **chosen, allowed_batch_sizes=tuple(parameters.allowed_batch_sizes)  # type: ignore[attr-defined]
+        **chosen,
+        allowed_batch_sizes=tuple(parameters.allowed_batch_sizes),
     )
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(options, name) < 1:
@@ -109,7 +116,7 @@ def batching_options(parameters: object) -> BatchingOptions:
         raise ValueError("BatchingParameters.batch_timeout_micros must be non-negative")
     sizes = options.allowed_batch_sizes
     if sizes:
-        if any(later <= earlier for earlier, later in zip(sizes, sizes[1:])) or sizes[0] < 1:
+        if any(later <= earlier for earlier, later in itertools.pairwise(sizes)) or sizes[0] < 1:
             raise ValueError("allowed_batch_sizes entries must be positive and increasing")
         if sizes[-1] != options.max_batch_size:
             raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
@@ -178,9 +185,7 @@ class BatchScheduler:
         self._condition = threading.Condition()
         self._queues: list[weakref.ref[_Queue]] = []
         for index in range(options.num_batch_threads):
-            threading.Thread(
-                target=self._process_batches, name=f"batch-{index}", daemon=True
-            ).start()
+            threading.Thread(target=self._process_batches, name=f"batch-{index}", daemon=True).start()
 
     def session(self, run: RunFunction) -> BatchingSession:
         """Return a batching front for ``run`` (one servable's session run)."""
@@ -190,9 +195,7 @@ class BatchScheduler:
         """Add ``task`` to ``queue`` (first registering the queue); raises ServingError."""
         limit = self.options.max_batch_size
         if task.size > limit:
-            raise invalid_argument(
-                f"Task size {task.size} is larger than maximum input batch size {limit}"
-            )
+            raise invalid_argument(f"Task size {task.size} is larger than maximum input batch size {limit}")
         with self._condition:
             if register:
                 self._queues.append(weakref.ref(queue))
@@ -223,11 +226,7 @@ class BatchScheduler:
             if not queue.batches:
                 continue
             head = queue.batches[0]
-            ready = (
-                len(queue.batches) > 1
-                or head.size >= self.options.max_batch_size
-                or now - head.created >= timeout
-            )
+            ready = len(queue.batches) > 1 or head.size >= self.options.max_batch_size or now - head.created >= timeout
             if ready and (best is None or head.created < best[1].created):
                 best = (queue, head)
             elif not ready:
@@ -255,10 +254,12 @@ class BatchScheduler:
         tasks = []
         for task in batch.tasks:
             if task.deadline is not None and task.deadline <= now:
-                task.fail(ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "Run() timeout exceeded while waiting in batching queue",
-                ))
+                task.fail(
+                    ServingError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "Run() timeout exceeded while waiting in batching queue",
+                    )
+                )
             else:
                 tasks.append(task)
         if not tasks:
@@ -271,11 +272,9 @@ class BatchScheduler:
             if padded > size:
                 parts.append(np.repeat(parts[0][:1], padded - size, axis=0))
             feeds[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        deadlines = [task.deadline for task in tasks]
-        timeout_ms = (
-            None if None in deadlines
-            else max(int((max(deadlines) - now) * 1000), 1)  # type: ignore[type-var]
-        )
+        deadlines = [task.deadline for task in tasks if task.deadline is not None]
+        # A task without a deadline waits as long as the session takes: then so does the batch.
+        timeout_ms = None if len(deadlines) < len(tasks) else max(int((max(deadlines) - now) * 1000), 1)
         REGISTRY.increment(WRAPPED_RUN_COUNT)
         try:
             outputs = queue.run(feeds, queue.fetches, timeout_ms)
@@ -302,7 +301,7 @@ class BatchScheduler:
             return
         offset = 0
         for task in tasks:
-            task.outputs = [output[offset:offset + task.size] for output in outputs]
+            task.outputs = [output[offset : offset + task.size] for output in outputs]
             offset += task.size
             task.done.set()
 
@@ -316,9 +315,7 @@ class BatchingSession:
         self._queues: dict[tuple, _Queue] = {}
         self._lock = threading.Lock()
 
-    def run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None
-    ) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None) -> list[np.ndarray]:
         """Run ``fetches`` on ``feeds`` as part of a batch; returns this call's rows.
 
         Raises:
@@ -331,17 +328,12 @@ class BatchingSession:
         sizes = set()
         for value in feeds.values():
             if np.ndim(value) == 0:
-                raise invalid_argument(
-                    "Batching Run() input tensors must have at least one dimension"
-                )
+                raise invalid_argument("Batching Run() input tensors must have at least one dimension")
             sizes.add(np.shape(value)[0])
         if len(sizes) > 1:
-            raise invalid_argument(
-                "Batching Run() input tensors must have equal 0th-dimension size"
-            )
+            raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
         key = (
-            tuple(sorted((name, np.shape(value)[1:], np.asarray(value).dtype.str)
-                         for name, value in feeds.items())),
+            tuple(sorted((name, np.shape(value)[1:], np.asarray(value).dtype.str) for name, value in feeds.items())),
             tuple(fetches),
         )
         with self._lock:

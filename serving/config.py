@@ -14,9 +14,7 @@ class ConfigError(ValueError):
     """The model configuration cannot be used; the message says why."""
 
 
-def single_model_config(
-    model_name: str, model_base_path: str
-) -> model_server_config_pb2.ModelServerConfig:
+def single_model_config(model_name: str, model_base_path: str) -> model_server_config_pb2.ModelServerConfig:
     """Return the config for one model given by --model_name/--model_base_path."""
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
@@ -42,8 +40,7 @@ def read_model_server_config(path: Path) -> model_server_config_pb2.ModelServerC
         text_format.Parse(text, config)
     except text_format.ParseError as error:
         raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.ModelServerConfig: {error} "
-            f"(in {path})"
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig: {error} (in {path})"
         ) from None
     check_model_server_config(config)
     return config
@@ -64,7 +61,4 @@ def check_model_server_config(config: model_server_config_pb2.ModelServerConfig)
             raise ConfigError(f"Model {model.name} has an empty base_path")
         platform = model.model_platform or TENSORFLOW_PLATFORM
         if platform != TENSORFLOW_PLATFORM:
-            raise ConfigError(
-                f"Model {model.name} asks for model_platform {platform!r}; only 'tensorflow' "
-                "is served"
-            )
+            raise ConfigError(f"Model {model.name} asks for model_platform {platform!r}; only 'tensorflow' is served")

@@ -69,23 +69,43 @@ _PREFIX = "tfpack-entrypoint:"
 # Server flags an operator may pass at run time (`docker run IMAGE --flag=value`, k8s args):
 # performance and behaviour tuning that cannot change which files are served or whom to trust.
 # Everything else is refused; the reasons below name the common ones.
-TUNING_FLAGS = frozenset({
-    "rest_api_num_threads", "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
-    "enable_batching", "enable_per_model_batching_parameters",
-    "allow_version_labels_for_unavailable_models",
-    "num_load_threads", "num_unload_threads", "max_num_load_retries", "load_retry_interval_micros",
-    "flush_filesystem_caches",
-    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
-    "grpc_channel_arguments", "grpc_max_threads",
-    "enable_model_warmup", "num_request_iterations_for_warmup",
-    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
-    "num_tflite_pools", "num_tflite_interpreters_per_pool",
-    "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
-    "xla_gpu_compilation_enabled", "enable_profiler", "mixed_precision", "skip_initialize_tpu",
-    "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
-    "use_alts_credentials", "version",
-})
+TUNING_FLAGS = frozenset(
+    {
+        "rest_api_num_threads",
+        "rest_api_timeout_in_ms",
+        "rest_api_enable_cors_support",
+        "enable_batching",
+        "enable_per_model_batching_parameters",
+        "allow_version_labels_for_unavailable_models",
+        "num_load_threads",
+        "num_unload_threads",
+        "max_num_load_retries",
+        "load_retry_interval_micros",
+        "flush_filesystem_caches",
+        "tensorflow_session_parallelism",
+        "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism",
+        "per_process_gpu_memory_fraction",
+        "grpc_channel_arguments",
+        "grpc_max_threads",
+        "enable_model_warmup",
+        "num_request_iterations_for_warmup",
+        "remove_unused_fields_from_bundle_metagraph",
+        "prefer_tflite_model",
+        "num_tflite_pools",
+        "num_tflite_interpreters_per_pool",
+        "enable_signature_method_name_check",
+        "xla_cpu_compilation_enabled",
+        "xla_gpu_compilation_enabled",
+        "enable_profiler",
+        "mixed_precision",
+        "skip_initialize_tpu",
+        "enable_grpc_healthcheck_service",
+        "enable_serialization_as_tensor_content",
+        "use_alts_credentials",
+        "version",
+    }
+)
 # tfpack-model-server's own tuning flags an operator may pass (embedded base only); its other
 # --tfpack_* flags are the entrypoint's to set.
 EMBEDDED_TUNING_FLAGS = frozenset({"tfpack_max_request_tensor_bytes"})
@@ -101,7 +121,7 @@ _REFUSED_FLAG_REASONS = {
     "batching_parameters_file": "config files are baked at build time, not taken at run time",
     "monitoring_config_file": "config files are baked at build time, not taken at run time",
     "ssl_config_file": "config files are baked at build time, not taken at run time "
-                       "(terminate TLS in front of the container)",
+    "(terminate TLS in front of the container)",
     "thread_pool_factory_config_file": "config files are baked at build time, not taken at run time",
     "port": f"the image listens on {GRPC_PORT} (gRPC); map ports with docker run -p",
     "rest_api_port": f"the image listens on {REST_PORT} (REST); map ports with docker run -p",
@@ -109,14 +129,30 @@ _REFUSED_FLAG_REASONS = {
 }
 # Environment read by Python itself that could make the server import other code; the image's
 # own harmless ones (PYTHONUNBUFFERED, ...) pass.
-_HARMLESS_PYTHON_ENV = frozenset({
-    "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8",
-    "PYTHONHASHSEED", "PYTHONFAULTHANDLER", "PYTHONNOUSERSITE",
-})
-_CODE_LOADING_ENV = frozenset({
-    "TF_PLUGGABLE_DEVICE_LIBRARY_PATH", "GCONV_PATH", "XLA_FLAGS", "TF_XLA_FLAGS", "TF_DUMP_GRAPH_PREFIX",
-    "OPENSSL_CONF", "OPENSSL_MODULES", "SSL_CERT_FILE", "SSL_CERT_DIR",
-})
+_HARMLESS_PYTHON_ENV = frozenset(
+    {
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONHASHSEED",
+        "PYTHONFAULTHANDLER",
+        "PYTHONNOUSERSITE",
+    }
+)
+_CODE_LOADING_ENV = frozenset(
+    {
+        "TF_PLUGGABLE_DEVICE_LIBRARY_PATH",
+        "GCONV_PATH",
+        "XLA_FLAGS",
+        "TF_XLA_FLAGS",
+        "TF_DUMP_GRAPH_PREFIX",
+        "OPENSSL_CONF",
+        "OPENSSL_MODULES",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    }
+)
 # The dynamic loader's variables (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...) all load or redirect code.
 _CODE_LOADING_PREFIXES = ("LD_",)
 # Mount points a container engine or Kubernetes sets up by itself; anything else mounted at run
@@ -187,9 +223,12 @@ class BakedServing:
         checked: dict[str, list[int]] = {}
         for name, versions in models.items():
             check_model_name(name, "model")
-            if (not isinstance(versions, list) or not versions
-                    or not all(type(v) is int and 0 <= v <= MAX_VERSION for v in versions)
-                    or versions != sorted(set(versions))):
+            if (
+                not isinstance(versions, list)
+                or not versions
+                or not all(type(v) is int and 0 <= v <= MAX_VERSION for v in versions)
+                or versions != sorted(set(versions))
+            ):
                 raise bad(f"model {name}: versions must be ascending int64s")
             checked[name] = versions
         flags = {key: data.get(key, False) for key in ("allow_unsigned", "allow_reload_config")}
@@ -274,8 +313,11 @@ def check_environment(environ: Mapping[str, str], baked: BakedServing) -> list[s
             problems.append(f"MODEL_NAME={value!r}: {why}")
         elif name == "MODEL_BASE_PATH" and value != str(MODELS_ROOT):
             problems.append(f"MODEL_BASE_PATH={value!r}: this image serves its models from {MODELS_ROOT}")
-        elif (name.startswith("PYTHON") and not name.startswith("PYTHON_")
-              and name not in _HARMLESS_PYTHON_ENV) or name in _CODE_LOADING_ENV or name.startswith(_CODE_LOADING_PREFIXES):
+        elif (
+            (name.startswith("PYTHON") and not name.startswith("PYTHON_") and name not in _HARMLESS_PYTHON_ENV)
+            or name in _CODE_LOADING_ENV
+            or name.startswith(_CODE_LOADING_PREFIXES)
+        ):
             problems.append(f"{name} is set: it could load other code into the model server")
     return problems
 
@@ -295,9 +337,10 @@ def check_arguments(argv: Sequence[str], model_server: str = EMBEDDED_SERVER) ->
             continue
         if name not in allowed:
             reason = _REFUSED_FLAG_REASONS.get(name) or (
-                "tensorflow_model_server has no such flag" if name not in kinds
-                or (name in TFPACK_FLAGS and model_server != EMBEDDED_SERVER)
-                else "tfpack-model-server's own flags are set by the entrypoint" if name in TFPACK_FLAGS
+                "tensorflow_model_server has no such flag"
+                if name not in kinds or (name in TFPACK_FLAGS and model_server != EMBEDDED_SERVER)
+                else "tfpack-model-server's own flags are set by the entrypoint"
+                if name in TFPACK_FLAGS
                 else "not a tuning flag this image accepts at run time (see TUNING_FLAGS)"
             )
             problems.append(f"{argument}: {reason}")
@@ -319,8 +362,8 @@ def _unescape_mount_point(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     out, index = [], 0
     while index < len(field):
-        if field[index] == "\\" and field[index + 1:index + 4].isdigit():
-            out.append(chr(int(field[index + 1:index + 4], 8)))
+        if field[index] == "\\" and field[index + 1 : index + 4].isdigit():
+            out.append(chr(int(field[index + 1 : index + 4], 8)))
             index += 4
         else:
             out.append(field[index])
@@ -349,22 +392,37 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all") -> list[str]:
         if len(fields) < 5:
             continue
         mount_point = _unescape_mount_point(fields[4])
-        if mount_point == "/" or mount_point in _ENGINE_FILES or any(
-                mount_point == root or mount_point.startswith(root + "/") for root in _ENGINE_MOUNTS):
+        if (
+            mount_point == "/"
+            or mount_point in _ENGINE_FILES
+            or any(mount_point == root or mount_point.startswith(root + "/") for root in _ENGINE_MOUNTS)
+        ):
             continue
-        replaced = next((path for path in protected if mount_point == path or mount_point.startswith(path + "/")
-                         or path.startswith(mount_point + "/")), None)
+        replaced = next(
+            (
+                path
+                for path in protected
+                if mount_point == path or mount_point.startswith(path + "/") or path.startswith(mount_point + "/")
+            ),
+            None,
+        )
         if replaced is not None:
-            problems.append(f"{mount_point} is mounted at run time: it would replace {replaced}, which the "
-                            "image baked (trust, serving config, entrypoint or server)")
+            problems.append(
+                f"{mount_point} is mounted at run time: it would replace {replaced}, which the "
+                "image baked (trust, serving config, entrypoint or server)"
+            )
         elif scope == "baked":
             continue
         elif mount_point == str(layout.models_root) or mount_point.startswith(str(layout.models_root) + "/"):
-            problems.append(f"{mount_point} is mounted at run time: the image serves the version dirs it baked; "
-                            "a mounted one could be swapped between verification and loading")
+            problems.append(
+                f"{mount_point} is mounted at run time: the image serves the version dirs it baked; "
+                "a mounted one could be swapped between verification and loading"
+            )
         elif scope == "all":
-            problems.append(f"{mount_point} is mounted at run time: only the engine's own mounts and /tmp are "
-                            "accepted (a mount could replace code the entrypoint or the server loads)")
+            problems.append(
+                f"{mount_point} is mounted at run time: only the engine's own mounts and /tmp are "
+                "accepted (a mount could replace code the entrypoint or the server loads)"
+            )
     return problems
 
 
@@ -376,7 +434,8 @@ def check_models_root(layout: ImageLayout) -> list[str]:
     return [
         f"{entry} is not a model dir: the image serves its baked {layout.model_config}; "
         "files under /models are not taken at run time"
-        for entry in sorted(root.iterdir()) if not entry.is_dir()
+        for entry in sorted(root.iterdir())
+        if not entry.is_dir()
     ]
 
 
@@ -433,8 +492,7 @@ def _trust(layout: ImageLayout, baked: BakedServing) -> Trust:
     if found != baked.trust:
         expected = {"public_key": PUBLIC_KEY_FILE, "cert_chain": f"{CHAIN_DIR}/*.pem", "none": "nothing"}
         raise VerificationError(
-            f"{layout.trust_dir} should hold {expected[baked.trust]} (as built) but holds "
-            f"{expected[found]}"
+            f"{layout.trust_dir} should hold {expected[baked.trust]} (as built) but holds {expected[found]}"
         )
     return trust
 
@@ -471,16 +529,14 @@ def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path],
     failures: list[str] = []
     for version_dir in every_version_dir(layout.models_root):
         try:
-            (verified if trust.check(version_dir) else unsigned).append(version_dir)
+            (unsigned if trust.check(version_dir) is None else verified).append(version_dir)
         except TfpackError as exc:
             failures.append(str(exc))
     checked = set(verified) | set(unsigned)
     for name, version in baked.served_versions.items():
         served = version_dirs(layout.models_root / name).get(version)
         if served is None or served not in checked:
-            failures.append(
-                f"{layout.models_root / name}/{version} (the version this image serves) is missing"
-            )
+            failures.append(f"{layout.models_root / name}/{version} (the version this image serves) is missing")
     if failures:
         raise VerificationError(" | ".join(failures))
     return verified, unsigned
@@ -509,9 +565,7 @@ def server_command(layout: ImageLayout, baked: BakedServing, tuning: Sequence[st
     return command + list(tuning)
 
 
-def prepare(
-    argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()
-) -> list[str]:
+def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> list[str]:
     """Check everything and verify every model; return the server's argv.
 
     Raises:
@@ -543,8 +597,9 @@ def prepare(
     return server_command(layout, baked, tuning)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-         layout: ImageLayout = ImageLayout()) -> int:
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, layout: ImageLayout = ImageLayout()
+) -> int:
     """Verify, then replace this process with the model server; return an exit code on failure."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     environment = dict(os.environ if environ is None else environ)

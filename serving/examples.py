@@ -55,9 +55,7 @@ def _signature(
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {signature_name}")
     if check_method and signature.method_name != method:
-        raise invalid_argument(
-            f"Expected {what} signature method_name to be {method}. Was: {signature.method_name}"
-        )
+        raise invalid_argument(f"Expected {what} signature method_name to be {method}. Was: {signature.method_name}")
     return signature
 
 
@@ -82,7 +80,9 @@ class ExampleInference:
         return self.classify_with(servable, request, timeout_ms)
 
     def classify_with(
-        self, servable: Servable, request: classification_pb2.ClassificationRequest,
+        self,
+        servable: Servable,
+        request: classification_pb2.ClassificationRequest,
         timeout_ms: int | None = None,
     ) -> classification_pb2.ClassificationResponse:
         """Classify on a given servable."""
@@ -94,15 +94,16 @@ class ExampleInference:
         )
 
     def _classify(
-        self, servable: Servable, signature: meta_graph_pb2.SignatureDef,
-        request_input: input_pb2.Input, timeout_ms: int | None,
+        self,
+        servable: Servable,
+        signature: meta_graph_pb2.SignatureDef,
+        request_input: input_pb2.Input,
+        timeout_ms: int | None,
     ) -> classification_pb2.ClassificationResult:
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
         if len(signature.outputs) not in (1, 2):
-            raise invalid_argument(
-                f"Expected one or two output Tensors, found {len(signature.outputs)}"
-            )
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
         if CLASSIFY_INPUTS not in signature.inputs:
             raise failed_precondition(f"No classification inputs found in SignatureDef: {signature}")
         present = [key for key in (CLASSES, SCORES) if key in signature.outputs]
@@ -112,29 +113,31 @@ class ExampleInference:
                 f'or "scores". Signature was: {signature}'
             )
         examples = serialized_examples(request_input)
-        values = dict(zip(present, servable.run(
-            {signature.inputs[CLASSIFY_INPUTS].name: examples},
-            [signature.outputs[key].name for key in present], timeout_ms,
-        ), strict=True))
+        values = dict(
+            zip(
+                present,
+                servable.run(
+                    {signature.inputs[CLASSIFY_INPUTS].name: examples},
+                    [signature.outputs[key].name for key in present],
+                    timeout_ms,
+                ),
+                strict=True,
+            )
+        )
         classes, scores = values.get(CLASSES), values.get(SCORES)
         for key, array, kind in ((CLASSES, classes, "O"), (SCORES, scores, "f")):
             if array is None:
                 continue
             if array.ndim != 2:
-                raise invalid_argument(
-                    f"Expected Tensor shape: [batch_size num_classes] but got {_shape(array)}"
-                )
+                raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(array)}")
             if array.dtype.kind != kind or (kind == "f" and array.dtype != np.float32):
                 wanted = "DT_STRING" if key == CLASSES else "DT_FLOAT"
                 raise invalid_argument(f"Expected {key} Tensor of {wanted}. Got: {array.dtype}")
             if array.shape[0] != len(examples):
-                raise invalid_argument(
-                    f"Expected {key} output batch size of {len(examples)}. Got: {array.shape[0]}"
-                )
+                raise invalid_argument(f"Expected {key} output batch size of {len(examples)}. Got: {array.shape[0]}")
         if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
             raise invalid_argument(
-                "Tensors class and score should match in dim_size(1). Got "
-                f"{classes.shape[1]} vs. {scores.shape[1]}"
+                f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
             )
         num_classes = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
         result = classification_pb2.ClassificationResult()
@@ -144,9 +147,7 @@ class ExampleInference:
                 entry = classifications.classes.add()
                 if classes is not None:
                     label = classes[row, column]
-                    entry.label = label.decode("utf-8", errors="replace") if isinstance(
-                        label, bytes
-                    ) else str(label)
+                    entry.label = label.decode("utf-8", errors="replace") if isinstance(label, bytes) else str(label)
                 if scores is not None:
                     entry.score = scores[row, column]
         return result
@@ -159,7 +160,9 @@ class ExampleInference:
         return self.regress_with(servable, request, timeout_ms)
 
     def regress_with(
-        self, servable: Servable, request: regression_pb2.RegressionRequest,
+        self,
+        servable: Servable,
+        request: regression_pb2.RegressionRequest,
         timeout_ms: int | None = None,
     ) -> regression_pb2.RegressionResponse:
         """Regress on a given servable."""
@@ -171,8 +174,11 @@ class ExampleInference:
         )
 
     def _regress(
-        self, servable: Servable, signature: meta_graph_pb2.SignatureDef,
-        request_input: input_pb2.Input, timeout_ms: int | None,
+        self,
+        servable: Servable,
+        signature: meta_graph_pb2.SignatureDef,
+        request_input: input_pb2.Input,
+        timeout_ms: int | None,
     ) -> regression_pb2.RegressionResult:
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
@@ -185,19 +191,18 @@ class ExampleInference:
         examples = serialized_examples(request_input)
         (values,) = servable.run(
             {signature.inputs[REGRESS_INPUTS].name: examples},
-            [signature.outputs[REGRESS_OUTPUTS].name], timeout_ms,
+            [signature.outputs[REGRESS_OUTPUTS].name],
+            timeout_ms,
         )
         if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
             raise invalid_argument(
-                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but "
-                f"got {_shape(values)}"
+                f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {_shape(values)}"
             )
         if values.dtype != np.float32:
             raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype}")
         if values.shape[0] != len(examples):
             raise invalid_argument(
-                "Input batch size did not match output batch size: "
-                f"{len(examples)} vs. {values.shape[0]}"
+                f"Input batch size did not match output batch size: {len(examples)} vs. {values.shape[0]}"
             )
         result = regression_pb2.RegressionResult()
         for value in values.reshape(-1):
@@ -214,9 +219,7 @@ class ExampleInference:
         seen: set[str] = set()
         for task in request.tasks:
             if task.model_spec.name != first.name:
-                raise invalid_argument(
-                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
-                )
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
             signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
             if signature_name in seen:
                 raise invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
@@ -227,26 +230,20 @@ class ExampleInference:
         return self.multi_inference_with(servable, request, timeout_ms)
 
     def multi_inference_with(
-        self, servable: Servable, request: inference_pb2.MultiInferenceRequest,
+        self,
+        servable: Servable,
+        request: inference_pb2.MultiInferenceRequest,
         timeout_ms: int | None = None,
     ) -> inference_pb2.MultiInferenceResponse:
         """MultiInference on a given servable."""
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
             name = task.model_spec.signature_name
-            result = response.results.add(
-                model_spec=response_model_spec(servable, name or DEFAULT_SIGNATURE)
-            )
+            result = response.results.add(model_spec=response_model_spec(servable, name or DEFAULT_SIGNATURE))
             if task.method_name == CLASSIFY_METHOD:
-                signature = _signature(
-                    servable, name, CLASSIFY_METHOD, "classification", self._check
-                )
-                result.classification_result.CopyFrom(
-                    self._classify(servable, signature, request.input, timeout_ms)
-                )
+                signature = _signature(servable, name, CLASSIFY_METHOD, "classification", self._check)
+                result.classification_result.CopyFrom(self._classify(servable, signature, request.input, timeout_ms))
             else:
                 signature = _signature(servable, name, REGRESS_METHOD, "regression", self._check)
-                result.regression_result.CopyFrom(
-                    self._regress(servable, signature, request.input, timeout_ms)
-                )
+                result.regression_result.CopyFrom(self._regress(servable, signature, request.input, timeout_ms))
         return response

@@ -20,11 +20,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from packager.layout.paths import GRPC_PORT
+
 _BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 # name -> (type, default) for every flag of tensorflow_model_server 2.21.
 TF_SERVING_FLAGS: dict[str, tuple[type, Any]] = {
-    "port": (int, 8500),
+    "port": (int, GRPC_PORT),
     "grpc_socket_path": (str, ""),
     "rest_api_port": (int, 0),
     "rest_api_num_threads": (int, 0),
@@ -103,7 +105,7 @@ class FlagError(ValueError):
 class ServerOptions:
     """The flags tfpack-model-server acts on (names and defaults as tensorflow_model_server)."""
 
-    port: int = 8500
+    port: int = GRPC_PORT
     rest_api_port: int = 0
     rest_api_timeout_in_ms: int = 30000
     model_name: str = "default"
@@ -182,8 +184,7 @@ def parse_flags(argv: list[str]) -> ParsedFlags:
         name, has_value, text = argument.lstrip("-").partition("=")
         if name not in _ALL_FLAGS:
             raise FlagError(
-                f"unknown flag --{name}: tensorflow_model_server 2.21 has no such flag "
-                "(run with --help for the list)"
+                f"unknown flag --{name}: tensorflow_model_server 2.21 has no such flag (run with --help for the list)"
             )
         kind, _default = _ALL_FLAGS[name]
         if not has_value:
@@ -210,7 +211,7 @@ _PORT_FLAGS = frozenset({"port", "rest_api_port"})
 # Real flags whose silent acceptance would mislead: asking for TLS and getting plaintext.
 _REFUSED_FLAGS = {
     "ssl_config_file": "TLS is not implemented by tfpack-model-server; terminate TLS in front of it "
-                       "(a sidecar or the ingress) or use tensorflow_model_server",
+    "(a sidecar or the ingress) or use tensorflow_model_server",
     "use_alts_credentials": "ALTS is not implemented by tfpack-model-server; use tensorflow_model_server",
 }
 

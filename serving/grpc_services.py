@@ -93,42 +93,47 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._inference = inference
         self._examples = examples
 
-    def Predict(  # noqa: N802 (gRPC method name)
+    def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
         return _answer(
-            context, "Predict", lambda: self._inference.predict(request, _timeout_ms(context)),
+            context,
+            "Predict",
+            lambda: self._inference.predict(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def GetModelMetadata(  # noqa: N802
+    def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        return _answer(
-            context, "GetModelMetadata", lambda: self._inference.get_model_metadata(request)
-        )
+        return _answer(context, "GetModelMetadata", lambda: self._inference.get_model_metadata(request))
 
-    def Classify(  # noqa: N802
+    def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         return _answer(
-            context, "Classify", lambda: self._examples.classify(request, _timeout_ms(context)),
+            context,
+            "Classify",
+            lambda: self._examples.classify(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def Regress(  # noqa: N802
+    def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         return _answer(
-            context, "Regress", lambda: self._examples.regress(request, _timeout_ms(context)),
+            context,
+            "Regress",
+            lambda: self._examples.regress(request, _timeout_ms(context)),
             request.model_spec.name,
         )
 
-    def MultiInference(  # noqa: N802
+    def MultiInference(
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
         return _answer(
-            context, "MultiInference",
+            context,
+            "MultiInference",
             lambda: self._examples.multi_inference(request, _timeout_ms(context)),
             request.tasks[0].model_spec.name if request.tasks else "",
         )
@@ -141,7 +146,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self._inference = inference
         self._manager = manager
 
-    def HandleReloadConfigRequest(  # noqa: N802
+    def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
         def reload() -> model_management_pb2.ReloadConfigResponse:
@@ -152,8 +157,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 check_model_server_config(request.config)
             except ConfigError as error:
                 raise invalid_argument(str(error)) from None
-            _LOG.info("Reloading model config with %d model(s)",
-                      len(request.config.model_config_list.config))
+            _LOG.info("Reloading model config with %d model(s)", len(request.config.model_config_list.config))
             self._manager.reload_config(request.config)
             response = model_management_pb2.ReloadConfigResponse()
             response.status.SetInParent()  # error_code OK
@@ -161,12 +165,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         return _answer(context, "HandleReloadConfigRequest", reload)
 
-    def GetModelStatus(  # noqa: N802
+    def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        return _answer(
-            context, "GetModelStatus", lambda: self._inference.get_model_status(request)
-        )
+        return _answer(context, "GetModelStatus", lambda: self._inference.get_model_status(request))
 
 
 @dataclass
@@ -219,12 +221,8 @@ def start_grpc_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=list(options.items()),
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(inference, examples), server
-    )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(inference, manager), server
-    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(inference, examples), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(inference, manager), server)
     health_servicer = None
     if health_check:
         health_servicer = health.HealthServicer()

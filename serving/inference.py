@@ -8,6 +8,7 @@ get_model_metadata_impl.cc) and model_servers/get_model_status_impl.cc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,10 +56,8 @@ def _memory_bytes() -> int | None:
             continue
         if text.isascii() and text.isdigit():
             limits.append(int(text))
-    try:
+    with contextlib.suppress(ValueError, OSError):
         limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError):
-        pass
     return min(limits) if limits else None
 
 
@@ -74,9 +73,7 @@ def _joined(keys: Iterable[str]) -> str:
     return ",".join(sorted(keys))
 
 
-def response_model_spec(
-    servable: Servable, signature_name: str | None
-) -> model_pb2.ModelSpec:
+def response_model_spec(servable: Servable, signature_name: str | None) -> model_pb2.ModelSpec:
     """Return the ModelSpec a response carries: name, the served version, the signature used."""
     spec = model_pb2.ModelSpec(name=servable.name, signature_name=signature_name or "")
     spec.version.value = servable.version
@@ -115,8 +112,7 @@ class Inference:
         self._manager = manager
         self._tensor_content = tensor_content
         self.max_request_tensor_bytes = (
-            max_request_tensor_bytes if max_request_tensor_bytes > 0
-            else default_max_request_tensor_bytes()
+            max_request_tensor_bytes if max_request_tensor_bytes > 0 else default_max_request_tensor_bytes()
         )
 
     def predict(
@@ -189,13 +185,9 @@ class Inference:
         aliases = aliases or sorted(signature.outputs)
 
         values = servable.run(feeds, [signature.outputs[a].name for a in aliases], timeout_ms)
-        response = predict_pb2.PredictResponse(
-            model_spec=response_model_spec(servable, signature_name)
-        )
+        response = predict_pb2.PredictResponse(model_spec=response_model_spec(servable, signature_name))
         for alias, value in zip(aliases, values, strict=True):
-            response.outputs[alias].CopyFrom(
-                tensors.to_proto(value, as_tensor_content=self._tensor_content)
-            )
+            response.outputs[alias].CopyFrom(tensors.to_proto(value, as_tensor_content=self._tensor_content))
         return response
 
     def get_model_metadata(
@@ -205,9 +197,7 @@ class Inference:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if not request.metadata_field:
-            raise invalid_argument(
-                "GetModelMetadataRequest must specify at least one metadata_field"
-            )
+            raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
         for metadata_field in request.metadata_field:
             if metadata_field != SIGNATURE_DEF_FIELD:
                 raise invalid_argument(f"Metadata field {metadata_field} is not supported")
@@ -215,9 +205,7 @@ class Inference:
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in servable.meta_graph.signature_def.items():
             signature_defs.signature_def[key].CopyFrom(signature)
-        response = get_model_metadata_pb2.GetModelMetadataResponse(
-            model_spec=response_model_spec(servable, None)
-        )
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=response_model_spec(servable, None))
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_defs)
         return response
 

@@ -161,9 +161,7 @@ class ModelManager:
             ServingError: FAILED_PRECONDITION if a label names a version that is not available
                 (unless labels for unavailable versions are allowed); no label changes then.
         """
-        labels = {
-            model.name: dict(model.version_labels) for model in config.model_config_list.config
-        }
+        labels = {model.name: dict(model.version_labels) for model in config.model_config_list.config}
         with self._lock:
             if not self._allow_unavailable_labels:
                 for name, model_labels in labels.items():
@@ -215,7 +213,9 @@ class ModelManager:
         if not dirs:
             _LOG.warning(
                 "No versions of servable %s found under base path %s. Did you forget to name "
-                "your leaf directory as a number (eg. '/1/')?", name, base_path,
+                "your leaf directory as a number (eg. '/1/')?",
+                name,
+                base_path,
             )
             return
         aspired = aspired_versions(model.config.model_version_policy, sorted(dirs))
@@ -245,7 +245,7 @@ class ModelManager:
         if verify is not None:
             try:
                 verify(version_dir)
-            except Exception as failure:  # noqa: BLE001 - any failure to verify refuses the load
+            except Exception as failure:
                 error = f"{version_dir} failed verification, not loaded: {failure}"
                 _LOG.error("Loading servable: {name: %s version: %d} refused: %s", name, version, error)
                 with self._lock:
@@ -257,7 +257,10 @@ class ModelManager:
             if attempt:
                 _LOG.info(
                     "Retrying load of servable version {name: %s version: %d} (retry %d of %d)",
-                    name, version, attempt, attempts - 1,
+                    name,
+                    version,
+                    attempt,
+                    attempts - 1,
                 )
                 if self._stop.wait(self._load_policy.load_retry_interval_seconds):
                     error = f"{error} (not retried: the server is stopping)"
@@ -269,9 +272,7 @@ class ModelManager:
             except (LoadError, ServingError) as failure:
                 REGISTRY.increment(_LOAD_ATTEMPTS, str(version_dir), "fail")
                 error = str(failure)
-                _LOG.error(
-                    "Loading servable: {name: %s version: %d} failed: %s", name, version, error
-                )
+                _LOG.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error)
                 continue
             REGISTRY.increment(_LOAD_ATTEMPTS, str(version_dir), "success")
             with self._lock:

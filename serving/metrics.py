@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
@@ -30,14 +31,15 @@ def _monitoring_config_class() -> type:
     prometheus.field.add(name="path", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
     monitoring = file.message_type.add(name="MonitoringConfig")
     monitoring.field.add(
-        name="prometheus_config", number=1, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+        name="prometheus_config",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_OPTIONAL,
         type_name=".tensorflow.serving.PrometheusConfig",
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-    )
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
 
 
 MonitoringConfig = _monitoring_config_class()
@@ -53,8 +55,7 @@ def read_prometheus_path(config_file: Path) -> str | None:
         config = text_format.Parse(Path(config_file).read_text(), MonitoringConfig())
     except (OSError, text_format.ParseError) as error:
         raise ValueError(
-            f"Error parsing text-format tensorflow.serving.MonitoringConfig in {config_file}: "
-            f"{error}"
+            f"Error parsing text-format tensorflow.serving.MonitoringConfig in {config_file}: {error}"
         ) from None
     if not config.prometheus_config.enable:
         return None
@@ -69,13 +70,15 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 class Registry:
     """Thread-safe counters and histograms, rendered in Prometheus text format."""
 
-    _COUNTERS = {
+    _COUNTERS: ClassVar[dict[str, tuple[str, ...]]] = {
         ":tensorflow:serving:request_count": ("model_name", "status"),
         ":tensorflow:cc:saved_model:load_attempt_count": ("model_path", "status"),
         # One per batched run of a session (--enable_batching), as TF Serving's BatchingSession.
         ":tensorflow:serving:batching_session:wrapped_run_count": (),
     }
-    _HISTOGRAMS = {":tensorflow:serving:request_latency": ("model_name", "API", "entrypoint")}
+    _HISTOGRAMS: ClassVar[dict[str, tuple[str, ...]]] = {
+        ":tensorflow:serving:request_latency": ("model_name", "API", "entrypoint")
+    }
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -91,20 +94,14 @@ class Registry:
     def observe(self, name: str, value: float, *labels: str) -> None:
         """Record ``value`` in histogram ``name`` with the given label values."""
         with self._lock:
-            buckets, totals = self._histograms.setdefault(
-                (name, labels), ([0] * (len(_LATENCY_BUCKETS_US) + 1), [0.0])
-            )
+            buckets, totals = self._histograms.setdefault((name, labels), ([0] * (len(_LATENCY_BUCKETS_US) + 1), [0.0]))
             buckets[bisect.bisect_left(_LATENCY_BUCKETS_US, value)] += 1
             totals[0] += value
 
-    def record_request(
-        self, model_name: str, api: str, entrypoint: str, status: str, seconds: float
-    ) -> None:
+    def record_request(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         """Count one request and its latency (microseconds), as TF Serving does."""
         self.increment(":tensorflow:serving:request_count", model_name, status)
-        self.observe(
-            ":tensorflow:serving:request_latency", seconds * 1e6, model_name, api, entrypoint
-        )
+        self.observe(":tensorflow:serving:request_latency", seconds * 1e6, model_name, api, entrypoint)
 
     def render(self) -> str:
         """Return every metric in Prometheus text exposition format."""

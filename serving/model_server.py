@@ -17,9 +17,14 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.flags import FlagError, ServerOptions, grpc_channel_arguments, parse_flags, usage
+
+if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only once flags are valid
+    from serving.manager import ModelManager
 
 _LOG = logging.getLogger("serving")
 
@@ -30,9 +35,7 @@ _GRPC_GRACE_SECONDS = 5.0
 
 def _configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s: %(levelname).1s %(module)s.py] %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s: %(levelname).1s %(module)s.py] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -76,25 +79,26 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
         else:
             _LOG.info(
                 "Building single TensorFlow model file config: model_name: %s model_base_path: %s",
-                options.model_name, options.model_base_path,
+                options.model_name,
+                options.model_base_path,
             )
             config = single_model_config(options.model_name, options.model_base_path)
         metrics_path = (
-            read_prometheus_path(Path(options.monitoring_config_file))
-            if options.monitoring_config_file else None
+            read_prometheus_path(Path(options.monitoring_config_file)) if options.monitoring_config_file else None
         )
         if options.batching_parameters_file and not options.enable_batching:
             raise ConfigError(
-                "server_options.batching_parameters_file is set without setting "
-                "server_options.enable_batching to true."
+                "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
             )
         batching = (
             read_batching_parameters(Path(options.batching_parameters_file))
-            if options.batching_parameters_file else BatchingOptions()
+            if options.batching_parameters_file
+            else BatchingOptions()
         )
         session_config = (
             read_session_config(Path(options.tensorflow_session_config_file))
-            if options.tensorflow_session_config_file else b""
+            if options.tensorflow_session_config_file
+            else b""
         )
         verify_version_dir = _version_dir_verifier(options)
     except (ConfigError, ValueError) as error:
@@ -126,12 +130,11 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
     if not options.tfpack_allow_reload_config:
         _LOG.info("HandleReloadConfigRequest is refused (--tfpack_allow_reload_config=false)")
     inference = Inference(
-        manager, tensor_content=options.enable_serialization_as_tensor_content,
+        manager,
+        tensor_content=options.enable_serialization_as_tensor_content,
         max_request_tensor_bytes=options.tfpack_max_request_tensor_bytes,
     )
-    examples = ExampleInference(
-        manager, check_method_names=options.enable_signature_method_name_check
-    )
+    examples = ExampleInference(manager, check_method_names=options.enable_signature_method_name_check)
     if options.enable_model_warmup:
         manager.on_loaded = Warmup(inference, examples, options.num_request_iterations_for_warmup)
     manager.set_config(config)
@@ -163,7 +166,11 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
             addresses.append(f"unix:{options.grpc_socket_path}")
         if addresses:
             grpc_server = start_grpc_server(
-                inference, examples, manager, addresses, max_workers=workers,
+                inference,
+                examples,
+                manager,
+                addresses,
+                max_workers=workers,
                 health_check=options.enable_grpc_healthcheck_service,
                 channel_arguments=grpc_channel_arguments(options.grpc_channel_arguments),
             )
@@ -175,12 +182,8 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
                 "HTTP/REST API. Skipped exporting HTTP/REST API."
             )
         elif options.rest_api_port:
-            api = RestApi(
-                inference, examples, manager, options.rest_api_timeout_in_ms, metrics_path
-            )
-            rest_server = start_rest_server(
-                api, options.rest_api_port, num_threads=options.rest_api_num_threads
-            )
+            api = RestApi(inference, examples, manager, options.rest_api_timeout_in_ms, metrics_path)
+            rest_server = start_rest_server(api, options.rest_api_port, num_threads=options.rest_api_num_threads)
             _LOG.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
     except (RuntimeError, OSError) as error:
         print(f"Failed to start server. Error: {error}", file=sys.stderr)
@@ -190,15 +193,15 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
 
     poller = None
     if poll_seconds > 0:
-        poller = threading.Thread(
-            target=_poll, args=(manager, poll_seconds, stop.event), name="fs-poll", daemon=True
-        )
+        poller = threading.Thread(target=_poll, args=(manager, poll_seconds, stop.event), name="fs-poll", daemon=True)
         poller.start()
     config_seconds = options.model_config_file_poll_wait_seconds
     if options.model_config_file and config_seconds > 0:
         threading.Thread(
-            target=_poll_config, args=(manager, Path(options.model_config_file), config_seconds, stop.event),
-            name="config-poll", daemon=True,
+            target=_poll_config,
+            args=(manager, Path(options.model_config_file), config_seconds, stop.event),
+            name="config-poll",
+            daemon=True,
         ).start()
 
     stop.event.wait()
@@ -211,7 +214,7 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
     return EXIT_OK
 
 
-def _version_dir_verifier(options: ServerOptions):  # type: ignore[no-untyped-def]
+def _version_dir_verifier(options: ServerOptions) -> Callable[[Path], None] | None:
     """The check each version dir passes before it loads (--tfpack_trust_dir), or None.
 
     Raises:
@@ -225,29 +228,27 @@ def _version_dir_verifier(options: ServerOptions):  # type: ignore[no-untyped-de
     from packager.layout import Trust
 
     try:
-        trust = Trust.from_dir(
-            Path(options.tfpack_trust_dir), allow_unsigned=options.tfpack_allow_unsigned
-        )
+        trust = Trust.from_dir(Path(options.tfpack_trust_dir), allow_unsigned=options.tfpack_allow_unsigned)
     except TfpackError as error:
         raise ValueError(f"--tfpack_trust_dir: {error}") from None
 
     def verify_version_dir(version_dir: Path) -> None:
-        if not trust.check(version_dir):
+        if trust.check(version_dir) is None:
             _LOG.warning("%s is unsigned; loading it because --tfpack_allow_unsigned is set", version_dir)
 
     return verify_version_dir
 
 
-def _poll(manager: object, poll_seconds: int, stop: threading.Event) -> None:
+def _poll(manager: ModelManager, poll_seconds: int, stop: threading.Event) -> None:
     """Re-scan the base paths every ``poll_seconds`` until ``stop`` is set."""
     while not stop.wait(poll_seconds):
         try:
-            manager.sync()  # type: ignore[attr-defined]
+            manager.sync()
         except Exception:  # a poll must never kill the server; the next one retries
             _LOG.exception("File system poll failed")
 
 
-def _poll_config(manager: object, path: Path, poll_seconds: int, stop: threading.Event) -> None:
+def _poll_config(manager: ModelManager, path: Path, poll_seconds: int, stop: threading.Event) -> None:
     """Re-read the model config file every ``poll_seconds`` and apply it when it changed, as
     TF Serving's PollFilesystemAndReloadConfig does (server.cc): a bad file or a failed reload is
     logged and the models served stay as they are; the next change is tried again."""
@@ -266,7 +267,7 @@ def _poll_config(manager: object, path: Path, poll_seconds: int, stop: threading
             applied = current
             config = read_model_server_config(path)
             _LOG.info("Reloading model config from %s", path)
-            manager.reload_config(config)  # type: ignore[attr-defined]
+            manager.reload_config(config)
         except (OSError, ConfigError, ServingError) as error:
             _LOG.error("Failed to reload the model config from %s: %s", path, getattr(error, "message", error))
         except Exception:  # a poll must never kill the server

@@ -54,16 +54,12 @@ _LOG = logging.getLogger(__name__)
 
 # ASCII digits only, as RE2's \d in TF Serving's patterns: "/versions/١" is no version.
 _VERSION_OR_LABEL = r"(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
-_PREDICTION_PATH = re.compile(
-    rf"/v1/models/([^/:]+){_VERSION_OR_LABEL}:(classify|regress|predict)", re.IGNORECASE
-)
+_PREDICTION_PATH = re.compile(rf"/v1/models/([^/:]+){_VERSION_OR_LABEL}:(classify|regress|predict)", re.IGNORECASE)
 # TF Serving's HTTP server sets no body limit; a request still has to become one protobuf
 # message, which cannot exceed 2 GiB, so larger bodies are refused before they are read. A
 # body is also refused above the request tensor cap (--tfpack_max_request_tensor_bytes).
 MAX_BODY_BYTES = 2**31 - 1
-_STATUS_PATH = re.compile(
-    rf"/v1/models(?:/([^/:]+))?{_VERSION_OR_LABEL}(?:/(metadata))?", re.IGNORECASE
-)
+_STATUS_PATH = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION_OR_LABEL}(?:/(metadata))?", re.IGNORECASE)
 _INT64_MAX = 2**63 - 1
 
 # Connection limits (TF Serving's evhttp server has a read timeout; these are tighter).
@@ -100,8 +96,12 @@ class RestApi:
     """Turns (method, path, body) into (HTTP status, JSON body) using Inference."""
 
     def __init__(
-        self, inference: Inference, examples: ExampleInference, manager: ModelManager,
-        timeout_ms: int, metrics_path: str | None = None,
+        self,
+        inference: Inference,
+        examples: ExampleInference,
+        manager: ModelManager,
+        timeout_ms: int,
+        metrics_path: str | None = None,
     ) -> None:
         """Create the API.
 
@@ -130,8 +130,7 @@ class RestApi:
         except ServingError as error:
             return error.http_status, rest_json.dumps({"error": error.message})
         except Exception as error:  # a bug: answer it, log one line, keep serving
-            _LOG.error("REST %s %s failed: %s: %s", method, path[:200],
-                       type(error).__name__, error)
+            _LOG.error("REST %s %s failed: %s: %s", method, path[:200], type(error).__name__, error)
             return HTTPStatus.INTERNAL_SERVER_ERROR, rest_json.dumps(
                 {"error": f"Internal error: {type(error).__name__}"}
             )
@@ -152,9 +151,7 @@ class RestApi:
                     status = error.error_code_name
                     raise
                 finally:
-                    REGISTRY.record_request(
-                        spec.name, verb.capitalize(), "REST", status, time.monotonic() - started
-                    )
+                    REGISTRY.record_request(spec.name, verb.capitalize(), "REST", status, time.monotonic() - started)
         elif method == "GET":
             match = _STATUS_PATH.fullmatch(path)
             if match:
@@ -169,9 +166,7 @@ class RestApi:
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _metadata(self, spec: model_pb2.ModelSpec) -> dict[str, Any]:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD]
-        )
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
         response = self._inference.get_model_metadata(request)
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_defs)
@@ -192,8 +187,7 @@ class RestApi:
             signature = find_signature(servable, spec.signature_name)
         except ServingError:
             raise invalid_argument(
-                f'Serving signature name: "{spec.signature_name or "serving_default"}" not found '
-                "in signature def"
+                f'Serving signature name: "{spec.signature_name or "serving_default"}" not found in signature def'
             ) from None
         inputs, row_format = rest_json.predict_inputs(document, dict(signature.inputs))
         # Pin the version resolved above so decoding and running use the same servable.
@@ -204,9 +198,7 @@ class RestApi:
         outputs = {alias: tensors.to_ndarray(proto) for alias, proto in response.outputs.items()}
         return rest_json.predict_response(outputs, row_format)
 
-    def _classify_or_regress(
-        self, verb: str, spec: model_pb2.ModelSpec, body: bytes
-    ) -> dict[str, Any]:
+    def _classify_or_regress(self, verb: str, spec: model_pb2.ModelSpec, body: bytes) -> dict[str, Any]:
         document = self._parse(body)
         spec.signature_name = rest_json.signature_name(document)
         request_input = rest_json.examples_input(document)
@@ -255,8 +247,13 @@ def _phrase(status: int) -> str:
 
 
 def _response(
-    status: int, payload: bytes, content_type: str = "application/json", *,
-    close: bool = False, keep_alive_header: bool = False, with_body: bool = True,
+    status: int,
+    payload: bytes,
+    content_type: str = "application/json",
+    *,
+    close: bool = False,
+    keep_alive_header: bool = False,
+    with_body: bool = True,
 ) -> bytes:
     lines = [
         f"HTTP/1.1 {status} {_phrase(status)}",
@@ -329,9 +326,7 @@ class RestServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         started = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(started,), name="rest", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(started,), name="rest", daemon=True)
         self._thread.start()
         started.wait()
 
@@ -344,8 +339,7 @@ class RestServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._serve_connection, sock=self._socket,
-                                     limit=MAX_HEAD_BYTES)
+                asyncio.start_server(self._serve_connection, sock=self._socket, limit=MAX_HEAD_BYTES)
             )
         finally:
             started.set()
@@ -374,9 +368,7 @@ class RestServer:
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=5)
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -388,30 +380,39 @@ class RestServer:
                     request = await self._read_request(reader, writer)
                 except _Refusal as refusal:
                     _LOG.debug("REST request refused: %d %s", refusal.status, refusal.message)
-                    await self._send(writer, _response(
-                        refusal.status, _error(refusal.message), close=True,
-                        with_body=not refusal.head_only,
-                    ))
+                    await self._send(
+                        writer,
+                        _response(
+                            refusal.status,
+                            _error(refusal.message),
+                            close=True,
+                            with_body=not refusal.head_only,
+                        ),
+                    )
                     await self._linger(reader, writer)
                     return
                 if request is None:
                     return
                 tokens = _connection_tokens(request)
-                close = "close" in tokens or (
-                    request.version == "HTTP/1.0" and "keep-alive" not in tokens
-                )
+                close = "close" in tokens or (request.version == "HTTP/1.0" and "keep-alive" not in tokens)
                 status, content_type, payload = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._answer, request
                 )
-                await self._send(writer, _response(
-                    status, payload, content_type, close=close,
-                    keep_alive_header=request.version == "HTTP/1.0",
-                    with_body=request.method != "HEAD",
-                ))
+                await self._send(
+                    writer,
+                    _response(
+                        status,
+                        payload,
+                        content_type,
+                        close=close,
+                        keep_alive_header=request.version == "HTTP/1.0",
+                        with_body=request.method != "HEAD",
+                    ),
+                )
                 if close:
                     await self._linger(reader, writer)
                     return
-        except (OSError, EOFError, RuntimeError, asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, OSError, EOFError, RuntimeError, asyncio.CancelledError):
             pass  # the client went away or stalled, or the server is stopping: just close
         finally:
             self._connections.discard(task)
@@ -435,13 +436,11 @@ class RestServer:
         writer.write(data)
         await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT_SECONDS)
 
-    async def _read_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _Request | None:
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Request | None:
         """Read one whole request; None when the client closed or stayed idle too long."""
         try:
             first = await asyncio.wait_for(reader.read(1), IDLE_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if not first:
             return None
@@ -450,10 +449,8 @@ class RestServer:
         except asyncio.IncompleteReadError:
             return None
         except asyncio.LimitOverrunError:
-            raise _Refusal(
-                HTTPStatus.BAD_REQUEST, f"Request head exceeds {MAX_HEAD_BYTES} bytes"
-            ) from None
-        except asyncio.TimeoutError:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, f"Request head exceeds {MAX_HEAD_BYTES} bytes") from None
+        except TimeoutError:
             raise _Refusal(
                 HTTPStatus.REQUEST_TIMEOUT,
                 f"Request head not received within {HEADER_TIMEOUT_SECONDS:g} s",
@@ -472,9 +469,7 @@ class RestServer:
         limit = self._api.max_body_bytes
         if "transfer-encoding" in headers:
             if "content-length" in headers:
-                raise _Refusal(
-                    HTTPStatus.BAD_REQUEST, "Both Transfer-Encoding and Content-Length given"
-                )
+                raise _Refusal(HTTPStatus.BAD_REQUEST, "Both Transfer-Encoding and Content-Length given")
             if headers["transfer-encoding"].lower() != "chunked":
                 raise _Refusal(
                     HTTPStatus.BAD_REQUEST,
@@ -505,18 +500,14 @@ class RestServer:
 
     @staticmethod
     def _continue(request: _Request, writer: asyncio.StreamWriter) -> None:
-        if request.version == "HTTP/1.1" and (
-            request.headers.get("expect", "").lower() == "100-continue"
-        ):
+        if request.version == "HTTP/1.1" and (request.headers.get("expect", "").lower() == "100-continue"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     @staticmethod
     async def _read_exactly(reader: asyncio.StreamReader, length: int) -> bytes:
         pieces = []
         while length:
-            piece = await asyncio.wait_for(
-                reader.readexactly(min(length, _BODY_PIECE)), BODY_READ_TIMEOUT_SECONDS
-            )
+            piece = await asyncio.wait_for(reader.readexactly(min(length, _BODY_PIECE)), BODY_READ_TIMEOUT_SECONDS)
             pieces.append(piece)
             length -= len(piece)
         return b"".join(pieces)
@@ -561,9 +552,7 @@ class RestServer:
             status, content_type = HTTPStatus.OK, "text/plain; version=0.0.4"
             payload = REGISTRY.render().encode()
         elif not path.lower().startswith("/v1/"):
-            status, content_type, payload = HTTPStatus.NOT_FOUND, "application/json", (
-                b'{"error": "Not Found"}'
-            )
+            status, content_type, payload = HTTPStatus.NOT_FOUND, "application/json", (b'{"error": "Not Found"}')
         else:
             content_type = "application/json"
             status, payload = self._api.handle(request.method, path, request.body)
@@ -580,9 +569,7 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def start_rest_server(
-    api: RestApi, port: int, host: str = "0.0.0.0", *, num_threads: int = 0
-) -> RestServer:
+def start_rest_server(api: RestApi, port: int, host: str = "0.0.0.0", *, num_threads: int = 0) -> RestServer:
     """Serve ``api`` on ``host:port`` from background threads; returns the server to stop.
 
     Args:

@@ -26,8 +26,8 @@ import re
 from typing import Any
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
@@ -41,15 +41,22 @@ _BYTES_SUFFIX = "_bytes"  # string outputs whose alias ends so are returned base
 
 _FLOAT_TYPES = {types_pb2.DT_FLOAT: (24, "float"), types_pb2.DT_DOUBLE: (53, "double")}
 _INT_RANGES = {
-    types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**15), 2**15 - 1),
-    types_pb2.DT_INT8: (-(2**7), 2**7 - 1), types_pb2.DT_UINT8: (0, 2**8 - 1),
-    types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_INT32: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT16: (-(2**15), 2**15 - 1),
+    types_pb2.DT_INT8: (-(2**7), 2**7 - 1),
+    types_pb2.DT_UINT8: (0, 2**8 - 1),
+    types_pb2.DT_INT64: (-(2**63), 2**63 - 1),
+    types_pb2.DT_UINT32: (0, 2**32 - 1),
     types_pb2.DT_UINT64: (0, 2**64 - 1),
 }
 _INT_TYPES = {
-    types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
-    types_pb2.DT_UINT8: "int_val", types_pb2.DT_INT64: "int64_val",
-    types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
 }
 
 
@@ -77,10 +84,10 @@ def _parse_cost(text: bytes) -> int:
 
 def _nesting_depth(text: bytes) -> int:
     """Return the deepest nesting of arrays and objects in ``text`` (JSON without strings)."""
-    text = np.frombuffer(text, np.uint8)
+    codes = np.frombuffer(text, np.uint8)
     depth = deepest = 0
-    for start in range(0, len(text), _DEPTH_CHUNK):
-        chunk = text[start:start + _DEPTH_CHUNK]
+    for start in range(0, len(codes), _DEPTH_CHUNK):
+        chunk = codes[start : start + _DEPTH_CHUNK]
         steps = np.isin(chunk, _OPEN).astype(np.int64) - np.isin(chunk, _CLOSE)
         if steps.any():
             running = np.cumsum(steps) + depth
@@ -104,12 +111,10 @@ def _check_strings(document: Any) -> None:
             try:
                 value.encode()
             except UnicodeEncodeError:
-                raise invalid_argument(
-                    "JSON Parse error: The surrogate pair in string is invalid."
-                ) from None
+                raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.") from None
 
 
-class _Document(dict):  # type: ignore[type-arg]
+class _Document(dict[str, Any]):
     """A parsed request body; ``booleans`` is False when the body holds no boolean literal."""
 
     booleans = True
@@ -137,9 +142,7 @@ def parse_body(body: bytes, max_decoded_bytes: int | None = None) -> dict[str, A
         outside_strings = _STRING_LITERAL.sub(b"", body)
         depth = _nesting_depth(outside_strings)
         if depth > MAX_JSON_DEPTH:
-            raise invalid_argument(
-                f"JSON Parse error: nesting depth {depth} exceeds the limit of {MAX_JSON_DEPTH}"
-            )
+            raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of {MAX_JSON_DEPTH}")
         cost = _parse_cost(outside_strings)
         if max_decoded_bytes is not None and cost > max_decoded_bytes:
             raise too_large(
@@ -152,9 +155,7 @@ def parse_body(body: bytes, max_decoded_bytes: int | None = None) -> dict[str, A
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, int digits limit
         raise invalid_argument(f"JSON Parse error: {error}") from None
     except RecursionError:  # not expected under MAX_JSON_DEPTH; never a traceback
-        raise invalid_argument(
-            f"JSON Parse error: nesting exceeds the limit of {MAX_JSON_DEPTH}"
-        ) from None
+        raise invalid_argument(f"JSON Parse error: nesting exceeds the limit of {MAX_JSON_DEPTH}") from None
     if _SURROGATE_ESCAPE.search(body):
         _check_strings(document)
     if not isinstance(document, dict):
@@ -180,8 +181,7 @@ def _is_b64(value: Any) -> bool:
 
 def _type_error(value: Any, dtype: int) -> Exception:
     return invalid_argument(
-        f"JSON Value: {_text(value)} Type: {type(value).__name__} is not of expected type: "
-        f"{tensors.dtype_name(dtype)}"
+        f"JSON Value: {_text(value)} Type: {type(value).__name__} is not of expected type: {tensors.dtype_name(dtype)}"
     )
 
 
@@ -198,9 +198,7 @@ def _add_value(value: Any, dtype: int, proto: tensor_pb2.TensorProto) -> None:
             raise _type_error(value, dtype)
         digits, name = _FLOAT_TYPES[dtype]
         if isinstance(value, int) and abs(value) > (1 << digits) - 1:
-            raise invalid_argument(
-                f"Cannot convert JSON value: {value} to {name} without loss of precision."
-            )
+            raise invalid_argument(f"Cannot convert JSON value: {value} to {name} without loss of precision.")
         (proto.float_val if dtype == types_pb2.DT_FLOAT else proto.double_val).append(value)
     elif dtype in _INT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -221,9 +219,7 @@ def _add_value(value: Any, dtype: int, proto: tensor_pb2.TensorProto) -> None:
             raise _type_error(value, dtype)
         proto.bool_val.append(value)
     else:
-        raise invalid_argument(
-            f"Conversion of JSON Value: {_text(value)} to type: {tensors.dtype_name(dtype)}"
-        )
+        raise invalid_argument(f"Conversion of JSON Value: {_text(value)} to type: {tensors.dtype_name(dtype)}")
 
 
 def _dense_shape(value: Any) -> list[int]:
@@ -251,8 +247,7 @@ def _fill(value: Any, level: int, shape: list[int], dtype: int, proto: tensor_pb
         raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
     if len(value) != shape[level]:
         raise invalid_argument(
-            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: "
-            f"{shape[level]}"
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
         )
     for item in value:
         _fill(item, level + 1, shape, dtype, proto)
@@ -265,9 +260,7 @@ def value_to_proto(value: Any, dtype: int, batch: int | None = None) -> tensor_p
     _fill(value, 0, shape, dtype, proto)
     dims = ([batch] if batch is not None else []) + shape
     proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in dims]
-        )
+        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in dims])
     )
     return proto
 
@@ -281,10 +274,16 @@ def value_to_proto(value: Any, dtype: int, batch: int | None = None) -> tensor_p
 # empty list -- it declines, and the per-element path decides, with TF Serving's messages.
 
 _NUMPY_TYPES = {
-    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
-    types_pb2.DT_INT32: np.int32, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8,
-    types_pb2.DT_UINT8: np.uint8, types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32,
-    types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
+    types_pb2.DT_FLOAT: np.float32,
+    types_pb2.DT_DOUBLE: np.float64,
+    types_pb2.DT_INT32: np.int32,
+    types_pb2.DT_INT16: np.int16,
+    types_pb2.DT_INT8: np.int8,
+    types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_INT64: np.int64,
+    types_pb2.DT_UINT32: np.uint32,
+    types_pb2.DT_UINT64: np.uint64,
+    types_pb2.DT_BOOL: np.bool_,
 }
 
 
@@ -361,7 +360,7 @@ def _dense_instances(
     if not isinstance(first, dict):
         if len(inputs) != 1:
             return None
-        (name, info), = inputs.items()
+        ((name, info),) = inputs.items()
         array = _dense_array(instances, info.dtype, booleans)
         return None if array is None else {name: _array_proto(array, info.dtype)}
     names = inputs.keys()
@@ -381,8 +380,16 @@ def _dense_instances(
 
 
 def _append(target: tensor_pb2.TensorProto, item: tensor_pb2.TensorProto) -> None:
-    for field in ("float_val", "double_val", "int_val", "int64_val", "uint32_val", "uint64_val",
-                  "bool_val", "string_val"):
+    for field in (
+        "float_val",
+        "double_val",
+        "int_val",
+        "int64_val",
+        "uint32_val",
+        "uint64_val",
+        "bool_val",
+        "string_val",
+    ):
         getattr(target, field).extend(getattr(item, field))
 
 
@@ -433,9 +440,7 @@ def inputs_from_instances(
                 shapes[name] = shape
                 batched[name] = tensor_pb2.TensorProto(dtype=inputs[name].dtype)
             elif shapes[name] != shape:
-                raise invalid_argument(
-                    f"Expecting shape {shapes[name]} but got: {shape}"
-                )
+                raise invalid_argument(f"Expecting shape {shapes[name]} but got: {shape}")
             _append(batched[name], item)
         if as_objects and set(items) != set(inputs):
             raise invalid_argument(
@@ -445,8 +450,7 @@ def inputs_from_instances(
     for name, proto in batched.items():
         proto.tensor_shape.CopyFrom(
             tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size)
-                     for size in [len(instances), *shapes[name]]]
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in [len(instances), *shapes[name]]]
             )
         )
     return batched
@@ -465,7 +469,7 @@ def inputs_from_columns(
                 "inputs is a plain value/list, but expecting an object as multiple input "
                 "tensors required as per tensorinfo_map"
             )
-        (name, info), = inputs.items()
+        ((name, info),) = inputs.items()
         return {name: _to_proto(columns, info.dtype, booleans)}
     converted = {}
     for name, info in sorted(inputs.items()):
@@ -483,9 +487,7 @@ def predict_inputs(
         raise invalid_argument("Failed to get input map for signature")
     has_instances, has_inputs = INSTANCES in document, INPUTS in document
     if has_instances and has_inputs:
-        raise invalid_argument(
-            "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
-        )
+        raise invalid_argument("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
     booleans = getattr(document, "booleans", True)  # parse_body knows; else assume so
     if has_instances:
         return inputs_from_instances(document[INSTANCES], inputs, booleans), True
@@ -558,7 +560,8 @@ def tensor_to_json(array: np.ndarray, *, base64_strings: bool) -> Any:
         return float32_as_shortest(array).tolist()
     if array.dtype.kind in "OSU":
         encode = (
-            (lambda b: {_B64: base64.b64encode(b).decode()}) if base64_strings
+            (lambda b: {_B64: base64.b64encode(b).decode()})
+            if base64_strings
             else (lambda b: b.decode("utf-8", errors="replace"))
         )
         flat = [encode(v if isinstance(v, bytes) else str(v).encode()) for v in array.ravel()]
@@ -573,7 +576,7 @@ def _string_element(value: Any) -> bytes:
         return base64.b64decode(value[_B64], validate=True)  # binascii.Error is a ValueError
     if isinstance(value, str):
         return value.encode()
-    raise ValueError(f"{value!r} is neither text nor a {{\"{_B64}\": ...}} object")
+    raise ValueError(f'{value!r} is neither text nor a {{"{_B64}": ...}} object')
 
 
 def tensor_from_json(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -614,15 +617,12 @@ def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[s
     batch = None
     for alias, array in outputs.items():
         if array.ndim == 0:
-            raise invalid_argument(
-                f"Tensor name: {alias} has no shape information "
-            )
+            raise invalid_argument(f"Tensor name: {alias} has no shape information ")
         if batch is None:
             batch = array.shape[0]
         elif array.shape[0] != batch:
             raise invalid_argument(
-                f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} "
-                f"expecting: {batch}"
+                f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
             )
     values = {alias: _json_values(alias, array) for alias, array in outputs.items()}
     if len(values) == 1:
@@ -634,9 +634,7 @@ def _pretty(value: Any, level: int) -> str:
     if not isinstance(value, dict) or not value or not all(isinstance(k, str) for k in value):
         return json.dumps(value)  # arrays on one line, by json's C encoder
     inner = "    " * (level + 1)
-    members = ",\n".join(
-        f"{inner}{json.dumps(key)}: {_pretty(item, level + 1)}" for key, item in value.items()
-    )
+    members = ",\n".join(f"{inner}{json.dumps(key)}: {_pretty(item, level + 1)}" for key, item in value.items())
     return f"{{\n{members}\n{'    ' * level}}}"
 
 
@@ -653,22 +651,18 @@ def dumps(document: Any) -> bytes:
         raise internal(f"Failed to convert response to JSON: {error}") from None
 
 
-
 def _feature(name: str, value: Any) -> feature_pb2.Feature:
     values = value if isinstance(value, list) else [value]
     feature = feature_pb2.Feature()
     if all(isinstance(v, str) or _is_b64(v) for v in values):
-        feature.bytes_list.value.extend(
-            _b64decode(v[_B64]) if isinstance(v, dict) else v.encode() for v in values
-        )
+        feature.bytes_list.value.extend(_b64decode(v[_B64]) if isinstance(v, dict) else v.encode() for v in values)
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         for v in values:
             if not -(2**63) <= v < 2**63:
                 # json_tensor.cc AddValueToFeature: "has uint64_t element. Only int64_t is
                 # supported." (rapidjson reads larger integers as doubles; refused here too)
                 raise invalid_argument(
-                    f"Feature: {name} has element {_text(v)} outside int64. Only int64_t is "
-                    "supported."
+                    f"Feature: {name} has element {_text(v)} outside int64. Only int64_t is supported."
                 )
         feature.int64_list.value.extend(values)
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -676,7 +670,7 @@ def _feature(name: str, value: Any) -> feature_pb2.Feature:
     else:
         raise invalid_argument(
             f"Unexpected element type in feature: {name} (values must be all strings, "
-            "{\"b64\": ...} objects, integers or numbers)"
+            '{"b64": ...} objects, integers or numbers)'
         )
     return feature
 
@@ -714,10 +708,12 @@ def _float32_text(value: float) -> float:
 
 def classify_response(result: classification_pb2.ClassificationResult) -> dict[str, Any]:
     """Return the JSON body of a Classify result: per example, [label, score] pairs."""
-    return {"results": [
-        [[entry.label, _float32_text(entry.score)] for entry in classifications.classes]
-        for classifications in result.classifications
-    ]}
+    return {
+        "results": [
+            [[entry.label, _float32_text(entry.score)] for entry in classifications.classes]
+            for classifications in result.classifications
+        ]
+    }
 
 
 def regress_response(result: regression_pb2.RegressionResult) -> dict[str, Any]:

@@ -25,18 +25,18 @@ from typing import Protocol
 # that only grows: an unloaded version's 50 MB of weights stayed resident (the next load reused
 # them, RSS never came back down; gc.collect() and malloc_trim(0) changed nothing). With the
 # system allocator, as TensorFlow Serving's own build has, a freed session's buffers go back to
-# the OS as soon as its last reference goes (tests/test_model_server_memory.py). TensorFlow
+# the OS as soon as its last reference goes (tests/serving/test_memory.py). TensorFlow
 # reads the variable once, when its allocator first needs it: set before TensorFlow is imported
 # to be sure. An operator's own setting is kept.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2  # noqa: E402
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 
-from serving.batching import BatchScheduler  # noqa: E402
-from serving.status import ServingError  # noqa: E402
+from serving.batching import BatchScheduler
+from serving.status import ServingError
 
 _LOG = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ class Servable(Protocol):
         """The SignatureDefs served, by key."""
         ...
 
-    def run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None
-    ) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None) -> list[np.ndarray]:
         """Feed tensors by name, return the fetched tensors' values in order.
 
         Raises:
@@ -163,8 +161,13 @@ class SavedModelServable:
     """
 
     def __init__(
-        self, name: str, version: int, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef,
-        session: tf.compat.v1.Session, batch_scheduler: BatchScheduler | None = None,
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        meta_graph: meta_graph_pb2.MetaGraphDef,
+        session: tf.compat.v1.Session,
+        batch_scheduler: BatchScheduler | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -180,9 +183,7 @@ class SavedModelServable:
         """The SignatureDefs of the served MetaGraphDef, by key."""
         return dict(self.meta_graph.signature_def)
 
-    def run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None
-    ) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None) -> list[np.ndarray]:
         """Run the graph: feed tensors by name, return the fetched tensors' values in order.
 
         Raises:
@@ -192,9 +193,7 @@ class SavedModelServable:
             return self._batching.run(feeds, fetches, timeout_ms)
         return self._run(feeds, fetches, timeout_ms)
 
-    def _run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None
-    ) -> list[np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None) -> list[np.ndarray]:
         names = tuple(feeds)
         try:
             run = self._callable(names, tuple(fetches), timeout_ms)
@@ -223,7 +222,7 @@ class SavedModelServable:
         options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
         if timeout_ms:
             options.run_options.timeout_in_ms = timeout_ms
-        made = self._session._make_callable_from_options(options)  # noqa: SLF001 — see the docstring
+        made = self._session._make_callable_from_options(options)
         with self._callables_lock:
             self._callables[key] = made
             while len(self._callables) > _MAX_CALLABLES:  # one per distinct request shape of keys
@@ -236,7 +235,10 @@ class SavedModelServable:
 
 
 def load_servable(
-    name: str, version: int, version_dir: Path, options: SessionOptions,
+    name: str,
+    version: int,
+    version_dir: Path,
+    options: SessionOptions,
     batch_scheduler: BatchScheduler | None = None,
 ) -> SavedModelServable:
     """Load ``version_dir`` (a SavedModel) as version ``version`` of model ``name``.

@@ -35,9 +35,7 @@ _HTTP_STATUS = {
 class ServingError(Exception):
     """A request failed with a canonical status code and a TF Serving-style message."""
 
-    def __init__(
-        self, code: grpc.StatusCode, message: str, http_status: int | None = None
-    ) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -79,6 +77,4 @@ def internal(message: str) -> ServingError:
 def too_large(message: str) -> ServingError:
     """Return the error for a request above a size limit: RESOURCE_EXHAUSTED over gRPC (as
     gRPC's own "message larger than max"), 413 Payload Too Large over REST."""
-    return ServingError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-    )
+    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)

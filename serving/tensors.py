@@ -108,32 +108,22 @@ def check_request_tensor(proto: tensor_pb2.TensorProto, alias: str) -> int:
     layout = _REQUEST_DTYPES.get(proto.dtype)
     if layout is None:
         raise invalid_argument(
-            f"tensor parsing error: {alias}: a request tensor cannot be of type "
-            f"{dtype_name(proto.dtype)}"
+            f"tensor parsing error: {alias}: a request tensor cannot be of type {dtype_name(proto.dtype)}"
         )
     field, values_per_element, element_bytes = layout
     shape = proto.tensor_shape
     if shape.unknown_rank or len(shape.dim) > MAX_RANK:
-        raise invalid_argument(
-            f"tensor parsing error: {alias}: the shape must have a known rank of at most {MAX_RANK}"
-        )
+        raise invalid_argument(f"tensor parsing error: {alias}: the shape must have a known rank of at most {MAX_RANK}")
     elements = 1
     for dim in shape.dim:
         if dim.size < 0:
-            raise invalid_argument(
-                f"tensor parsing error: {alias}: dimension {dim.size} of the shape is negative"
-            )
+            raise invalid_argument(f"tensor parsing error: {alias}: dimension {dim.size} of the shape is negative")
         elements *= dim.size
         if elements > INT64_MAX:
-            raise invalid_argument(
-                f"tensor parsing error: {alias}: the shape has more than 2^63-1 elements"
-            )
+            raise invalid_argument(f"tensor parsing error: {alias}: the shape has more than 2^63-1 elements")
     if proto.tensor_content:
         if proto.dtype == types_pb2.DT_STRING:
-            raise invalid_argument(
-                f"tensor parsing error: {alias}: string values go in string_val, not "
-                "tensor_content"
-            )
+            raise invalid_argument(f"tensor parsing error: {alias}: string values go in string_val, not tensor_content")
         if len(proto.tensor_content) != elements * element_bytes:
             raise invalid_argument(
                 f"tensor parsing error: {alias}: tensor_content holds "
@@ -155,9 +145,7 @@ def check_request_tensor(proto: tensor_pb2.TensorProto, alias: str) -> int:
 
 
 def _shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
-    return tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]
-    )
+    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape])
 
 
 def to_proto(value: np.ndarray, *, as_tensor_content: bool = False) -> tensor_pb2.TensorProto:

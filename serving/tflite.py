@@ -79,8 +79,13 @@ class TfLiteServable:
     interpreter (runs serialized by a lock)."""
 
     def __init__(
-        self, name: str, version: int, path: Path, interpreter: tf.lite.Interpreter,
-        model_bytes: bytes, batch_scheduler: BatchScheduler | None = None,
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        interpreter: tf.lite.Interpreter,
+        model_bytes: bytes,
+        batch_scheduler: BatchScheduler | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -130,21 +135,15 @@ class TfLiteServable:
             for detail in details:
                 name = detail["name"]
                 if lite_signature is not None and name not in aliases:
-                    raise LoadError(
-                        f"Cannot find signature def name for tflite tensor {name}"
-                    )
-                tensors[aliases.get(name, name)].CopyFrom(
-                    _tensor_info(name, detail["dtype"], list(detail["shape"]))
-                )
+                    raise LoadError(f"Cannot find signature def name for tflite tensor {name}")
+                tensors[aliases.get(name, name)].CopyFrom(_tensor_info(name, detail["dtype"], list(detail["shape"])))
 
     @property
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         """The SignatureDefs served, by key."""
         return dict(self.meta_graph.signature_def)
 
-    def run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None
-    ) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], fetches: list[str], timeout_ms: int | None = None) -> list[np.ndarray]:
         """Feed tensors by name, invoke, return the fetched tensors in order.
 
         Raises:
@@ -155,9 +154,7 @@ class TfLiteServable:
             return self._batching.run(feeds, fetches, timeout_ms)
         return self._run(feeds, fetches, timeout_ms)
 
-    def _run(
-        self, feeds: dict[str, np.ndarray], fetches: list[str], _timeout_ms: int | None
-    ) -> list[np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], fetches: list[str], _timeout_ms: int | None) -> list[np.ndarray]:
         # Feeds and fetches are named as this servable's SignatureDefs name them: TFLite's own
         # tensor names.
         with self._lock:
@@ -170,9 +167,7 @@ class TfLiteServable:
             except RuntimeError as error:
                 raise ServingError(grpc.StatusCode.INTERNAL, str(error)) from None
 
-    def _run_signature(
-        self, feeds: dict[str, np.ndarray], fetches: list[str]
-    ) -> list[np.ndarray]:
+    def _run_signature(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
         for key, (inputs, outputs) in self._runner_names.items():
             if set(feeds) <= set(inputs) and set(fetches) <= set(outputs):
                 runner = self._interpreter.get_signature_runner(key)
@@ -217,9 +212,7 @@ def load_tflite_servable(
             warnings.simplefilter("ignore", UserWarning)
             interpreter = tf.lite.Interpreter(model_content=model_bytes)
         interpreter.allocate_tensors()
-        servable = TfLiteServable(
-            name, version, version_dir, interpreter, model_bytes, batch_scheduler
-        )
+        servable = TfLiteServable(name, version, version_dir, interpreter, model_bytes, batch_scheduler)
     except LoadError:
         raise
     except (OSError, ValueError, RuntimeError) as error:

@@ -27,9 +27,7 @@ MAX_WARMUP_RECORDS = 1000
 class Warmup:
     """Replays a version's warmup requests (the ModelManager's on_loaded hook)."""
 
-    def __init__(
-        self, inference: Inference, examples: ExampleInference, iterations: int = 1
-    ) -> None:
+    def __init__(self, inference: Inference, examples: ExampleInference, iterations: int = 1) -> None:
         """Args: inference/examples: the handlers replaying requests; iterations: replays per
         record (values below 1 mean 1)."""
         self._inference = inference
@@ -52,10 +50,7 @@ class Warmup:
             for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
                 count += 1
                 if count > MAX_WARMUP_RECORDS:
-                    raise LoadError(
-                        f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) "
-                        f"at {path}"
-                    )
+                    raise LoadError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
                 log = prediction_log_pb2.PredictionLog.FromString(record)
                 for _ in range(self._iterations):
                     self._replay(servable, log)
@@ -68,7 +63,9 @@ class Warmup:
         _LOG.info(
             "Finished reading warmup data for model at %s. Number of warmup records read: %d. "
             "Elapsed time (microseconds): %d.",
-            path, count, int((time.monotonic() - started) * 1e6),
+            path,
+            count,
+            int((time.monotonic() - started) * 1e6),
         )
 
     def _replay(self, servable: Servable, log: prediction_log_pb2.PredictionLog) -> None:

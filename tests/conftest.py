@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def run_tfpack_process(*args: str, timeout: float = 600, env: dict[str, str] | N
     """Run the installed tfpack console script as a real process."""
     completed = subprocess.run(
         [str(TFPACK), *[str(a) for a in args]],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
@@ -61,10 +65,14 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         private = directory / f"{prefix}private.pem"
         public = directory / f"{prefix}public.pem"
-        private.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        public.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         paths[f"{prefix}private"] = private
         paths[f"{prefix}public"] = public
     return paths
@@ -92,10 +100,8 @@ def image_tags(docker_client):  # type: ignore[no-untyped-def]
     tags: list[str] = []
     yield tags
     for tag in reversed(tags):
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 def new_image_tag(tags: list[str], name: str) -> str:
@@ -113,3 +119,19 @@ def shared_testdata() -> Path:
     if not SHARED_TESTDATA.is_dir():
         pytest.skip(f"conformance data absent: {SHARED_TESTDATA} (only CI and developers have ../shared)")
     return SHARED_TESTDATA
+
+
+# Fixtures that start or reach a Docker engine or a model server: a `fast` test must use none.
+_SLOW_FIXTURES = frozenset({"docker_client", "image_tags", "served"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test marked `fast` that needs Docker or a model server: make test-fast must not."""
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("fast")
+        and (item.get_closest_marker("docker") or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+    ]
+    if wrong:
+        raise pytest.UsageError(f"tests marked fast need Docker or a model server: {', '.join(wrong[:5])}")

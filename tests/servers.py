@@ -13,11 +13,14 @@ until ModelService.GetModelStatus reports every model given by --model_name (or 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +91,7 @@ def _flag(args: list[str], name: str) -> str | None:
 def _expected_models(args: list[str]) -> list[str]:
     config_file = _flag(args, "model_config_file")
     if config_file:
-        config = text_format.Parse(
-            Path(config_file).read_text(), model_server_config_pb2.ModelServerConfig()
-        )
+        config = text_format.Parse(Path(config_file).read_text(), model_server_config_pb2.ModelServerConfig())
         return [model.name for model in config.model_config_list.config]
     return [_flag(args, "model_name") or "default"]
 
@@ -127,9 +128,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_model_server(
-    args: list[str], *, rest: bool = True, timeout: float = 60
-) -> Iterator[ServerHandle]:
+def running_model_server(args: list[str], *, rest: bool = True, timeout: float = 60) -> Iterator[ServerHandle]:
     """Run tfpack-model-server with ``args`` plus free --port/--rest_api_port until exit.
 
     Args:
@@ -153,9 +152,7 @@ def running_model_server(
     with tempfile.TemporaryDirectory(prefix="tfpack-model-server-") as scratch:
         stderr_path = Path(scratch) / "stderr.log"
         with stderr_path.open("wb") as stderr_file:
-            process = subprocess.Popen(
-                command, cwd=REPO, stdout=stderr_file, stderr=subprocess.STDOUT
-            )
+            process = subprocess.Popen(command, cwd=REPO, stdout=stderr_file, stderr=subprocess.STDOUT)
         handle = ServerHandle(host, grpc_port, rest_port, process, stderr_path)
         try:
             deadline = time.monotonic() + timeout
@@ -163,8 +160,7 @@ def running_model_server(
                 while not _all_available(channel, models):
                     if process.poll() is not None:
                         raise ModelServerFailed(
-                            f"tfpack-model-server exited with {process.returncode}:\n"
-                            f"{handle.stderr()}"
+                            f"tfpack-model-server exited with {process.returncode}:\n{handle.stderr()}"
                         )
                     if time.monotonic() > deadline:
                         raise ModelServerFailed(
@@ -178,3 +174,14 @@ def running_model_server(
             raise
         finally:
             _stop(process)
+
+
+def http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
+    """Send a JSON request; the status and the JSON answer, error statuses included."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_tfpack_process
 from factories.sources import write_frozen_classifier, write_keras3
 
@@ -52,8 +51,16 @@ def _broken_sources(root: Path, good: dict[str, Path]) -> dict[str, Path]:
 
 
 BROKEN = [
-    "random_pb", "random_h5", "random_keras", "empty_file", "truncated_pb", "truncated_keras",
-    "unknown_suffix", "empty_dir", "corrupt_saved_model", "missing",
+    "random_pb",
+    "random_h5",
+    "random_keras",
+    "empty_file",
+    "truncated_pb",
+    "truncated_keras",
+    "unknown_suffix",
+    "empty_dir",
+    "corrupt_saved_model",
+    "missing",
 ]
 
 
@@ -113,7 +120,9 @@ def test_existing_version_is_refused_and_kept(good, tfpack_cli, tmp_path: Path) 
     assert marker.read_bytes() == before
 
 
-def test_an_unexpected_exception_is_reported_as_a_bug_with_exit_1(good, tfpack_cli, tmp_path: Path, monkeypatch) -> None:
+def test_an_unexpected_exception_is_reported_as_a_bug_with_exit_1(
+    good, tfpack_cli, tmp_path: Path, monkeypatch
+) -> None:
     import packager.convert
 
     def broken_convert(*args, **kwargs):
@@ -170,8 +179,18 @@ def test_names_that_look_like_emoji_codes_are_printed_as_written(tfpack_cli, tmp
 def test_repeated_constant_and_ema_on_a_frozen_graph_are_refused(good, tfpack_cli, tmp_path: Path) -> None:
     result = tfpack_cli("convert", good["frozen"], "--name", "m", "--output-dir", tmp_path / "o", "--ema", "on")
     assert result.exit_code == 2 and "--ema on needs a checkpoint" in result.stderr
-    result = tfpack_cli("convert", good["frozen"], "--name", "m", "--output-dir", tmp_path / "o",
-                        "--constant", "a=1", "--constant", "a=2")
+    result = tfpack_cli(
+        "convert",
+        good["frozen"],
+        "--name",
+        "m",
+        "--output-dir",
+        tmp_path / "o",
+        "--constant",
+        "a=1",
+        "--constant",
+        "a=2",
+    )
     assert result.exit_code == 2 and "given twice" in result.stderr
 
 
@@ -183,8 +202,9 @@ def test_unwritable_output_dir_is_refused_before_loading(good, tfpack_cli, tmp_p
 
 
 def test_bad_report_paths_are_refused_before_the_smoke_test(good, tfpack_cli, tmp_path: Path) -> None:
-    result = tfpack_cli("smoke", "--target", "127.0.0.1:1", "--version-dir", good["saved_model"],
-                        "--model", "m", "--report", tmp_path)
+    result = tfpack_cli(
+        "smoke", "--target", "127.0.0.1:1", "--version-dir", good["saved_model"], "--model", "m", "--report", tmp_path
+    )
     assert result.exit_code == 2 and "is a directory" in result.stderr
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from packager.tf_runtime import tensorflow
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 
 def _save(path: Path, inputs: dict, outputs: dict) -> Path:
     """A TF2 SavedModel whose serving_default has the given input specs and output functions."""
@@ -51,14 +53,17 @@ def test_contract_lists_signatures(versions, tfpack_cli) -> None:
     assert signature["outputs"]["probs"]["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("new, exit_code, expected", [
-    ("same", 0, "unchanged"),
-    ("extra_output", 0, "compatible serving_default: output logits added"),
-    ("relaxed", 0, "shape relaxed"),
-    ("dtype", 5, "input x dtype float32 -> float64"),
-    ("new_input", 5, "input mask added"),
-    ("renamed_output", 5, "output probs removed"),
-])
+@pytest.mark.parametrize(
+    "new, exit_code, expected",
+    [
+        ("same", 0, "unchanged"),
+        ("extra_output", 0, "compatible serving_default: output logits added"),
+        ("relaxed", 0, "shape relaxed"),
+        ("dtype", 5, "input x dtype float32 -> float64"),
+        ("new_input", 5, "input mask added"),
+        ("renamed_output", 5, "output probs removed"),
+    ],
+)
 def test_contract_diff(new: str, exit_code: int, expected: str, versions, tfpack_cli) -> None:
     result = tfpack_cli("contract", "diff", versions["v1"], versions[new])
     assert result.exit_code == exit_code, result.stderr

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories.sources import (
     build_keras3_multi_io,
     frozen_classifier_reference,
@@ -16,9 +15,12 @@ from factories.sources import (
     write_keras2_h5,
     write_keras3,
 )
+
 from packager.convert import ConvertOptions, convert
 from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, WARMUP_FILE, Goldens
 from packager.tf_runtime import tensorflow
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,9 @@ def test_frozen_graph_converts_with_discovered_names(kind: str, sources, tmp_pat
 
     assert result.version_dir == tmp_path / "classifier" / "1"
     # The label placeholder only feeds the loss; the loss and summary are not outputs.
-    assert [(r.key, r.tensor_name, r.dtype, r.shape) for r in result.inputs] == [("features", "features:0", "float32", (None, 4))]
+    assert [(r.key, r.tensor_name, r.dtype, r.shape) for r in result.inputs] == [
+        ("features", "features:0", "float32", (None, 4))
+    ]
     assert [(r.key, r.tensor_name) for r in result.outputs] == [("probs", "model/probs:0")]
     features = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
     served = serve_with_tensorflow(result.version_dir, {"features": features})
@@ -92,17 +96,23 @@ def test_version_dir_holds_goldens_warmup_and_provenance(sources, tmp_path: Path
     result = convert(sources["frozen_pb"], ConvertOptions(name="classifier", output_dir=tmp_path))
     goldens = Goldens.load(result.version_dir / GOLDENS_FILE)
     assert goldens.inputs["features"].shape == (2, 4)
-    np.testing.assert_allclose(goldens.outputs["probs"], frozen_classifier_reference(goldens.inputs["features"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        goldens.outputs["probs"], frozen_classifier_reference(goldens.inputs["features"]), rtol=1e-5
+    )
 
     records = list(tf.data.TFRecordDataset(str(result.version_dir / WARMUP_FILE)).as_numpy_iterator())
     assert len(records) == 1
     log = prediction_log_pb2.PredictionLog.FromString(records[0])
     assert log.predict_log.request.model_spec.name == "classifier"
-    np.testing.assert_array_equal(tf.make_ndarray(log.predict_log.request.inputs["features"]), goldens.inputs["features"])
+    np.testing.assert_array_equal(
+        tf.make_ndarray(log.predict_log.request.inputs["features"]), goldens.inputs["features"]
+    )
 
     provenance = json.loads((result.version_dir / PROVENANCE_FILE).read_text())
     assert provenance["source"]["format"] == "frozen_graph"
-    assert provenance["source"]["files"]["classifier.pb"] == hashlib.sha256(sources["frozen_pb"].read_bytes()).hexdigest()
+    assert (
+        provenance["source"]["files"]["classifier.pb"] == hashlib.sha256(sources["frozen_pb"].read_bytes()).hexdigest()
+    )
     assert provenance["signature"]["inputs"] == {"features": {"dtype": "float32", "shape": [None, 4]}}
     assert provenance["equivalence"]["tolerance"] == 1e-5
     assert provenance["tensorflow_version"] == tf.__version__
@@ -120,6 +130,8 @@ def test_versions_increment_and_nothing_is_left_beside_them(sources, tmp_path: P
 def test_explicit_names_override_discovery(sources, tmp_path: Path) -> None:
     result = convert(
         sources["frozen_pb"],
-        ConvertOptions(name="logits", output_dir=tmp_path, inputs=["features"], outputs=["model/logits:0", "model/probs"]),
+        ConvertOptions(
+            name="logits", output_dir=tmp_path, inputs=["features"], outputs=["model/logits:0", "model/probs"]
+        ),
     )
     assert [r.key for r in result.outputs] == ["logits", "probs"]

@@ -9,20 +9,26 @@ from pathlib import Path
 import pytest
 from factories.sources import write_frozen_classifier
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 
 def test_custom_objects_and_unsafe_go_with_keras_sources_only(tfpack_cli, tmp_path: Path) -> None:
     source = write_frozen_classifier(tmp_path / "classifier.pb")
-    result = tfpack_cli("convert", source, "--name", "m", "--output-dir", tmp_path / "out",
-                        "--custom-objects", "nosuchmodule")
+    result = tfpack_cli(
+        "convert", source, "--name", "m", "--output-dir", tmp_path / "out", "--custom-objects", "nosuchmodule"
+    )
     assert result.exit_code == 2 and "--custom-objects goes with a Keras source" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (("--tolerance", "inf"), "--tolerance"),
-    (("--tolerance", "nan"), "--tolerance"),
-    (("--version", "99999999999999999999999"), "--version"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (("--tolerance", "inf"), "--tolerance"),
+        (("--tolerance", "nan"), "--tolerance"),
+        (("--version", "99999999999999999999999"), "--version"),
+    ],
+)
 def test_out_of_range_flags_are_usage_errors(flags, needle: str, tfpack_cli, tmp_path: Path) -> None:
     source = write_frozen_classifier(tmp_path / "classifier.pb")
     result = tfpack_cli("convert", source, "--name", "m", "--output-dir", tmp_path / "out", *flags)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -26,8 +25,10 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from conftest import new_image_tag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from factories.image_layout import baked_layout
 from google.protobuf import text_format
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -37,8 +38,6 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import new_image_tag
-from factories.image_layout import baked_layout
 from packager import _runtime_base
 from packager.errors import UsageError, VerificationError
 from packager.image import (
@@ -160,7 +159,7 @@ def test_find_models_rejects_missing_empty_and_foreign_dirs(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="holds no numeric version dir"):
         find_models(tmp_path / "mixed")
     (tmp_path / "hollow" / "1").mkdir(parents=True)
-    with pytest.raises(UsageError, match="holds no saved_model.pb"):
+    with pytest.raises(UsageError, match=r"holds no saved_model.pb"):
         find_models(tmp_path / "hollow")
 
 
@@ -186,9 +185,7 @@ def test_verify_signatures_names_unsigned_and_tampered_dirs(
 
 
 def test_model_config_pins_each_model_to_the_version_it_serves() -> None:
-    config = text_format.Parse(
-        model_config_text({MODEL: 2, "twin": 7}), model_server_config_pb2.ModelServerConfig()
-    )
+    config = text_format.Parse(model_config_text({MODEL: 2, "twin": 7}), model_server_config_pb2.ModelServerConfig())
     assert [
         (c.name, c.base_path, c.model_platform, list(c.model_version_policy.specific.versions))
         for c in config.model_config_list.config
@@ -243,12 +240,16 @@ def test_entrypoint_verifies_every_version_before_building_the_command_line(
     models = layout.models_root
     baked = BakedServing.loads(layout.serving_file.read_text())
     assert verify_models(layout, baked) == (
-        [models / name / version for name in (MODEL, "twin") for version in ("1", "2")], []
+        [models / name / version for name in (MODEL, "twin") for version in ("1", "2")],
+        [],
     )
     env = {"MODEL_NAME": MODEL, "MODEL_BASE_PATH": "/models"}
     assert prepare(["--enable_batching"], env, layout) == [
-        "/usr/bin/tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
-        f"--model_config_file={layout.model_config}", "--file_system_poll_wait_seconds=0",
+        "/usr/bin/tensorflow_model_server",
+        "--port=8500",
+        "--rest_api_port=8501",
+        f"--model_config_file={layout.model_config}",
+        "--file_system_poll_wait_seconds=0",
         "--enable_batching",
     ]
 
@@ -260,7 +261,7 @@ def test_entrypoint_verifies_every_version_before_building_the_command_line(
 
     # allow-unsigned tolerates a missing signature, never a signature that does not match.
     _flip_last_byte(models / MODEL / "2" / "saved_model.pb")
-    with pytest.raises(VerificationError, match="modified: saved_model.pb"):
+    with pytest.raises(VerificationError, match=r"modified: saved_model.pb"):
         verify_models(layout, allowing)
 
 
@@ -276,7 +277,9 @@ def test_entrypoint_verifies_the_directories_the_server_loads(tmp_path: Path, tw
         shutil.copytree(models / MODEL / "1", models / MODEL / name)
         (models / MODEL / name / "saved_model.pb").write_bytes(b"unsigned, different")
     assert sorted(server_version_dirs(models / MODEL)) == [1, 2]
-    assert verify_models(layout, baked)[0] == [models / name / version for name in (MODEL, "twin") for version in ("1", "2")]
+    assert verify_models(layout, baked)[0] == [
+        models / name / version for name in (MODEL, "twin") for version in ("1", "2")
+    ]
 
     shutil.copytree(models / MODEL / "1", models / MODEL / "01")
     with pytest.raises(UsageError, match="name version 1"):
@@ -291,9 +294,6 @@ def test_entrypoint_verifies_the_directories_the_server_loads(tmp_path: Path, tw
 @pytest.fixture(scope="module")
 def client(docker_client: docker.DockerClient) -> docker.DockerClient:
     return docker_client
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +339,7 @@ def served(client: docker.DockerClient, embedded_image: BuildResult) -> Iterator
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"model not AVAILABLE in {SERVER_START_DEADLINE_S}s: {container.logs()!r}"
-                )
+                pytest.fail(f"model not AVAILABLE in {SERVER_START_DEADLINE_S}s: {container.logs()!r}")
             time.sleep(0.5)
         yield container, channel
         channel.close()
@@ -371,9 +369,7 @@ def test_image_labels_name_models_versions_and_signed_digests(
     assert labels["dev.tfpack.models"] == MODEL
     assert labels["dev.tfpack.model.half.versions"] == "1,2"
     for version in ("1", "2"):
-        assert labels[f"dev.tfpack.model.half.{version}.digest"] == signed_digest(
-            signed_model / version
-        )
+        assert labels[f"dev.tfpack.model.half.{version}.digest"] == signed_digest(signed_model / version)
     assert labels["dev.tfpack.base"] == embedded_image.base
     assert labels["dev.tfpack.model-server"] == EMBEDDED_MODEL_SERVER
     assert "dev.tfpack.allow-unsigned" not in labels
@@ -394,21 +390,35 @@ def test_image_config_matches_tf_serving_conventions(
         embedded_image.tag, entrypoint=["cat", "/etc/tfpack/trust/public_key.pem"], remove=True
     )
     assert baked_key == keys[1].read_bytes()
-    listing = client.containers.run(
-        embedded_image.tag, remove=True,
-        entrypoint=["find", "/etc/tfpack", "-printf", "%p %u:%g %m\\n"],
-    ).decode().split("\n")
+    listing = (
+        client.containers.run(
+            embedded_image.tag,
+            remove=True,
+            entrypoint=["find", "/etc/tfpack", "-printf", "%p %u:%g %m\\n"],
+        )
+        .decode()
+        .split("\n")
+    )
     owners_modes = {line.split(" ")[0]: line.split(" ", 1)[1] for line in listing if line}
     assert set(owners_modes) == {
-        "/etc/tfpack", "/etc/tfpack/trust", "/etc/tfpack/trust/public_key.pem",
-        "/etc/tfpack/serving.json", "/etc/tfpack/models.config", "/etc/tfpack/session_config.pbtxt",
+        "/etc/tfpack",
+        "/etc/tfpack/trust",
+        "/etc/tfpack/trust/public_key.pem",
+        "/etc/tfpack/serving.json",
+        "/etc/tfpack/models.config",
+        "/etc/tfpack/session_config.pbtxt",
     }
     for path, owner_mode in owners_modes.items():
         is_dir = path in ("/etc/tfpack", "/etc/tfpack/trust")
         assert owner_mode == ("root:root 755" if is_dir else "root:root 644"), path
-    assert BakedServing.loads(client.containers.run(
-        embedded_image.tag, entrypoint=["cat", "/etc/tfpack/serving.json"], remove=True
-    ).decode()) == embedded_image.serving
+    assert (
+        BakedServing.loads(
+            client.containers.run(
+                embedded_image.tag, entrypoint=["cat", "/etc/tfpack/serving.json"], remove=True
+            ).decode()
+        )
+        == embedded_image.serving
+    )
 
 
 @pytest.mark.docker
@@ -418,9 +428,7 @@ def test_serves_grpc_and_rest_as_uid_10001(served) -> None:
     request.model_spec.name = MODEL
     request.model_spec.signature_name = "serving_default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0, 2.0, 5.0], np.float32)))
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-        request, timeout=30
-    )
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]), [2.5, 3.0, 4.5])
     assert response.model_spec.version.value == 2
 
@@ -441,13 +449,9 @@ def test_tampered_model_inside_the_image_refuses_to_start(
 ) -> None:
     tampered_tag = new_image_tag(image_tags, "tampered")
     target = f"/models/{MODEL}/1/{VARIABLES_FILE}"
-    flip = (
-        f"p = {target!r}; b = bytearray(open(p, 'rb').read()); b[-1] ^= 1; "
-        "open(p, 'wb').write(bytes(b))"
-    )
+    flip = f"p = {target!r}; b = bytearray(open(p, 'rb').read()); b[-1] ^= 1; open(p, 'wb').write(bytes(b))"
     dockerfile = (
-        f"FROM {embedded_image.tag}\nUSER root\n"
-        f'RUN ["/opt/tfpack/venv/bin/python", "-c", "{flip}"]\nUSER 10001:10001\n'
+        f'FROM {embedded_image.tag}\nUSER root\nRUN ["/opt/tfpack/venv/bin/python", "-c", "{flip}"]\nUSER 10001:10001\n'
     )
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tampered_tag, rm=True)
     container = _run(client, tampered_tag)
@@ -463,9 +467,7 @@ def test_tampered_model_inside_the_image_refuses_to_start(
 
 
 @pytest.mark.docker
-def test_unsigned_model_is_refused_at_build_time(
-    client: docker.DockerClient, unsigned_model: Path, keys
-) -> None:
+def test_unsigned_model_is_refused_at_build_time(client: docker.DockerClient, unsigned_model: Path, keys) -> None:
     tag = f"tfpack-test/unsigned:{uuid.uuid4().hex[:10]}"
     with pytest.raises(VerificationError, match=f"{MODEL}/1 is unsigned") as refused:
         build_image(unsigned_model, tag, public_key=keys[1])
@@ -478,7 +480,9 @@ def test_unsigned_model_is_refused_at_build_time(
 def test_unpullable_base_names_the_embedded_alternative(signed_model: Path, keys) -> None:
     with pytest.raises(UsageError, match="--base embedded") as refused:
         build_image(
-            signed_model, "tfpack-test/never:1", base="tfpack-test/absent-base:0",
+            signed_model,
+            "tfpack-test/never:1",
+            base="tfpack-test/absent-base:0",
             public_key=keys[1],
         )
     assert "neither local nor pullable" in str(refused.value)
@@ -521,12 +525,13 @@ def stand_in_tf_serving(client: docker.DockerClient, image_tags: list[str]) -> s
 
 @pytest.mark.docker
 def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
-    client: docker.DockerClient, two_models: Path, keys, stand_in_tf_serving: str,
+    client: docker.DockerClient,
+    two_models: Path,
+    keys,
+    stand_in_tf_serving: str,
     image_tags: list[str],
 ) -> None:
-    result = build_image(
-        two_models, new_image_tag(image_tags, "two"), base=stand_in_tf_serving, public_key=keys[1]
-    )
+    result = build_image(two_models, new_image_tag(image_tags, "two"), base=stand_in_tf_serving, public_key=keys[1])
     assert result.model_server == TF_SERVING_MODEL_SERVER
     assert result.models == {MODEL: [1, 2], "twin": [1, 2]}
     assert result.labels["dev.tfpack.models"] == "half,twin"
@@ -567,9 +572,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     address = f"127.0.0.1:{_free_port()}"
     config = directory / "config.yml"
     config.write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\n"
-        f"http:\n  addr: {address}\n"
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\nhttp:\n  addr: {address}\n"
     )
     log = (directory / "registry.log").open("wb")
     process = subprocess.Popen([registry, "serve", str(config)], stdout=log, stderr=log)
@@ -612,22 +615,24 @@ def test_push_to_a_registry_returns_the_digest_it_serves(
 
 
 @pytest.mark.docker
-def test_push_to_an_unreachable_registry_is_a_usage_error(
-    signed_model: Path, keys, image_tags: list[str]
-) -> None:
+def test_push_to_an_unreachable_registry_is_a_usage_error(signed_model: Path, keys, image_tags: list[str]) -> None:
     tag = f"127.0.0.1:{_free_port()}/tfpack-test/unreachable:{uuid.uuid4().hex[:10]}"
     image_tags.append(tag)
-    with pytest.raises(UsageError, match="push of .* failed"):
+    with pytest.raises(UsageError, match=r"push of .* failed"):
         build_image(signed_model, tag, public_key=keys[1], push=True)
 
 
 @pytest.mark.docker
 def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
-    client: docker.DockerClient, unsigned_model: Path, stand_in_tf_serving: str,
+    client: docker.DockerClient,
+    unsigned_model: Path,
+    stand_in_tf_serving: str,
     image_tags: list[str],
 ) -> None:
     result = build_image(
-        unsigned_model, new_image_tag(image_tags, "unsigned"), base=stand_in_tf_serving,
+        unsigned_model,
+        new_image_tag(image_tags, "unsigned"),
+        base=stand_in_tf_serving,
         allow_unsigned=True,
     )
     assert result.labels["dev.tfpack.allow-unsigned"] == "true"
@@ -648,7 +653,11 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
 
 @pytest.mark.docker
 def test_a_failing_docker_build_is_exit_2_in_one_line(
-    client: docker.DockerClient, signed_model: Path, keys, image_tags: list[str], tfpack_cli,
+    client: docker.DockerClient,
+    signed_model: Path,
+    keys,
+    image_tags: list[str],
+    tfpack_cli,
 ) -> None:
     """A base without a model server (the bare bootstrapped rootfs) fails the build: the machine's
     setup, not tfpack, needs fixing, so exit 2 with the step that failed, not exit 1."""

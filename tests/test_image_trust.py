@@ -30,6 +30,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import new_image_tag
+from factories.image_layout import baked_layout
 from google.protobuf import text_format
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -38,23 +40,19 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import new_image_tag
-from factories.image_layout import baked_layout
 from packager.errors import UsageError, VerificationError
 from packager.image import BuildResult, build_image
 from packager.signing import sign
 from serving.entrypoint import (
+    TUNING_FLAGS,
     BakedServing,
     ImageLayout,
-    TUNING_FLAGS,
     check_arguments,
     check_environment,
     check_mounts,
     load_baked,
     main,
-    model_config_text,
     prepare,
 )
 from tests.servers import running_model_server
@@ -123,7 +121,9 @@ def evil(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dic
     root.chmod(0o755)
     paths = {
         "unsigned": write_model(root / "unsigned" / "simple" / "1", offset=100.0).parent,
-        "attacker_signed": write_model(root / "attacker" / "simple" / "1", offset=200.0, key=keys["other_private"]).parent,
+        "attacker_signed": write_model(
+            root / "attacker" / "simple" / "1", offset=200.0, key=keys["other_private"]
+        ).parent,
         "trusted_signed": write_model(root / "trusted" / "simple" / "1", offset=7.0, key=keys["private"]).parent,
     }
     trust = root / "trust"
@@ -150,51 +150,96 @@ def _layout(root: Path, models: Path, public_key: Path | None, **serving) -> Ima
 
 
 def test_only_tuning_flags_pass_and_every_other_argument_is_named() -> None:
-    passed, problems = check_arguments([
-        "--rest_api_timeout_in_ms=5000", "--enable_batching", "-tensorflow_intra_op_parallelism=2",
-        "--model_base_path=/evil/simple", "--model_name=evil", "--model_config_file=/evil.config",
-        "--file_system_poll_wait_seconds=1", "--model_config_file_poll_wait_seconds=1",
-        "--tensorflow_session_config_file=/evil.pbtxt", "--saved_model_tags=train",
-        "--tfpack_allow_reload_config=true", "--tfpack_trust_dir=/attacker", "--port=9000",
-        "evil", "--no_such_flag=1", "--rest_api_timeout_in_ms=soon", "--grpc_max_threads",
+    passed, problems = check_arguments(
+        [
+            "--rest_api_timeout_in_ms=5000",
+            "--enable_batching",
+            "-tensorflow_intra_op_parallelism=2",
+            "--model_base_path=/evil/simple",
+            "--model_name=evil",
+            "--model_config_file=/evil.config",
+            "--file_system_poll_wait_seconds=1",
+            "--model_config_file_poll_wait_seconds=1",
+            "--tensorflow_session_config_file=/evil.pbtxt",
+            "--saved_model_tags=train",
+            "--tfpack_allow_reload_config=true",
+            "--tfpack_trust_dir=/attacker",
+            "--port=9000",
+            "evil",
+            "--no_such_flag=1",
+            "--rest_api_timeout_in_ms=soon",
+            "--grpc_max_threads",
+            "--tfpack_max_request_tensor_bytes=1048576",
+        ]
+    )
+    assert passed == [
+        "--rest_api_timeout_in_ms=5000",
+        "--enable_batching",
+        "--tensorflow_intra_op_parallelism=2",
         "--tfpack_max_request_tensor_bytes=1048576",
-    ])
-    assert passed == ["--rest_api_timeout_in_ms=5000", "--enable_batching", "--tensorflow_intra_op_parallelism=2",
-                      "--tfpack_max_request_tensor_bytes=1048576"]
+    ]
     refused = [problem.split(": ")[0] for problem in problems]
     assert refused == [
-        "--model_base_path=/evil/simple", "--model_name=evil", "--model_config_file=/evil.config",
-        "--file_system_poll_wait_seconds=1", "--model_config_file_poll_wait_seconds=1",
-        "--tensorflow_session_config_file=/evil.pbtxt", "--saved_model_tags=train",
-        "--tfpack_allow_reload_config=true", "--tfpack_trust_dir=/attacker", "--port=9000",
-        "'evil'", "--no_such_flag=1", "--rest_api_timeout_in_ms=soon", "--grpc_max_threads",
+        "--model_base_path=/evil/simple",
+        "--model_name=evil",
+        "--model_config_file=/evil.config",
+        "--file_system_poll_wait_seconds=1",
+        "--model_config_file_poll_wait_seconds=1",
+        "--tensorflow_session_config_file=/evil.pbtxt",
+        "--saved_model_tags=train",
+        "--tfpack_allow_reload_config=true",
+        "--tfpack_trust_dir=/attacker",
+        "--port=9000",
+        "'evil'",
+        "--no_such_flag=1",
+        "--rest_api_timeout_in_ms=soon",
+        "--grpc_max_threads",
     ]
     # tensorflow_model_server has no --tfpack_* flag at all.
-    passed, problems = check_arguments(["--enable_batching", "--tfpack_max_request_tensor_bytes=1048576"],
-                                       "tensorflow_model_server")
+    passed, problems = check_arguments(
+        ["--enable_batching", "--tfpack_max_request_tensor_bytes=1048576"], "tensorflow_model_server"
+    )
     assert passed == ["--enable_batching"]
     assert problems == ["--tfpack_max_request_tensor_bytes=1048576: tensorflow_model_server has no such flag"]
     # The allowlist holds no flag that names a file, a model, a port or polling.
-    assert not {flag for flag in TUNING_FLAGS
-                if {"file", "path", "port", "poll", "tags", "tfpack"} & set(flag.split("_")) or "model_name" in flag}
+    assert not {
+        flag
+        for flag in TUNING_FLAGS
+        if {"file", "path", "port", "poll", "tags", "tfpack"} & set(flag.split("_")) or "model_name" in flag
+    }
 
 
 def test_environment_that_would_change_trust_or_models_is_named(tmp_path: Path) -> None:
     baked = BakedServing(model_server="tfpack-model-server", models={MODEL: [1, 2], "twin": [1]})
     environ = {
-        "MODEL_NAME": "../evil/simple", "MODEL_BASE_PATH": "/evil", "TFPACK_ALLOW_UNSIGNED": "1",
-        "TFPACK_PUBLIC_KEY": "/attacker/key.pem", "TFPACK_CERT_CHAIN": "/attacker/chain",
-        "PYTHONPATH": "/evil", "PYTHONWARNINGS": "ignore::evil.Warning",
+        "MODEL_NAME": "../evil/simple",
+        "MODEL_BASE_PATH": "/evil",
+        "TFPACK_ALLOW_UNSIGNED": "1",
+        "TFPACK_PUBLIC_KEY": "/attacker/key.pem",
+        "TFPACK_CERT_CHAIN": "/attacker/chain",
+        "PYTHONPATH": "/evil",
+        "PYTHONWARNINGS": "ignore::evil.Warning",
         "TF_PLUGGABLE_DEVICE_LIBRARY_PATH": "/evil.so",
         # harmless: the image's own, TF Serving's tuning, a python image's metadata
-        "PYTHONUNBUFFERED": "1", "PYTHON_VERSION": "3.11.2", "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PATH": "/usr/bin", "HOME": "/nonexistent",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHON_VERSION": "3.11.2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": "/usr/bin",
+        "HOME": "/nonexistent",
     }
     named = [problem.split(" ")[0].split("=")[0] for problem in check_environment(environ, baked)]
-    assert named == sorted([
-        "MODEL_BASE_PATH", "MODEL_NAME", "PYTHONPATH", "PYTHONWARNINGS", "TFPACK_ALLOW_UNSIGNED",
-        "TFPACK_CERT_CHAIN", "TFPACK_PUBLIC_KEY", "TF_PLUGGABLE_DEVICE_LIBRARY_PATH",
-    ])
+    assert named == sorted(
+        [
+            "MODEL_BASE_PATH",
+            "MODEL_NAME",
+            "PYTHONPATH",
+            "PYTHONWARNINGS",
+            "TFPACK_ALLOW_UNSIGNED",
+            "TFPACK_CERT_CHAIN",
+            "TFPACK_PUBLIC_KEY",
+            "TF_PLUGGABLE_DEVICE_LIBRARY_PATH",
+        ]
+    )
     model_name = next(p for p in check_environment(environ, baked) if p.startswith("MODEL_NAME"))
     assert "not a plain model name" in model_name
     assert check_environment({"MODEL_NAME": "twin", "MODEL_BASE_PATH": "/models"}, baked) == []
@@ -221,8 +266,11 @@ def test_mounts_over_baked_files_the_entrypoint_or_the_server_are_named(tmp_path
     mountinfo.write_text("\n".join(lines) + "\n")
     layout = ImageLayout(etc_dir=Path("/etc/tfpack"), models_root=Path("/models"), mountinfo=mountinfo)
     baked_files = [
-        "/etc/tfpack/trust", "/opt/tfpack/venv/lib/python3.11/site-packages/serving",
-        "/usr/bin/tensorflow_model_server", "/etc", "/etc/tfpack/models copy",
+        "/etc/tfpack/trust",
+        "/opt/tfpack/venv/lib/python3.11/site-packages/serving",
+        "/usr/bin/tensorflow_model_server",
+        "/etc",
+        "/etc/tfpack/models copy",
     ]
 
     def named(scope: str) -> list[str]:
@@ -241,14 +289,17 @@ def test_baked_files_are_checked_before_anything_is_trusted(
     layout = _layout(tmp_path, signed_model, keys["public"])
     good_config = layout.model_config.read_text()
     assert prepare([], {"MODEL_NAME": MODEL, "MODEL_BASE_PATH": "/models"}, layout)[:6] == [
-        "/opt/tfpack/venv/bin/tfpack-model-server", "--port=8500", "--rest_api_port=8501",
-        f"--model_config_file={layout.model_config}", "--file_system_poll_wait_seconds=0",
+        "/opt/tfpack/venv/bin/tfpack-model-server",
+        "--port=8500",
+        "--rest_api_port=8501",
+        f"--model_config_file={layout.model_config}",
+        "--file_system_poll_wait_seconds=0",
         "--tfpack_allow_reload_config=false",
     ]
 
     # models.config edited after the build (serving every version, from anywhere).
     layout.model_config.write_text(good_config.replace(f"{layout.models_root}/half", "/evil/simple"))
-    with pytest.raises(VerificationError, match="models.config is not the model config"):
+    with pytest.raises(VerificationError, match=r"models.config is not the model config"):
         load_baked(layout)
     assert main([], {}, layout) == 3
     layout.model_config.write_text(good_config)
@@ -261,22 +312,26 @@ def test_baked_files_are_checked_before_anything_is_trusted(
 
     # serving.json says a key is baked: an emptied trust dir cannot turn into "trust nothing".
     (layout.trust_dir / "public_key.pem").rename(tmp_path / "moved.pem")
-    with pytest.raises(VerificationError, match="holds neither public_key.pem"):
+    with pytest.raises(VerificationError, match=r"holds neither public_key.pem"):
         prepare([], {}, layout)
     (tmp_path / "moved.pem").rename(layout.trust_dir / "public_key.pem")
 
-    for broken in ('{"format": 1}', "[]", "not json",
-                   '{"format": 1, "model_server": "tfpack-model-server", "models": {"../x": [1]}, "trust": "public_key"}',
-                   '{"format": 1, "model_server": "tfpack-model-server", "models": {"half": [2, 1]}, "trust": "public_key"}',
-                   '{"format": 1, "model_server": "tensorflow_model_server", "models": {"half": [1]}, '
-                   '"trust": "public_key", "allow_reload_config": true}',
-                   '{"format": 1, "model_server": "tfpack-model-server", "models": {"half": [1]}, "trust": "none"}'):
+    for broken in (
+        '{"format": 1}',
+        "[]",
+        "not json",
+        '{"format": 1, "model_server": "tfpack-model-server", "models": {"../x": [1]}, "trust": "public_key"}',
+        '{"format": 1, "model_server": "tfpack-model-server", "models": {"half": [2, 1]}, "trust": "public_key"}',
+        '{"format": 1, "model_server": "tensorflow_model_server", "models": {"half": [1]}, '
+        '"trust": "public_key", "allow_reload_config": true}',
+        '{"format": 1, "model_server": "tfpack-model-server", "models": {"half": [1]}, "trust": "none"}',
+    ):
         with pytest.raises(UsageError):
             BakedServing.loads(broken)
 
     if os.geteuid() == 0:  # the check is on root ownership: only meaningful when run as root
         layout.serving_file.chmod(0o666)
-        with pytest.raises(UsageError, match="serving.json must be a root-owned file"):
+        with pytest.raises(UsageError, match=r"serving.json must be a root-owned file"):
             load_baked(layout)
 
 
@@ -307,10 +362,14 @@ def _predict(channel: grpc.Channel, model: str, x: float = 2.0, version: int | N
 
 
 def _config(**base_paths: str) -> str:
-    return "model_config_list {" + "".join(
-        f' config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}'
-        for name, path in base_paths.items()
-    ) + " }"
+    return (
+        "model_config_list {"
+        + "".join(
+            f' config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}'
+            for name, path in base_paths.items()
+        )
+        + " }"
+    )
 
 
 def _denied(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
@@ -325,8 +384,12 @@ def test_model_server_refuses_reload_config_when_started_read_only(
 ) -> None:
     base = tmp_path / MODEL
     shutil.copytree(signed_model, base)
-    with running_model_server([f"--model_name={MODEL}", f"--model_base_path={base}",
-                               "--tfpack_allow_reload_config=false"]) as server, server.channel() as channel:
+    with (
+        running_model_server(
+            [f"--model_name={MODEL}", f"--model_base_path={base}", "--tfpack_allow_reload_config=false"]
+        ) as server,
+        server.channel() as channel,
+    ):
         denied = _denied(lambda: _reload(channel, _config(half=str(evil["unsigned"]))))
         assert "HandleReloadConfigRequest is refused" in denied.details()
         _denied(lambda: _reload(channel, "model_config_list {}"))  # would unload every model
@@ -342,9 +405,17 @@ def test_model_server_verifies_every_version_dir_before_it_loads(
     trust = tmp_path / "trust"
     trust.mkdir()
     shutil.copyfile(keys["public"], trust / "public_key.pem")
-    with running_model_server([f"--model_name={MODEL}", f"--model_base_path={base}",
-                               "--file_system_poll_wait_seconds=1", f"--tfpack_trust_dir={trust}"]
-                              ) as server, server.channel() as channel:
+    with (
+        running_model_server(
+            [
+                f"--model_name={MODEL}",
+                f"--model_base_path={base}",
+                "--file_system_poll_wait_seconds=1",
+                f"--tfpack_trust_dir={trust}",
+            ]
+        ) as server,
+        server.channel() as channel,
+    ):
         # A new latest version appears under the polled base path: unsigned, then attacker-signed.
         for version, offset, key in ((5, 100.0, None), (6, 200.0, keys["other_private"])):
             write_model(base / str(version), offset=offset, key=key)
@@ -352,7 +423,9 @@ def test_model_server_verifies_every_version_dir_before_it_loads(
             assert _predict(channel, MODEL) == (3.0, 1)
             assert (version, AVAILABLE) not in _statuses(channel, MODEL)
             assert f"{base / str(version)} failed verification, not loaded" in server.stderr()
-        assert "half/5 is unsigned" in server.stderr() and "half/6/model.sig was signed by another key" in server.stderr()
+        assert (
+            "half/5 is unsigned" in server.stderr() and "half/6/model.sig was signed by another key" in server.stderr()
+        )
         # A release-signed version is picked up as usual.
         write_model(base / "7", offset=9.0, key=keys["private"])
         deadline = time.monotonic() + 60
@@ -376,9 +449,6 @@ def client(docker_client: docker.DockerClient) -> docker.DockerClient:
     return docker_client
 
 
-
-
-
 @pytest.fixture(scope="module")
 def image(signed_model: Path, keys: dict[str, Path], image_tags: list[str]) -> BuildResult:
     """The embedded image serving half (versions 1, 2; 2 served), trusting the release key."""
@@ -400,49 +470,138 @@ def _ro(path: Path) -> dict[str, str]:
 
 # (id, command, environment, volumes {host key in `evil` or path: container path}, exit code, named)
 OVERRIDES = [
-    ("extra CMD --model_base_path", ["--model_base_path=/evil/simple"], {}, {}, 2,
-     "--model_base_path=/evil/simple: the image serves the models baked into it"),
-    ("MODEL_NAME path", None, {"MODEL_NAME": "../evil/simple"}, {"unsigned": "/evil/simple"}, 2,
-     "MODEL_NAME='../evil/simple'"),
-    ("models.config mounted into /models", None, {}, {"config": "/models/models.config"}, 2,
-     "/models/models.config is not a model dir"),
-    ("models.config mounted over the baked one", None, {}, {"config": "/etc/tfpack/models.config"}, 2,
-     "/etc/tfpack/models.config is mounted at run time"),
-    ("--model_config_file", ["--model_config_file=/evil/evil.config"], {}, {}, 2,
-     "--model_config_file=/evil/evil.config: the image serves its baked /etc/tfpack/models.config"),
-    ("TFPACK_ALLOW_UNSIGNED", None, {"TFPACK_ALLOW_UNSIGNED": "1"}, {"unsigned": "/models/evil"}, 2,
-     "TFPACK_ALLOW_UNSIGNED is set"),
-    ("TFPACK_PUBLIC_KEY", None, {"TFPACK_PUBLIC_KEY": "/attacker/key.pem"},
-     {"attacker_key": "/attacker/key.pem", "attacker_signed": "/models/x"}, 2, "TFPACK_PUBLIC_KEY is set"),
-    ("attacker trust mounted over /etc/tfpack/trust", None, {},
-     {"attacker_trust": "/etc/tfpack/trust", "attacker_signed": "/models/x"}, 2,
-     "/etc/tfpack/trust is mounted at run time"),
-    ("polling turned on", ["--file_system_poll_wait_seconds=1"], {}, {}, 2,
-     "--file_system_poll_wait_seconds=1: the image loads only the version dirs it verified"),
-    ("reloads turned on", ["--tfpack_allow_reload_config=true"], {}, {}, 2,
-     "--tfpack_allow_reload_config=true: tfpack-model-server's own flags are set by the entrypoint"),
+    (
+        "extra CMD --model_base_path",
+        ["--model_base_path=/evil/simple"],
+        {},
+        {},
+        2,
+        "--model_base_path=/evil/simple: the image serves the models baked into it",
+    ),
+    (
+        "MODEL_NAME path",
+        None,
+        {"MODEL_NAME": "../evil/simple"},
+        {"unsigned": "/evil/simple"},
+        2,
+        "MODEL_NAME='../evil/simple'",
+    ),
+    (
+        "models.config mounted into /models",
+        None,
+        {},
+        {"config": "/models/models.config"},
+        2,
+        "/models/models.config is not a model dir",
+    ),
+    (
+        "models.config mounted over the baked one",
+        None,
+        {},
+        {"config": "/etc/tfpack/models.config"},
+        2,
+        "/etc/tfpack/models.config is mounted at run time",
+    ),
+    (
+        "--model_config_file",
+        ["--model_config_file=/evil/evil.config"],
+        {},
+        {},
+        2,
+        "--model_config_file=/evil/evil.config: the image serves its baked /etc/tfpack/models.config",
+    ),
+    (
+        "TFPACK_ALLOW_UNSIGNED",
+        None,
+        {"TFPACK_ALLOW_UNSIGNED": "1"},
+        {"unsigned": "/models/evil"},
+        2,
+        "TFPACK_ALLOW_UNSIGNED is set",
+    ),
+    (
+        "TFPACK_PUBLIC_KEY",
+        None,
+        {"TFPACK_PUBLIC_KEY": "/attacker/key.pem"},
+        {"attacker_key": "/attacker/key.pem", "attacker_signed": "/models/x"},
+        2,
+        "TFPACK_PUBLIC_KEY is set",
+    ),
+    (
+        "attacker trust mounted over /etc/tfpack/trust",
+        None,
+        {},
+        {"attacker_trust": "/etc/tfpack/trust", "attacker_signed": "/models/x"},
+        2,
+        "/etc/tfpack/trust is mounted at run time",
+    ),
+    (
+        "polling turned on",
+        ["--file_system_poll_wait_seconds=1"],
+        {},
+        {},
+        2,
+        "--file_system_poll_wait_seconds=1: the image loads only the version dirs it verified",
+    ),
+    (
+        "reloads turned on",
+        ["--tfpack_allow_reload_config=true"],
+        {},
+        {},
+        2,
+        "--tfpack_allow_reload_config=true: tfpack-model-server's own flags are set by the entrypoint",
+    ),
     ("PYTHONPATH", None, {"PYTHONPATH": "/evil"}, {"unsigned": "/evil/simple"}, 2, "PYTHONPATH is set"),
     # No override at all, just an attacker-signed or unsigned model where the server looks.
-    ("attacker-signed model mounted under /models", None, {}, {"attacker_signed": "/models/x"}, 2,
-     "/models/x is mounted at run time"),
-    ("unsigned version dir mounted into the baked model", None, {},
-     {"unsigned_version": "/models/half/3"}, 2, "/models/half/3 is mounted at run time"),
-    ("code mounted where Python looks", None, {}, {"unsigned": "/usr/lib/python3/dist-packages/evil"}, 2,
-     "/usr/lib/python3/dist-packages/evil is mounted at run time"),
+    (
+        "attacker-signed model mounted under /models",
+        None,
+        {},
+        {"attacker_signed": "/models/x"},
+        2,
+        "/models/x is mounted at run time",
+    ),
+    (
+        "unsigned version dir mounted into the baked model",
+        None,
+        {},
+        {"unsigned_version": "/models/half/3"},
+        2,
+        "/models/half/3 is mounted at run time",
+    ),
+    (
+        "code mounted where Python looks",
+        None,
+        {},
+        {"unsigned": "/usr/lib/python3/dist-packages/evil"},
+        2,
+        "/usr/lib/python3/dist-packages/evil is mounted at run time",
+    ),
     ("LD_PRELOAD", None, {"LD_PRELOAD": "/tmp/pre.so"}, {}, 2, "LD_PRELOAD is set"),
 ]
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize(("command", "environment", "volumes", "exit_code", "named"),
-                         [case[1:] for case in OVERRIDES], ids=[case[0] for case in OVERRIDES])
+@pytest.mark.parametrize(
+    ("command", "environment", "volumes", "exit_code", "named"),
+    [case[1:] for case in OVERRIDES],
+    ids=[case[0] for case in OVERRIDES],
+)
 def test_run_time_override_refuses_to_start(
-    client: docker.DockerClient, image: BuildResult, evil: dict[str, Path],
-    command: list[str] | None, environment: dict[str, str], volumes: dict[str, str], exit_code: int, named: str,
+    client: docker.DockerClient,
+    image: BuildResult,
+    evil: dict[str, Path],
+    command: list[str] | None,
+    environment: dict[str, str],
+    volumes: dict[str, str],
+    exit_code: int,
+    named: str,
 ) -> None:
     hosts = {**evil, "unsigned_version": evil["unsigned"] / "1"}
     code, logs = _run_to_exit(
-        client, image.tag, command=command, environment=environment,
+        client,
+        image.tag,
+        command=command,
+        environment=environment,
         volumes={str(hosts[key]): _ro(Path(target)) for key, target in volumes.items()},
     )
     assert code == exit_code, logs
@@ -474,7 +633,9 @@ TUNING = ["--rest_api_timeout_in_ms=5000", "--enable_batching", "--tensorflow_in
 def served(client: docker.DockerClient, image: BuildResult) -> Iterator[tuple]:
     """The image running with tuning flags (mounts under /models are refused: see OVERRIDES)."""
     container = client.containers.run(
-        image.tag, command=TUNING, detach=True,
+        image.tag,
+        command=TUNING,
+        detach=True,
         ports={"8500/tcp": ("127.0.0.1", None)},
     )
     try:
@@ -517,8 +678,10 @@ def test_version_dir_added_after_start_is_never_loaded(served) -> None:
     container, channel = served
     # As root inside the container (what no mount may do): a signed copy and an unsigned copy of
     # version 2 appear as versions 4 and 3 after verification.
-    for command in ("cp -r /models/half/2 /models/half/4",
-                    "cp -r /models/half/2 /models/half/3 && rm /models/half/3/model.sig"):
+    for command in (
+        "cp -r /models/half/2 /models/half/4",
+        "cp -r /models/half/2 /models/half/3 && rm /models/half/3/model.sig",
+    ):
         code, output = container.exec_run(["sh", "-c", command], user="0")
         assert code == 0, output
     time.sleep(POLL_WAIT_S)
@@ -532,14 +695,20 @@ def test_version_dir_added_after_start_is_never_loaded(served) -> None:
 
 @pytest.mark.docker
 def test_image_built_to_allow_reloads_verifies_every_reloaded_model(
-    client: docker.DockerClient, signed_model: Path, keys: dict[str, Path], evil: dict[str, Path],
+    client: docker.DockerClient,
+    signed_model: Path,
+    keys: dict[str, Path],
+    evil: dict[str, Path],
     image_tags: list[str],
 ) -> None:
-    result = build_image(signed_model, new_image_tag(image_tags, "reloadable"), public_key=keys["public"],
-                         allow_reload_config=True)
+    result = build_image(
+        signed_model, new_image_tag(image_tags, "reloadable"), public_key=keys["public"], allow_reload_config=True
+    )
     assert result.labels["dev.tfpack.reload-config"] == "verified"
     assert result.serving is not None and result.serving.allow_reload_config
-    extra = {str(evil[key].parent): _ro(Path(f"/mnt/{key}")) for key in ("unsigned", "attacker_signed", "trusted_signed")}
+    extra = {
+        str(evil[key].parent): _ro(Path(f"/mnt/{key}")) for key in ("unsigned", "attacker_signed", "trusted_signed")
+    }
     container = client.containers.run(result.tag, detach=True, ports={"8500/tcp": ("127.0.0.1", None)}, volumes=extra)
     try:
         container.reload()
@@ -560,8 +729,13 @@ def test_image_built_to_allow_reloads_verifies_every_reloaded_model(
 
 def test_allow_reload_config_needs_the_embedded_server(signed_model: Path, keys: dict[str, Path]) -> None:
     with pytest.raises(UsageError, match="--allow-reload-config needs --base embedded"):
-        build_image(signed_model, "tfpack-test/never:1", base="tensorflow/serving:2.21.0",
-                    public_key=keys["public"], allow_reload_config=True)
+        build_image(
+            signed_model,
+            "tfpack-test/never:1",
+            base="tensorflow/serving:2.21.0",
+            public_key=keys["public"],
+            allow_reload_config=True,
+        )
 
 
 # --- the build gate: the op scan ------------------------------------------------------------------
@@ -601,9 +775,20 @@ def test_build_refuses_a_signed_model_whose_op_scan_fails(
     import sys
 
     signed = subprocess.run(
-        [str(Path(sys.executable).with_name("model_signing")), "sign", "key", str(version_dir),
-         "--signature", str(version_dir / "model.sig"), "--private_key", str(keys["private"])],
-        capture_output=True, text=True, timeout=120)
+        [
+            str(Path(sys.executable).with_name("model_signing")),
+            "sign",
+            "key",
+            str(version_dir),
+            "--signature",
+            str(version_dir / "model.sig"),
+            "--private_key",
+            str(keys["private"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert signed.returncode == 0, signed.stderr
     tag = f"tfpack-test/hostile:{uuid.uuid4().hex[:10]}"
     with pytest.raises(UsageError) as refused:

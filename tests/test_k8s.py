@@ -15,9 +15,12 @@ import yaml
 from packager.errors import UsageError
 from packager.k8s import MARKER_FILE, kubernetes_name, render_manifests
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 IMAGE = "registry.example.com/ml/half_plus_two@sha256:" + "ab" * 32
 # The oldest Kubernetes minor still commonly run, and the newest the schema package knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _kubectl() -> None:
@@ -65,9 +68,7 @@ def gpu_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu", "."])
 @pytest.mark.parametrize("tree", ["cpu_tree", "gpu_tree"])
-def test_every_rendered_object_is_schema_valid(
-    tree: str, overlay: str, request: pytest.FixtureRequest
-) -> None:
+def test_every_rendered_object_is_schema_valid(tree: str, overlay: str, request: pytest.FixtureRequest) -> None:
     objects = kustomize(request.getfixturevalue(tree) / overlay)
     assert sorted(obj["kind"] for obj in objects) == [
         "Deployment",
@@ -97,9 +98,7 @@ def test_gpu_overlay_requests_gpus_and_tolerates_gpu_nodes(gpu_tree: Path) -> No
     # The base's CPU and memory bounds survive the patch.
     assert resources["limits"]["memory"] == "2Gi"
     assert resources["requests"]["cpu"] == "1"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-        "tolerations"
-    ]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
 def test_cpu_overlay_has_no_gpu_and_gpu_overlay_defaults_to_one(cpu_tree: Path) -> None:
@@ -247,9 +246,7 @@ def test_model_names_that_look_like_yaml_scalars_stay_strings(tmp_path: Path) ->
         ({"gpus": -1}, "negative"),
     ],
 )
-def test_bad_arguments_are_usage_errors_and_write_nothing(
-    tmp_path: Path, kwargs: dict[str, Any], message: str
-) -> None:
+def test_bad_arguments_are_usage_errors_and_write_nothing(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     arguments: dict[str, Any] = {"image": IMAGE, "model": "half_plus_two", **kwargs}
     with pytest.raises(UsageError, match=message):
         render_manifests(output_dir=tmp_path / "out", **arguments)

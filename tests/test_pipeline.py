@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from conftest import run_tfpack_process
 from factories.sources import build_keras3_multi_io, frozen_classifier_reference, write_frozen_classifier, write_keras3
 
@@ -77,9 +76,7 @@ def test_smoke_passes_for_each_model(model: str, pipeline) -> None:
 
 @pytest.fixture(scope="module")
 def running_container(pipeline, docker_client):
-    container = docker_client.containers.run(
-        pipeline["tag"], detach=True, ports={"8500/tcp": ("127.0.0.1", None)}
-    )
+    container = docker_client.containers.run(pipeline["tag"], detach=True, ports={"8500/tcp": ("127.0.0.1", None)})
     try:
         deadline = time.monotonic() + 180
         port = None
@@ -102,8 +99,9 @@ def running_container(pipeline, docker_client):
 
 
 def _predict(target: str, model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from packager.tf_runtime import tensorflow
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from packager.tf_runtime import tensorflow
 
     tf = tensorflow()
     request = predict_pb2.PredictRequest()
@@ -118,7 +116,10 @@ def _predict(target: str, model: str, feeds: dict[str, np.ndarray]) -> dict[str,
                 response = stub.Predict(request, timeout=30)
                 break
             except grpc.RpcError as exc:
-                if time.monotonic() > deadline or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                if time.monotonic() > deadline or exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
                     raise
                 time.sleep(1)
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
@@ -131,7 +132,10 @@ def test_container_serves_the_frozen_graphs_numbers(running_container: str) -> N
 
 
 def test_container_serves_the_keras_models_numbers(running_container: str) -> None:
-    feeds = {"features": np.full((3, 4), 0.25, np.float32), "extra": np.linspace(0, 1, 6, dtype=np.float32).reshape(3, 2)}
+    feeds = {
+        "features": np.full((3, 4), 0.25, np.float32),
+        "extra": np.linspace(0, 1, 6, dtype=np.float32).reshape(3, 2),
+    }
     score, probs = build_keras3_multi_io()([feeds["features"], feeds["extra"]])
     outputs = _predict(running_container, "multi", feeds)
     np.testing.assert_allclose(outputs["score"], np.asarray(score), rtol=1e-5, atol=1e-6)
@@ -182,7 +186,9 @@ def test_flipped_byte_inside_the_image_stops_the_container_and_fails_smoke(pipel
         docker_client.images.remove(tampered_tag, force=True)
 
 
-def test_certificate_signed_tower_model_builds_and_serves(tmp_path_factory: pytest.TempPathFactory, docker_client) -> None:
+def test_certificate_signed_tower_model_builds_and_serves(
+    tmp_path_factory: pytest.TempPathFactory, docker_client
+) -> None:
     """A merged multi-GPU tower model, signed with a certificate and built with --cert-chain:
     the entrypoint verifies it against the baked chain, and the embedded runtime places the
     towers softly on this CPU-only host (the image's session config)."""
@@ -194,8 +200,18 @@ def test_certificate_signed_tower_model_builds_and_serves(tmp_path_factory: pyte
     pki = make_pki(root / "pki")
     converted = tfpack_ok("convert", towers.prefix, "--name", "towers", "--output-dir", root / "models")
     assert converted["towers"] == "merge"
-    tfpack_ok("sign", converted["version_dir"], "--key", pki.leaf_key, "--cert", pki.leaf,
-              "--chain", pki.intermediate, "--chain", pki.root)
+    tfpack_ok(
+        "sign",
+        converted["version_dir"],
+        "--key",
+        pki.leaf_key,
+        "--cert",
+        pki.leaf,
+        "--chain",
+        pki.intermediate,
+        "--chain",
+        pki.root,
+    )
     tag = f"tfpack-test/towers:{uuid.uuid4().hex[:8]}"
     try:
         built = tfpack_ok("build", root / "models" / "towers", "--tag", tag, "--cert-chain", pki.root)
@@ -203,8 +219,9 @@ def test_certificate_signed_tower_model_builds_and_serves(tmp_path_factory: pyte
         report = tfpack_ok("smoke", tag, "--model", "towers")
         assert report["passed"] is True
         # A public key cannot stand in for the chain: the build refuses the certificate signature.
-        other = run_tfpack_process("build", root / "models" / "towers", "--tag", f"{tag}-key",
-                                   "--public-key", pki.leaf_public_key)
+        other = run_tfpack_process(
+            "build", root / "models" / "towers", "--tag", f"{tag}-key", "--public-key", pki.leaf_public_key
+        )
         assert other.exit_code == 3, other.stderr
     finally:
         docker_client.images.remove(tag, force=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories import batchnorm as bn
 from factories import unready_models as unready
 from factories.unready_models import (
@@ -25,6 +24,7 @@ from factories.unready_models import (
     write_sqrt_frozen,
     write_training_default_true_frozen,
 )
+
 from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, Goldens
 from packager.tf_runtime import tensorflow
 
@@ -72,8 +72,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_random_augmentation_is_refused_naming_the_random_ops(tfpack_cli, models: Path, tmp_path: Path) -> None:
     source = write_random_augmentation_frozen(models / "augment.pb")
-    message = assert_refused(convert(tfpack_cli, source, tmp_path), tmp_path,
-                             "determinism", "RandomUniform", "random_flip_left_right", "--allow-random")
+    message = assert_refused(
+        convert(tfpack_cli, source, tmp_path),
+        tmp_path,
+        "determinism",
+        "RandomUniform",
+        "random_flip_left_right",
+        "--allow-random",
+    )
     assert "--constant" not in message  # no control placeholder could switch it off
 
     # `tfpack scan` names them too (not denied: a deliberate stochastic model is legitimate).
@@ -81,7 +87,9 @@ def test_random_augmentation_is_refused_naming_the_random_ops(tfpack_cli, models
     assert scanned.exit_code == 0 and "random op(s)" in scanned.stdout and "RandomUniform" in scanned.stdout
 
 
-def test_allow_random_serves_a_stochastic_model_proven_with_seeded_ops(tfpack_cli, models: Path, tmp_path: Path) -> None:
+def test_allow_random_serves_a_stochastic_model_proven_with_seeded_ops(
+    tfpack_cli, models: Path, tmp_path: Path
+) -> None:
     source = write_random_augmentation_frozen(models / "augment_allowed.pb")
     result = convert(tfpack_cli, source, tmp_path, "--allow-random")
     assert result.exit_code == 0, result.stderr
@@ -94,10 +102,18 @@ def test_allow_random_serves_a_stochastic_model_proven_with_seeded_ops(tfpack_cl
     assert_finite_goldens(Path(report["version_dir"]))
 
 
-def test_a_training_flag_defaulting_to_true_names_the_constant_that_fixes_it(tfpack_cli, models: Path, tmp_path: Path) -> None:
+def test_a_training_flag_defaulting_to_true_names_the_constant_that_fixes_it(
+    tfpack_cli, models: Path, tmp_path: Path
+) -> None:
     source = write_training_default_true_frozen(models / "training_true.pb")
-    assert_refused(convert(tfpack_cli, source, tmp_path), tmp_path,
-                   "determinism", "dropout", "--constant training=false", "--allow-random")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path),
+        tmp_path,
+        "determinism",
+        "dropout",
+        "--constant training=false",
+        "--allow-random",
+    )
 
     result = convert(tfpack_cli, source, tmp_path, "--constant", "training=false")
     assert result.exit_code == 0, result.stderr
@@ -111,9 +127,15 @@ def test_a_training_flag_defaulting_to_true_names_the_constant_that_fixes_it(tfp
 
 def test_a_label_free_loss_and_the_optimizer_are_never_served(tfpack_cli, models: Path, tmp_path: Path) -> None:
     prefix = write_labelfree_loss_checkpoint(models / "autoencoder")
-    message = assert_refused(convert(tfpack_cli, prefix, tmp_path), tmp_path,
-                             "every sink is training machinery", "Mean_1 (a loss", "no batch dimension",
-                             "MatMul_1", "--outputs")
+    message = assert_refused(
+        convert(tfpack_cli, prefix, tmp_path),
+        tmp_path,
+        "every sink is training machinery",
+        "Mean_1 (a loss",
+        "no batch dimension",
+        "MatMul_1",
+        "--outputs",
+    )
     assert "gradients/" not in message.split("candidates left")[-1]
 
     # inspect shows the same refusal before anything is written.
@@ -154,8 +176,12 @@ def test_non_finite_outputs_on_sample_inputs_are_never_an_equivalence(tfpack_cli
     source = write_sqrt_frozen(models / "sqrt_negative.pb")
     negative = tmp_path / "negative.npz"
     np.savez(negative, x=-np.ones((2, 3), np.float32))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", negative), tmp_path / "out",
-                   "non-finite", "sample inputs")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", negative),
+        tmp_path / "out",
+        "non-finite",
+        "sample inputs",
+    )
 
 
 def test_a_small_vocabulary_embedding_gets_ids_across_its_table(tfpack_cli, models: Path, tmp_path: Path) -> None:
@@ -180,7 +206,9 @@ def test_a_small_vocabulary_embedding_gets_ids_across_its_table(tfpack_cli, mode
     np.testing.assert_allclose(goldens.outputs["pooled"], table[goldens.inputs["ids"]].sum(axis=1))
 
 
-def test_a_keras_model_with_a_free_time_axis_converts_at_a_length_its_pooling_allows(tmp_path: Path, tfpack_cli) -> None:
+def test_a_keras_model_with_a_free_time_axis_converts_at_a_length_its_pooling_allows(
+    tmp_path: Path, tfpack_cli
+) -> None:
     import keras
 
     inputs = keras.Input(shape=(None, 3), name="frames")
@@ -215,11 +243,20 @@ def dense_batchnorm(models: Path) -> bn.BatchNormCheckpoint:
 
 @pytest.mark.parametrize("which", ["slim_batchnorm", "dense_batchnorm"])
 def test_batch_statistics_are_refused_then_rewritten_to_the_moving_statistics(
-    which: str, request: pytest.FixtureRequest, tfpack_cli, tmp_path: Path,
+    which: str,
+    request: pytest.FixtureRequest,
+    tfpack_cli,
+    tmp_path: Path,
 ) -> None:
     model: bn.BatchNormCheckpoint = request.getfixturevalue(which)
-    assert_refused(convert(tfpack_cli, model.prefix, tmp_path), tmp_path,
-                   "batch norm", "training=True", "--batchnorm inference", "--batchnorm batch")
+    assert_refused(
+        convert(tfpack_cli, model.prefix, tmp_path),
+        tmp_path,
+        "batch norm",
+        "training=True",
+        "--batchnorm inference",
+        "--batchnorm batch",
+    )
 
     result = convert(tfpack_cli, model.prefix, tmp_path, "--batchnorm", "inference")
     assert result.exit_code == 0, result.stderr
@@ -231,14 +268,23 @@ def test_batch_statistics_are_refused_then_rewritten_to_the_moving_statistics(
     (key,) = served
     np.testing.assert_allclose(served[key], model.inference_outputs(batch), rtol=1e-4, atol=1e-5)
     # One sample alone equals itself inside the batch: no batch statistics left.
-    np.testing.assert_allclose(serve(version_dir, **{bn.INPUT: batch[2:3]})[key], served[key][2:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        serve(version_dir, **{bn.INPUT: batch[2:3]})[key], served[key][2:3], rtol=1e-5, atol=1e-6
+    )
     assert provenance(version_dir)["rewrites"]["batchnorm_rewritten"]
     assert_finite_goldens(version_dir)
 
 
-def test_batchnorm_batch_keeps_batch_statistics_only_with_batch_dependent(slim_batchnorm, tfpack_cli, tmp_path: Path) -> None:
-    assert_refused(convert(tfpack_cli, slim_batchnorm.prefix, tmp_path, "--batchnorm", "batch"), tmp_path,
-                   "batch_independence", "FusedBatchNormV3", "--batch-dependent")
+def test_batchnorm_batch_keeps_batch_statistics_only_with_batch_dependent(
+    slim_batchnorm, tfpack_cli, tmp_path: Path
+) -> None:
+    assert_refused(
+        convert(tfpack_cli, slim_batchnorm.prefix, tmp_path, "--batchnorm", "batch"),
+        tmp_path,
+        "batch_independence",
+        "FusedBatchNormV3",
+        "--batch-dependent",
+    )
 
     result = convert(tfpack_cli, slim_batchnorm.prefix, tmp_path, "--batchnorm", "batch", "--batch-dependent")
     assert result.exit_code == 0, result.stderr
@@ -259,13 +305,14 @@ def test_merged_towers_serve_a_batch_of_one(tfpack_cli, tmp_path: Path) -> None:
                 with tf.device(f"/gpu:{index}"), tf.name_scope(f"tower_{index}"):
                     x = v1.placeholder(tf.float32, [None, None], name="x")
                     scale = v1.get_variable("scale", initializer=np.float32(1.5))
-                    halves = tf.map_fn(lambda row: row[: tf.shape(row)[0] // 2] * scale, x)
+                    halves = tf.map_fn(lambda row, scale=scale: row[: tf.shape(row)[0] // 2] * scale, x)
                     tf.identity(tf.reduce_sum(halves, axis=1, keepdims=True), name="out")
                     v1.get_variable_scope().reuse_variables()
         with v1.Session(graph=graph, config=v1.ConfigProto(allow_soft_placement=True)) as session:
             session.run(v1.global_variables_initializer())
             frozen = v1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), ["tower_0/out", "tower_1/out"])
+                session, graph.as_graph_def(), ["tower_0/out", "tower_1/out"]
+            )
     source = tmp_path / "towers.pb"
     source.write_bytes(frozen.SerializeToString())
     result = convert(tfpack_cli, source, tmp_path / "out")
@@ -284,8 +331,12 @@ def test_a_saved_model_input_the_outputs_do_not_need_stays_accepted(tfpack_cli, 
     tf = tensorflow()
 
     class Classifier(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features"),
-                                      tf.TensorSpec([None], tf.int32, name="label_ids")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 3], tf.float32, name="features"),
+                tf.TensorSpec([None], tf.int32, name="label_ids"),
+            ]
+        )
         def serve(self, features, label_ids):
             del label_ids  # a BERT-style export declares it; inference ignores it
             return {"probabilities": tf.nn.softmax(features * 2.0)}
@@ -317,7 +368,9 @@ def test_inspect_takes_the_signature_flags_and_prints_every_verdict(tfpack_cli, 
     assert list(tmp_path.iterdir()) == []  # inspect writes nothing
 
 
-def test_sample_inputs_become_the_goldens_and_their_digest_is_recorded(tfpack_cli, models: Path, tmp_path: Path) -> None:
+def test_sample_inputs_become_the_goldens_and_their_digest_is_recorded(
+    tfpack_cli, models: Path, tmp_path: Path
+) -> None:
     source = write_training_default_true_frozen(models / "sampled.pb")
     body = tmp_path / "request.json"
     body.write_text(json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5], [-1.0, 0.0, 1.0, 2.0]]}))
@@ -333,8 +386,12 @@ def test_sample_inputs_become_the_goldens_and_their_digest_is_recorded(tfpack_cl
 
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, features=np.ones((2, 4), np.float32))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out2", "--constant", "training=false",
-                           "--sample-inputs", wrong), tmp_path / "out2", "--sample-inputs", "x")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out2", "--constant", "training=false", "--sample-inputs", wrong),
+        tmp_path / "out2",
+        "--sample-inputs",
+        "x",
+    )
 
 
 def test_progress_is_one_line_per_step_with_its_duration_when_not_a_terminal(models: Path, tmp_path: Path) -> None:
@@ -358,39 +415,65 @@ def test_progress_is_one_line_per_step_with_its_duration_when_not_a_terminal(mod
 @pytest.mark.parametrize("build", [unready.flattened_batch_mix, unready.first_sample_only])
 def test_outputs_that_are_not_one_row_per_sample_are_refused(build, tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "model.pb", build)
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "batch_independence", "not one per sample", "--batch-dependent")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"),
+        tmp_path / "out",
+        "batch_independence",
+        "not one per sample",
+        "--batch-dependent",
+    )
 
 
-@pytest.mark.parametrize("build, needle", [
-    (unready.tiny_noise, "RandomStandardNormal"),  # 1e-7: far below the tolerance, still random
-    (unready.fixed_seed_dropout, "StatelessRandomUniform"),  # the same mask on every request
-])
+@pytest.mark.parametrize(
+    "build, needle",
+    [
+        (unready.tiny_noise, "RandomStandardNormal"),  # 1e-7: far below the tolerance, still random
+        (unready.fixed_seed_dropout, "StatelessRandomUniform"),  # the same mask on every request
+    ],
+)
 def test_random_ops_are_refused_however_small_or_seeded(build, needle: str, tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "model.pb", build)
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "determinism", needle, "--allow-random")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out", "determinism", needle, "--allow-random"
+    )
 
 
 def test_allow_random_needs_random_ops_and_still_refuses_a_batch_mix(tfpack_cli, tmp_path: Path) -> None:
     deterministic = unready.write_frozen(tmp_path / "centred.pb", unready.centred_over_the_batch)
-    assert_refused(convert(tfpack_cli, deterministic, tmp_path / "out", "--allow-random"), tmp_path / "out",
-                   "no random op", "drop --allow-random")
+    assert_refused(
+        convert(tfpack_cli, deterministic, tmp_path / "out", "--allow-random"),
+        tmp_path / "out",
+        "no random op",
+        "drop --allow-random",
+    )
     stochastic = unready.write_frozen(tmp_path / "dropout_mix.pb", unready.dropout_and_batch_mix)
-    assert_refused(convert(tfpack_cli, stochastic, tmp_path / "out", "--allow-random"), tmp_path / "out",
-                   "batch_independence", "Mean over axis 0", "--batch-dependent")
+    assert_refused(
+        convert(tfpack_cli, stochastic, tmp_path / "out", "--allow-random"),
+        tmp_path / "out",
+        "batch_independence",
+        "Mean over axis 0",
+        "--batch-dependent",
+    )
 
 
 def test_identical_integer_samples_do_not_hide_a_batch_mix(tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "ids.pb", unready.embedding_centred_over_the_batch)
     one_sample = tmp_path / "one.npz"
     np.savez(one_sample, ids=np.array([2], np.int32))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", one_sample), tmp_path / "out",
-                   "batch_independence", "Mean over axis 0")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", one_sample),
+        tmp_path / "out",
+        "batch_independence",
+        "Mean over axis 0",
+    )
     all_zero = tmp_path / "zeros.npz"  # rows that cannot be varied within the ids the file shows
     np.savez(all_zero, ids=np.zeros(3, np.int32))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", all_zero), tmp_path / "out",
-                   "samples are identical", "Mean over axis 0")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", all_zero),
+        tmp_path / "out",
+        "samples are identical",
+        "Mean over axis 0",
+    )
 
 
 def test_batchnorm_inference_never_borrows_another_layers_statistics(tfpack_cli, models: Path, tmp_path: Path) -> None:
@@ -406,8 +489,12 @@ def test_a_scalar_input_beside_a_batched_one_keeps_both_checks(tfpack_cli, tmp_p
         def __init__(self) -> None:
             self.w = tf.Variable(unready.MIX_WEIGHTS)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
-                                      tf.TensorSpec([], tf.float32, name="temperature")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 4], tf.float32, name="x"),
+                tf.TensorSpec([], tf.float32, name="temperature"),
+            ]
+        )
         def serve(self, x, temperature):
             hidden = tf.matmul(x, self.w) / temperature
             return {"y": hidden - tf.reduce_mean(hidden, axis=0), "mean": tf.reduce_mean(hidden)}
@@ -415,10 +502,15 @@ def test_a_scalar_input_beside_a_batched_one_keeps_both_checks(tfpack_cli, tmp_p
     module = Scaled()
     source = tmp_path / "saved"
     tf.saved_model.save(module, str(source), signatures={"serving_default": module.serve})
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "inference_outputs", "mean (no batch dimension")
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--outputs", "y"), tmp_path / "out",
-                   "batch_independence", "Mean over axis 0")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out", "inference_outputs", "mean (no batch dimension"
+    )
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--outputs", "y"),
+        tmp_path / "out",
+        "batch_independence",
+        "Mean over axis 0",
+    )
 
 
 def test_split_towers_take_one_sample_file_for_every_tower(tfpack_cli, tmp_path: Path) -> None:
@@ -438,45 +530,72 @@ def test_split_towers_take_one_sample_file_for_every_tower(tfpack_cli, tmp_path:
 
 def test_batch_statistics_behind_a_training_flag_name_the_constant_that_fixes_them(tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "bn_flag.pb", unready.batchnorm_behind_a_training_flag)
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "batch_independence", "is_training", "--constant is_training=false")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"),
+        tmp_path / "out",
+        "batch_independence",
+        "is_training",
+        "--constant is_training=false",
+    )
     same = tmp_path / "same.npz"  # one request repeated: the samples are varied, the mix still shows
     np.savez(same, x=np.tile(np.array([[0.5, 1.0, -1.0, 2.0]], np.float32), (3, 1)))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same), tmp_path / "out",
-                   "batch_independence")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same), tmp_path / "out", "batch_independence"
+    )
     fixed = convert(tfpack_cli, source, tmp_path / "out", "--constant", "is_training=false")
     assert fixed.exit_code == 0, fixed.stderr
 
 
 def test_random_ops_behind_a_condition_on_the_request_are_refused(tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "data_cond.pb", unready.random_behind_a_data_condition)
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "determinism", "behind a condition", "RandomUniform", "--allow-random")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"),
+        tmp_path / "out",
+        "determinism",
+        "behind a condition",
+        "RandomUniform",
+        "--allow-random",
+    )
 
 
-@pytest.mark.parametrize("build, flags", [
-    (unready.mean_over_runtime_axes, ()),
-    (unready.dropout_and_runtime_axes_mix, ("--allow-random",)),
-])
+@pytest.mark.parametrize(
+    "build, flags",
+    [
+        (unready.mean_over_runtime_axes, ()),
+        (unready.dropout_and_runtime_axes_mix, ("--allow-random",)),
+    ],
+)
 def test_a_batch_mix_with_runtime_axes_is_found_by_its_numbers(build, flags, tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "mix.pb", build)
     same = tmp_path / "same.npz"
     np.savez(same, x=np.tile(np.array([[0.5, 1.0, -1.0, 2.0]], np.float32), (3, 1)))
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same, *flags), tmp_path / "out",
-                   "batch_independence", "axes known only at run time")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out", "--sample-inputs", same, *flags),
+        tmp_path / "out",
+        "batch_independence",
+        "axes known only at run time",
+    )
 
 
 def test_a_fixed_seed_random_crop_is_random(tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "crop.pb", unready.stateless_random_crop)
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out"), tmp_path / "out",
-                   "determinism", "StatelessSampleDistortedBoundingBox")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out"),
+        tmp_path / "out",
+        "determinism",
+        "StatelessSampleDistortedBoundingBox",
+    )
 
 
 def test_a_function_call_is_no_random_op(tfpack_cli, tmp_path: Path) -> None:
     source = unready.write_frozen(tmp_path / "call.pb", unready.deterministic_function_call)
     assert convert(tfpack_cli, source, tmp_path / "out").exit_code == 0
-    assert_refused(convert(tfpack_cli, source, tmp_path / "out2", "--allow-random"), tmp_path / "out2",
-                   "no random op", "drop --allow-random")
+    assert_refused(
+        convert(tfpack_cli, source, tmp_path / "out2", "--allow-random"),
+        tmp_path / "out2",
+        "no random op",
+        "drop --allow-random",
+    )
 
 
 def test_allow_random_proves_map_fn_draws_and_merged_towers(tfpack_cli, tmp_path: Path) -> None:
@@ -485,8 +604,15 @@ def test_allow_random_proves_map_fn_draws_and_merged_towers(tfpack_cli, tmp_path
     class Noisy(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
         def serve(self, x):
-            return {"y": tf.map_fn(lambda row: row * tf.random.truncated_normal([4])
-                                   + tf.cast(tf.random.uniform([], 0, 4, tf.int32), tf.float32), x)}
+            return {
+                "y": tf.map_fn(
+                    lambda row: (
+                        row * tf.random.truncated_normal([4])
+                        + tf.cast(tf.random.uniform([], 0, 4, tf.int32), tf.float32)
+                    ),
+                    x,
+                )
+            }
 
     module = Noisy()
     tf.saved_model.save(module, str(tmp_path / "noisy"), signatures={"serving_default": module.serve})
@@ -506,7 +632,8 @@ def test_allow_random_proves_map_fn_draws_and_merged_towers(tfpack_cli, tmp_path
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             frozen = v1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), ["tower_0/y", "tower_1/y"])
+                session, graph.as_graph_def(), ["tower_0/y", "tower_1/y"]
+            )
     towers = tmp_path / "towers.pb"
     towers.write_bytes(frozen.SerializeToString())
     merged = convert(tfpack_cli, towers, tmp_path / "out2", "--allow-random")
@@ -518,14 +645,16 @@ def test_a_keras_lstm_with_dropout_converts(tfpack_cli, tmp_path: Path) -> None:
     import keras
 
     steps = keras.Input(shape=(6, 3), name="steps")
-    model = keras.Model(steps, keras.layers.Dense(2, name="scores")(
-        keras.layers.LSTM(5, dropout=0.3, recurrent_dropout=0.2)(steps)))
+    model = keras.Model(
+        steps, keras.layers.Dense(2, name="scores")(keras.layers.LSTM(5, dropout=0.3, recurrent_dropout=0.2)(steps))
+    )
     model.save(tmp_path / "lstm.keras")
     result = convert(tfpack_cli, tmp_path / "lstm.keras", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
     goldens = Goldens.load(Path(json.loads(result.stdout)["version_dir"]) / GOLDENS_FILE)
-    np.testing.assert_allclose(goldens.outputs["scores"], model.predict(goldens.inputs["steps"], verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        goldens.outputs["scores"], model.predict(goldens.inputs["steps"], verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_constant_table_output_is_served_when_named_and_the_rest_still_checked(tfpack_cli, tmp_path: Path) -> None:
@@ -541,8 +670,12 @@ def test_a_constant_table_output_is_served_when_named_and_the_rest_still_checked
 
     module = WithClasses()
     tf.saved_model.save(module, str(tmp_path / "saved"), signatures={"serving_default": module.serve})
-    assert_refused(convert(tfpack_cli, tmp_path / "saved", tmp_path / "out"), tmp_path / "out",
-                   "inference_outputs", "classes (a constant with no batch dimension")
+    assert_refused(
+        convert(tfpack_cli, tmp_path / "saved", tmp_path / "out"),
+        tmp_path / "out",
+        "inference_outputs",
+        "classes (a constant with no batch dimension",
+    )
     named = convert(tfpack_cli, tmp_path / "saved", tmp_path / "out", "--outputs", "y,classes")
     assert named.exit_code == 0, named.stderr
     readiness = json.loads(named.stdout)["readiness"]

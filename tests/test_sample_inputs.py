@@ -17,6 +17,8 @@ from packager.graph.frozen_model import TensorRef
 from packager.sample_inputs import SampleInputs, load_sample_inputs
 from packager.tf_runtime import tensorflow
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 IMAGE = TensorRef("image", "pixels:0", "float32", (None, 3, 2))
 IDS = TensorRef("ids", "input_ids:0", "int32", (None, 4))
 TEXT = TensorRef("text", "text_in:0", "string", (None,))
@@ -316,7 +318,15 @@ def test_json_shape_batch_and_value_errors(tmp_path: Path) -> None:
         ("\udcff", "not a TF Serving REST request body (JSON)"),
     ],
     ids=[
-        "invalid", "list", "string", "both", "neither", "instances-object", "signature-type", "deep", "empty",
+        "invalid",
+        "list",
+        "string",
+        "both",
+        "neither",
+        "instances-object",
+        "signature-type",
+        "deep",
+        "empty",
         "bad-utf8",
     ],
 )
@@ -426,8 +436,17 @@ def test_format_is_sniffed_without_a_known_suffix(tmp_path: Path) -> None:
     want = _arrays()
     npz = _npz(tmp_path, name="samples.bin", **want)
     assert load_sample_inputs(npz, INPUTS).format == "npz"
-    body = _json(tmp_path, {"inputs": {"image": want["image"].tolist(), "ids": want["ids"].tolist(),
-                                       "text": [v.decode() for v in want["text"]]}}, name="body.txt")
+    body = _json(
+        tmp_path,
+        {
+            "inputs": {
+                "image": want["image"].tolist(),
+                "ids": want["ids"].tolist(),
+                "text": [v.decode() for v in want["text"]],
+            }
+        },
+        name="body.txt",
+    )
     assert load_sample_inputs(body, INPUTS).format == "json"
     record = _tfrecord(tmp_path, [_log(want)], name="requests.log")
     assert load_sample_inputs(record, INPUTS).format == "tfrecord"

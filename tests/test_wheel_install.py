@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import pytest
 from conftest import REPO, CliResult, new_image_tag
 from factories.sources import write_frozen_classifier
@@ -184,6 +185,14 @@ def test_convert_sign_build_smoke_and_k8s_from_the_installed_tfpack(
     version_dir = Path(converted["version_dir"])
     _tfpack(installed, "sign", version_dir, "--key", signing_keys["private"])
 
+    # A project-local venv inside the user's own git repository: its commit is not tfpack's.
+    project = installed.venv.parent
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "-c", "user.name=u", "-c", "user.email=u@e", "commit", "-q", "--allow-empty", "-m", "user's project"],
+    ):
+        _check(_run(command, cwd=project), " ".join(command[:2]))
+
     tag = new_image_tag(image_tags, "wheel-install")
     built = _tfpack(
         installed,
@@ -199,6 +208,9 @@ def test_convert_sign_build_smoke_and_k8s_from_the_installed_tfpack(
     # The cached runtime base: its key does not depend on how tfpack is installed.
     assert built["base"] == _runtime_base.runtime_base_tag()
     assert built["models"] == {MODEL: [1]}
+
+    labels = docker.from_env().images.get(tag).labels
+    assert "org.opencontainers.image.revision" not in labels and "org.opencontainers.image.source" not in labels
 
     report = _tfpack(installed, "smoke", tag, "--model", MODEL, "--report", installed.work / "smoke.json")
     assert report["passed"] is True

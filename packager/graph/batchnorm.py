@@ -170,22 +170,28 @@ def rewrite_to_inference(
             node.attr["is_training"].b = False
             node.input[3], node.input[4] = site.moving_mean, site.moving_variance
             description.append(
-                f"{site.op}: is_training=False, mean {site.moving_mean}, variance {site.moving_variance}")
+                f"{site.op}: is_training=False, mean {site.moving_mean}, variance {site.moving_variance}"
+            )
         else:
             assert site.batch_mean is not None and site.batch_variance is not None
-            mean_op, variance_op = site.ops
+            mean_op, _variance_op = site.ops
             exempt = _variance_computation(rewritten, mean_op)
             _substitute(rewritten, nodes, site.batch_mean, site.moving_mean, taken, exempt)
             _substitute(rewritten, nodes, site.batch_variance, site.moving_variance, taken, frozenset())
             description.append(
                 f"{site.scope}: batch mean {site.batch_mean} -> {site.moving_mean}, "
-                f"batch variance {site.batch_variance} -> {site.moving_variance}")
+                f"batch variance {site.batch_variance} -> {site.moving_variance}"
+            )
     _drop_newly_dead(rewritten, consumed_before, frozenset(keep))
     return rewritten, description
 
 
 def apply_batchnorm_mode(
-    graph_def: GraphDef, mode: BatchNormMode, *, within: Collection[str] | None = None, keep: Collection[str] = (),
+    graph_def: GraphDef,
+    mode: BatchNormMode,
+    *,
+    within: Collection[str] | None = None,
+    keep: Collection[str] = (),
     source: str = "the model",
 ) -> tuple[GraphDef, list[BatchNormSite], list[str]]:
     """``--batchnorm auto|inference|batch`` in one call.
@@ -225,7 +231,8 @@ def apply_batchnorm_mode(
         if site.moving_mean is not None:
             tower = _TOWER_PREFIX.match(site.scope)
             claimed.setdefault((site.moving_mean, site.moving_variance), set()).add(
-                site.scope[tower.end():] if tower else site.scope)
+                site.scope[tower.end() :] if tower else site.scope
+            )
     shared = {pair: scopes for pair, scopes in claimed.items() if len(scopes) > 1}
     if shared:
         (mean, _), scopes = next(iter(shared.items()))
@@ -291,7 +298,7 @@ def _const_behind(index: GraphIndex, graph_input: str) -> str | None:
 
 
 def _statistic_name(const_name: str) -> str | None:
-    """"moving_mean"/"moving_variance" when a Const is named as a layer's moving statistic."""
+    """ "moving_mean"/"moving_variance" when a Const is named as a layer's moving statistic."""
     last = const_name.rsplit("/", 1)[-1]
     return last if last in (MOVING_MEAN, MOVING_VARIANCE) else None
 
@@ -318,7 +325,7 @@ def _by_scope(index: GraphIndex, scope: str) -> tuple[str | None, str | None]:
     candidates = [scope]
     tower = _TOWER_PREFIX.match(scope)
     if tower:
-        candidates.append(scope[tower.end():])
+        candidates.append(scope[tower.end() :])
     for prefix in candidates:
         mean, variance = index.nodes.get(f"{prefix}/{MOVING_MEAN}"), index.nodes.get(f"{prefix}/{MOVING_VARIANCE}")
         if mean is not None and variance is not None and mean.op == "Const" and variance.op == "Const":
@@ -372,12 +379,21 @@ def _fused_site(index: GraphIndex, node: NodeDef) -> BatchNormSite | None:
     # tf.compat.v1.layers (it reads them for the fused running-average update); slim passes
     # empty constants, and tf_keras a Bessel-corrected variance, so fall back to scope and update.
     mean, variance = _const_behind(index, inputs[3]), _const_behind(index, inputs[4])
-    if mean is None or _statistic_name(mean) != MOVING_MEAN or variance is None or _statistic_name(variance) != MOVING_VARIANCE:
+    if (
+        mean is None
+        or _statistic_name(mean) != MOVING_MEAN
+        or variance is None
+        or _statistic_name(variance) != MOVING_VARIANCE
+    ):
         mean, variance = _by_scope(index, scope)
     if mean is None or variance is None:
         mean, variance = _by_update(index, f"{node.name}:1"), _by_update(index, f"{node.name}:2")
     return BatchNormSite(
-        kind="fused", ops=(str(node.name),), scope=scope, moving_mean=mean, moving_variance=variance,
+        kind="fused",
+        ops=(str(node.name),),
+        scope=scope,
+        moving_mean=mean,
+        moving_variance=variance,
         unrewritable=_renorm(index, scope),
     )
 
@@ -449,9 +465,14 @@ def _moments_site(index: GraphIndex, mean_node: NodeDef) -> BatchNormSite | None
     if moving_mean is None or moving_variance is None:
         moving_mean, moving_variance = _by_update(index, batch_mean), _by_update(index, batch_variance)
     return BatchNormSite(
-        kind="moments", ops=(str(mean_node.name), variance_name), scope=scope,
-        batch_mean=batch_mean, batch_variance=batch_variance,
-        moving_mean=moving_mean, moving_variance=moving_variance, unrewritable=_renorm(index, scope),
+        kind="moments",
+        ops=(str(mean_node.name), variance_name),
+        scope=scope,
+        batch_mean=batch_mean,
+        batch_variance=batch_variance,
+        moving_mean=moving_mean,
+        moving_variance=moving_variance,
+        unrewritable=_renorm(index, scope),
     )
 
 
@@ -462,7 +483,8 @@ def _variance_computation(graph_def: GraphDef, mean_op: str) -> frozenset[str]:
     """The consumers of the batch mean that compute the variance (StopGradient, SquaredDifference):
     they must keep reading the batch mean."""
     return frozenset(
-        node.name for node in graph_def.node
+        node.name
+        for node in graph_def.node
         if node.op in ("StopGradient", "SquaredDifference") and any(input_op_name(i) == mean_op for i in node.input)
     )
 
@@ -512,8 +534,11 @@ def _drop_newly_dead(graph_def: GraphDef, consumed_before: set[str], keep: froze
     while True:
         consumed = {input_op_name(i) for node in graph_def.node for i in node.input}
         dead = {
-            node.name for node in graph_def.node
-            if node.name in consumed_before and node.name not in consumed and node.name not in keep
+            node.name
+            for node in graph_def.node
+            if node.name in consumed_before
+            and node.name not in consumed
+            and node.name not in keep
             and node.op not in ("Placeholder", "PlaceholderWithDefault")
         }
         if not dead:

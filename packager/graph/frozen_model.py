@@ -47,7 +47,7 @@ class TensorRef:
         return self.tensor_name.rsplit(":", 1)[0]
 
     def summary(self) -> TensorSummary:
-        return TensorSummary(dtype=self.dtype, shape=list(self.shape) if self.shape is not None else None)  # type: ignore[arg-type]
+        return TensorSummary(dtype=self.dtype, shape=list(self.shape) if self.shape is not None else None)
 
     def to_json(self) -> dict[str, Any]:  # a JSON object: values of several types
         return {

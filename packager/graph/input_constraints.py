@@ -83,7 +83,7 @@ class InputConstraint:
 
 
 def _tensor_name(graph_input: str) -> str:
-    """"op:1" for a NodeDef input or a tensor name; "op" means "op:0"."""
+    """ "op:1" for a NodeDef input or a tensor name; "op" means "op:0"."""
     op_name, _, index = graph_input.partition(":")
     return f"{op_name}:{index or '0'}"
 
@@ -125,10 +125,7 @@ class _Graph:
         node = self.source_const(tensor)
         if node is None:
             return None
-        if node.op == "Const":
-            proto_shape = node.attr["value"].tensor.tensor_shape
-        else:
-            proto_shape = node.attr["shape"].shape
+        proto_shape = node.attr["value"].tensor.tensor_shape if node.op == "Const" else node.attr["shape"].shape
         if proto_shape.unknown_rank or any(d.size < 0 for d in proto_shape.dim):
             return None
         return tuple(int(d.size) for d in proto_shape.dim)
@@ -143,19 +140,45 @@ class _Graph:
 
 
 # Ops whose single output is their first input's values, unchanged.
-_IDENTITY_LIKE = frozenset({
-    "Identity", "Snapshot", "StopGradient", "PreventGradient", "CheckNumerics", "EnsureShape",
-    "DebugIdentity", "DebugIdentityV2",
-})
+_IDENTITY_LIKE = frozenset(
+    {
+        "Identity",
+        "Snapshot",
+        "StopGradient",
+        "PreventGradient",
+        "CheckNumerics",
+        "EnsureShape",
+        "DebugIdentity",
+        "DebugIdentityV2",
+    }
+)
 # Ops whose output holds a subset or a rearrangement of their first input's values (possibly
 # repeated), never new ones: an index bound or a sign downstream applies to the input as well.
 # A PlaceholderWithDefault passes its default on when not fed (forward only: walking back to a
 # table, a feedable default is no constant).
-_MOVES_FIRST_INPUT = _IDENTITY_LIKE | frozenset({
-    "PlaceholderWithDefault", "Cast", "Reshape", "ExpandDims", "Squeeze", "Transpose",
-    "StridedSlice", "Slice", "Tile", "BroadcastTo", "ReverseV2", "Reverse", "Gather", "GatherV2",
-    "GatherNd", "SpaceToBatchND", "BatchToSpaceND", "SpaceToDepth", "DepthToSpace",
-})
+_MOVES_FIRST_INPUT = _IDENTITY_LIKE | frozenset(
+    {
+        "PlaceholderWithDefault",
+        "Cast",
+        "Reshape",
+        "ExpandDims",
+        "Squeeze",
+        "Transpose",
+        "StridedSlice",
+        "Slice",
+        "Tile",
+        "BroadcastTo",
+        "ReverseV2",
+        "Reverse",
+        "Gather",
+        "GatherV2",
+        "GatherNd",
+        "SpaceToBatchND",
+        "BatchToSpaceND",
+        "SpaceToDepth",
+        "DepthToSpace",
+    }
+)
 # Not here on purpose: Pad and MirrorPad (Pad adds zeros, which would break a Log downstream
 # even for positive inputs), and every arithmetic op.
 
@@ -246,9 +269,18 @@ def _integral_constant(graph: _Graph, tensor: str) -> bool:
 
 _NEEDS_POSITIVE = frozenset({"Sqrt", "Rsqrt", "Log", "Log1p"})
 _DIVIDES_BY_FIRST = frozenset({"Reciprocal", "Inv"})
-_DIVIDES_BY_SECOND = frozenset({
-    "RealDiv", "Div", "FloorDiv", "TruncateDiv", "FloorMod", "Mod", "TruncateMod", "Xdivy",
-})
+_DIVIDES_BY_SECOND = frozenset(
+    {
+        "RealDiv",
+        "Div",
+        "FloorDiv",
+        "TruncateDiv",
+        "FloorMod",
+        "Mod",
+        "TruncateMod",
+        "Xdivy",
+    }
+)
 
 
 def _sign_needs(node: NodeDef, slot: int, graph: _Graph) -> tuple[bool, bool]:
@@ -315,4 +347,3 @@ def derive_input_constraints(graph_def: GraphDef, inputs: Iterable[TensorRef]) -
         if constraint.constrained:
             constraints[ref.key] = constraint
     return constraints
-

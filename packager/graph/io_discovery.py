@@ -28,20 +28,66 @@ PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderV2"})
 # Sinks of these types are never serving outputs: they produce no value a client wants.
 _NON_OUTPUT_OPS = frozenset(
     {
-        "NoOp", "Const", "Assert", "Print", "PrintV2", "Placeholder", "PlaceholderV2",
-        "PlaceholderWithDefault", "VarHandleOp", "Variable", "VariableV2", "VarIsInitializedOp",
-        "IsVariableInitialized", "SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore",
-        "RestoreSlice", "MergeV2Checkpoints", "ShardedFilename", "StringJoin", "Assign",
-        "AssignAdd", "AssignSub", "AssignVariableOp", "AssignAddVariableOp",
-        "AssignSubVariableOp", "ReadVariableOp", "DestroyResourceOp", "MakeIterator",
-        "IteratorToStringHandle", "IteratorV2", "Iterator", "OneShotIterator",
-        "AnonymousIteratorV2", "DeleteIterator", "QueueEnqueueV2", "QueueEnqueueManyV2",
-        "QueueCloseV2", "QueueSizeV2", "InitializeTableV2", "InitializeTableFromTextFileV2",
-        "HashTableV2", "MutableHashTableV2", "WriteSummary", "FlushSummaryWriter",
-        "CreateSummaryFileWriter", "SummaryWriter",
+        "NoOp",
+        "Const",
+        "Assert",
+        "Print",
+        "PrintV2",
+        "Placeholder",
+        "PlaceholderV2",
+        "PlaceholderWithDefault",
+        "VarHandleOp",
+        "Variable",
+        "VariableV2",
+        "VarIsInitializedOp",
+        "IsVariableInitialized",
+        "SaveV2",
+        "Save",
+        "SaveSlices",
+        "RestoreV2",
+        "Restore",
+        "RestoreSlice",
+        "MergeV2Checkpoints",
+        "ShardedFilename",
+        "StringJoin",
+        "Assign",
+        "AssignAdd",
+        "AssignSub",
+        "AssignVariableOp",
+        "AssignAddVariableOp",
+        "AssignSubVariableOp",
+        "ReadVariableOp",
+        "DestroyResourceOp",
+        "MakeIterator",
+        "IteratorToStringHandle",
+        "IteratorV2",
+        "Iterator",
+        "OneShotIterator",
+        "AnonymousIteratorV2",
+        "DeleteIterator",
+        "QueueEnqueueV2",
+        "QueueEnqueueManyV2",
+        "QueueCloseV2",
+        "QueueSizeV2",
+        "InitializeTableV2",
+        "InitializeTableFromTextFileV2",
+        "HashTableV2",
+        "MutableHashTableV2",
+        "WriteSummary",
+        "FlushSummaryWriter",
+        "CreateSummaryFileWriter",
+        "SummaryWriter",
         # Metadata and control-flow plumbing: never a value a client asks for.
-        "Shape", "ShapeN", "Size", "Rank", "TensorListReserve", "TensorListLength",
-        "TensorListElementShape", "TensorArrayV3", "TensorArraySizeV3", "LoopCond",
+        "Shape",
+        "ShapeN",
+        "Size",
+        "Rank",
+        "TensorListReserve",
+        "TensorListLength",
+        "TensorListElementShape",
+        "TensorArrayV3",
+        "TensorArraySizeV3",
+        "LoopCond",
     }
 )
 # Unconsumed outputs of TF1 while loops (map_fn leaves several): plumbing, not outputs.
@@ -117,7 +163,12 @@ def training_subgraphs(graph_def: GraphDef) -> dict[str, int]:
             kind = "optimizer"
         elif "Summary" in op or name.startswith(("summaries", "summary")):
             kind = "summaries"
-        elif name.startswith(("init", "report_uninitialized")) or op.startswith("Assign") or "IsInitialized" in op or "Initialized" in op:
+        elif (
+            name.startswith(("init", "report_uninitialized"))
+            or op.startswith("Assign")
+            or "IsInitialized" in op
+            or "Initialized" in op
+        ):
             kind = "init"
         elif _LOSS_NAME.search(name):
             kind = "loss"
@@ -134,18 +185,14 @@ def training_subgraphs(graph_def: GraphDef) -> dict[str, int]:
 def candidate_output_ops(index: GraphIndex) -> list[str]:
     """Sink ops that may be serving outputs, in graph order."""
     return [
-        name
-        for name, node in index.nodes.items()
-        if not index.consumers.get(name) and not is_training_machinery(node)
+        name for name, node in index.nodes.items() if not index.consumers.get(name) and not is_training_machinery(node)
     ]
 
 
 def placeholder_ops(index: GraphIndex, within: set[str] | None = None) -> list[str]:
     """Placeholder ops in graph order, optionally only those in ``within``."""
     return [
-        name
-        for name, node in index.nodes.items()
-        if node.op in PLACEHOLDER_OPS and (within is None or name in within)
+        name for name, node in index.nodes.items() if node.op in PLACEHOLDER_OPS and (within is None or name in within)
     ]
 
 
@@ -223,7 +270,12 @@ class OutputCandidate:
     depth: int  # how many ops it depends on: the final op of a model is usually the deepest
 
     def to_json(self) -> dict[str, object]:
-        return {"op": self.op_name, "tensors": list(self.tensor_names), "needs": sorted(self.placeholders), "depth": self.depth}
+        return {
+            "op": self.op_name,
+            "tensors": list(self.tensor_names),
+            "needs": sorted(self.placeholders),
+            "depth": self.depth,
+        }
 
 
 def output_candidates(
@@ -278,7 +330,9 @@ def placeholder_sets(index: GraphIndex) -> dict[str, frozenset[str]]:
 
 def topological_order(index: GraphIndex) -> list[str]:
     """Op names, producers before consumers (iterative: graphs can be deep)."""
-    remaining = {name: {input_op_name(i) for i in node.input} & index.nodes.keys() for name, node in index.nodes.items()}
+    remaining = {
+        name: {input_op_name(i) for i in node.input} & index.nodes.keys() for name, node in index.nodes.items()
+    }
     ready = [name for name, inputs in remaining.items() if not inputs]
     order: list[str] = []
     while ready:
@@ -306,9 +360,13 @@ def label_frontier(index: GraphIndex, sink: str, needs: dict[str, frozenset[str]
     """
     ancestors = index.ancestors([sink])
     frontier = [
-        name for name in ancestors
-        if index.nodes[name].op not in PLACEHOLDER_OPS and needs[name]
-        and any(consumer in ancestors and not needs[consumer] <= needs[name] for consumer in index.consumers.get(name, ()))
+        name
+        for name in ancestors
+        if index.nodes[name].op not in PLACEHOLDER_OPS
+        and needs[name]
+        and any(
+            consumer in ancestors and not needs[consumer] <= needs[name] for consumer in index.consumers.get(name, ())
+        )
     ]
     if not frontier:
         return []
@@ -341,9 +399,7 @@ def choose_outputs(candidates: list[OutputCandidate], source: str) -> OutputChoi
         chosen = groups[smallest[0]]
         return OutputChoice(chosen=chosen, set_aside=[c for c in candidates if c not in chosen])
     listing = "; ".join(f"{c.op_name} (needs {', '.join(sorted(c.placeholders))})" for c in candidates[:8])
-    raise SourceError(
-        f"{source}: the outputs are ambiguous — candidates: {listing}: pick with --outputs NAME[,NAME]"
-    )
+    raise SourceError(f"{source}: the outputs are ambiguous — candidates: {listing}: pick with --outputs NAME[,NAME]")
 
 
 def discover_inputs(index: GraphIndex, output_tensor_names: list[str]) -> list[str]:
@@ -372,7 +428,8 @@ def gradient_roots(graph_def: GraphDef) -> frozenset[str]:
     index = GraphIndex.build(graph_def)
     differentiated &= index.nodes.keys()
     return frozenset(
-        name for name in differentiated
+        name
+        for name in differentiated
         if not any(consumer in differentiated for consumer in index.consumers.get(name, ()))
     )
 
@@ -386,7 +443,11 @@ def has_batch_dimension(shape: tuple[int | None, ...] | None) -> bool | None:
 
 
 def non_inference_reason(
-    tensor_names: Iterable[str], placeholders: Iterable[str], index: GraphIndex, graph: tf.Graph, losses: frozenset[str],
+    tensor_names: Iterable[str],
+    placeholders: Iterable[str],
+    index: GraphIndex,
+    graph: tf.Graph,
+    losses: frozenset[str],
 ) -> str | None:
     """Why output tensors are not inference outputs, or None when they may be.
 
@@ -418,8 +479,13 @@ def batched_ops(index: GraphIndex, graph: tf.Graph, losses: frozenset[str] = fro
     needs = placeholder_sets(index)
     found = []
     for name, node in index.nodes.items():
-        if (not needs.get(name) or node.op in PLACEHOLDER_OPS or is_training_machinery(node) or name in losses
-                or _GRADIENT_SCOPE.search(name)):
+        if (
+            not needs.get(name)
+            or node.op in PLACEHOLDER_OPS
+            or is_training_machinery(node)
+            or name in losses
+            or _GRADIENT_SCOPE.search(name)
+        ):
             continue
         operation = graph.get_operation_by_name(name)
         if operation.outputs and has_batch_dimension(shape_tuple(operation.outputs[0].shape)):

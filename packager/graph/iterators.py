@@ -22,10 +22,16 @@ if TYPE_CHECKING:
     from tensorflow.core.framework.tensor_shape_pb2 import TensorShapeProto
 
 ITERATOR_OPS = frozenset({"IteratorGetNext", "IteratorGetNextSync", "IteratorGetNextAsOptional"})
-QUEUE_DEQUEUE_OPS = frozenset({
-    "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany", "QueueDequeueManyV2",
-    "QueueDequeueUpTo", "QueueDequeueUpToV2",
-})
+QUEUE_DEQUEUE_OPS = frozenset(
+    {
+        "QueueDequeue",
+        "QueueDequeueV2",
+        "QueueDequeueMany",
+        "QueueDequeueManyV2",
+        "QueueDequeueUpTo",
+        "QueueDequeueUpToV2",
+    }
+)
 _BATCHED_DEQUEUE_OPS = frozenset({"QueueDequeueMany", "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueUpToV2"})
 
 
@@ -45,7 +51,9 @@ class ReplacedInput:
 def find_data_inputs(graph_def: GraphDef) -> list[str]:
     """Names of the iterator and queue-dequeue ops whose outputs the graph consumes."""
     consumed = {input_op_name(i) for node in graph_def.node for i in node.input if not i.startswith("^")}
-    return [n.name for n in graph_def.node if (n.op in ITERATOR_OPS or n.op in QUEUE_DEQUEUE_OPS) and n.name in consumed]
+    return [
+        n.name for n in graph_def.node if (n.op in ITERATOR_OPS or n.op in QUEUE_DEQUEUE_OPS) and n.name in consumed
+    ]
 
 
 def _output_specs(graph_def: GraphDef, node: NodeDef) -> list[tuple[int, list[int | None] | None]]:
@@ -56,7 +64,9 @@ def _output_specs(graph_def: GraphDef, node: NodeDef) -> list[tuple[int, list[in
         return list(zip(types, shapes))
     types = list(node.attr["component_types"].list.type)
     queue = next((n for n in graph_def.node if n.name == input_op_name(node.input[0])), None)
-    queue_shapes = [_shape(s) for s in queue.attr["shapes"].list.shape] if queue is not None and "shapes" in queue.attr else []
+    queue_shapes = (
+        [_shape(s) for s in queue.attr["shapes"].list.shape] if queue is not None and "shapes" in queue.attr else []
+    )
     shapes = queue_shapes or [None] * len(types)
     if node.op in _BATCHED_DEQUEUE_OPS:
         shapes = [None if s is None else [None, *s] for s in shapes]

@@ -72,10 +72,21 @@ if TYPE_CHECKING:
 # Ops that draw random numbers each time they run (the stateful ones), and the stateless ones
 # whose seed usually comes from a counter: random augmentation or dropout left in a graph.
 RANDOM_OP_PREFIXES = (
-    "Random", "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial", "Stateful",
-    "StatelessRandom", "StatelessTruncatedNormal", "StatelessMultinomial", "StatelessParameterized",
-    "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip", "NonDeterministicInts",
-    "StatelessSampleDistortedBoundingBox", "StatelessShuffle",
+    "Random",
+    "TruncatedNormal",
+    "ParameterizedTruncatedNormal",
+    "Multinomial",
+    "Stateful",
+    "StatelessRandom",
+    "StatelessTruncatedNormal",
+    "StatelessMultinomial",
+    "StatelessParameterized",
+    "SampleDistortedBoundingBox",
+    "RngSkip",
+    "RngReadAndSkip",
+    "NonDeterministicInts",
+    "StatelessSampleDistortedBoundingBox",
+    "StatelessShuffle",
 )
 # "Stateful" above is for StatefulUniform & co., not for a function call.
 _NOT_RANDOM = frozenset({"StatefulPartitionedCall"})
@@ -124,9 +135,15 @@ _NAMED: dict[str, str] = {
     "SleepIdentityOp": ENVIRONMENT,
     "XlaCustomCall": NATIVE,
     "XlaCustomCallV2": NATIVE,
-    "_Send": NETWORK, "_Recv": NETWORK, "_HostSend": NETWORK, "_HostRecv": NETWORK,
-    "Send": NETWORK, "Recv": NETWORK, "WorkerHeartbeat": NETWORK,
-    "CrossReplicaSum": NETWORK, "AllToAll": NETWORK,
+    "_Send": NETWORK,
+    "_Recv": NETWORK,
+    "_HostSend": NETWORK,
+    "_HostRecv": NETWORK,
+    "Send": NETWORK,
+    "Recv": NETWORK,
+    "WorkerHeartbeat": NETWORK,
+    "CrossReplicaSum": NETWORK,
+    "AllToAll": NETWORK,
 }
 # The checkpoint ops a SavedModel's own saver may hold: the server runs its restore op (with the
 # variables path fed) to load the weights; nothing runs its save op.
@@ -137,12 +154,24 @@ RESTORE_OPS = frozenset({"Restore", "RestoreV2", "RestoreSlice"})
 # Op-name fragments -> category, for families whose every member has the effect.
 _NAME_FRAGMENTS: tuple[tuple[str, str], ...] = (
     ("PyFunc", PYTHON),
-    ("Dataset", DATASET), ("Iterator", DATASET), ("Reader", DATASET),
-    ("Rpc", NETWORK), ("Remote", NETWORK), ("Collective", NETWORK), ("Nccl", NETWORK),
-    ("DataService", NETWORK), ("Infeed", NETWORK), ("Outfeed", NETWORK),
-    ("SendTo", NETWORK), ("RecvFrom", NETWORK), ("SendFrom", NETWORK), ("RecvAt", NETWORK),
-    ("XlaSend", NETWORK), ("XlaRecv", NETWORK),
-    ("SummaryWriter", PRINTING), ("StatsAggregator", PRINTING),
+    ("Dataset", DATASET),
+    ("Iterator", DATASET),
+    ("Reader", DATASET),
+    ("Rpc", NETWORK),
+    ("Remote", NETWORK),
+    ("Collective", NETWORK),
+    ("Nccl", NETWORK),
+    ("DataService", NETWORK),
+    ("Infeed", NETWORK),
+    ("Outfeed", NETWORK),
+    ("SendTo", NETWORK),
+    ("RecvFrom", NETWORK),
+    ("SendFrom", NETWORK),
+    ("RecvAt", NETWORK),
+    ("XlaSend", NETWORK),
+    ("XlaRecv", NETWORK),
+    ("SummaryWriter", PRINTING),
+    ("StatsAggregator", PRINTING),
 )
 _DEBUG_OP = re.compile(r"^_?Debug")  # tfdbg ops: DebugIdentity(V2/V3), DebugNanCount, ... (debug_urls)
 _SUMMARY_WRITE = re.compile(r"^Write\w*Summary$|^CreateSummary\w*Writer$")
@@ -150,65 +179,189 @@ _SUMMARY_WRITE = re.compile(r"^Write\w*Summary$|^CreateSummary\w*Writer$")
 # DT_STRING inputs whose name says they are a path or an address (from the registry's OpDefs:
 # ReadFile/WriteFile filename, dataset readers' filenames, SaveV2 prefix, CacheDataset filename,
 # SaveDataset path, summary writers' logdir, RegisterDataset address, SqlDataset db_uri...).
-_PATH_INPUTS = frozenset({
-    "filename", "filenames", "file_pattern", "path", "prefix", "shard_dir", "checkpoint_prefixes",
-    "destination_prefix", "directory", "logdir", "ckpt_path", "chunk_file", "new_vocab_file",
-    "old_vocab_file", "snapshot_path", "patterns",
-})
+_PATH_INPUTS = frozenset(
+    {
+        "filename",
+        "filenames",
+        "file_pattern",
+        "path",
+        "prefix",
+        "shard_dir",
+        "checkpoint_prefixes",
+        "destination_prefix",
+        "directory",
+        "logdir",
+        "ckpt_path",
+        "chunk_file",
+        "new_vocab_file",
+        "old_vocab_file",
+        "snapshot_path",
+        "patterns",
+    }
+)
 _NETWORK_INPUTS = frozenset({"address", "server_address", "protocol", "db_uri", "data_source_name", "driver_name"})
 # Inputs/outputs naming a dataset or iterator (structure, whatever the op's name).
-_DATASET_ARGS = frozenset({"input_dataset", "input_datasets", "dataset", "iterator", "multi_device_iterator",
-                           "reader_handle"})
+_DATASET_ARGS = frozenset(
+    {"input_dataset", "input_datasets", "dataset", "iterator", "multi_device_iterator", "reader_handle"}
+)
 # String attrs that name a file: an op declaring one reads or writes that file (Skipgram's
 # filename, RecordInput's file_pattern, DumpTensor's log_dir_path, snapshot prefixes, ...).
-_PATH_ATTRS = frozenset({
-    "file_pattern", "filename", "file_name", "log_dir_path", "output_file_path",
-    "reader_prefix", "writer_prefix", "reader_path_prefix", "writer_path_prefix", "memory_region_name",
-})
+_PATH_ATTRS = frozenset(
+    {
+        "file_pattern",
+        "filename",
+        "file_name",
+        "log_dir_path",
+        "output_file_path",
+        "reader_prefix",
+        "writer_prefix",
+        "reader_path_prefix",
+        "writer_path_prefix",
+        "memory_region_name",
+    }
+)
 # Optional ones: the op reads a file only when the node sets it ("" reads none; for
 # DecodeProtoV2/EncodeProto's descriptor_source, "local://" means the descriptors linked in).
 _OPTIONAL_PATH_ATTRS = {"vocab_file": "", "descriptor_source": "local://"}
 _NETWORK_ATTRS = frozenset({"debug_urls"})
 
 # Stateful ops with known, in-process effects only (the conservative rule's allowlist).
-_IN_PROCESS_STATEFUL = frozenset({
-    # variables
-    "VarHandleOp", "_VarHandlesOp", "ReadVariableOp", "_ReadVariablesOp", "AssignVariableOp",
-    "AssignAddVariableOp", "AssignSubVariableOp", "VarIsInitializedOp", "VariableShape", "Variable",
-    "VariableV2", "TemporaryVariable", "DestroyResourceOp", "DisableCopyOnRead", "ReadVariableXlaSplitND",
-    "AssignVariableXlaConcatND", "MakeWeakResourceHandle", "IsResourceHandleRefCounting",
-    "_XlaAotOnlyVarHandleOp", "ConditionalAccumulator", "SparseConditionalAccumulator",
-    # control flow and function calls (the functions themselves are scanned)
-    "If", "While", "Case", "StatefulPartitionedCall", "_If", "_While", "RiscWhile", "XlaIf", "XlaWhile",
-    "_Arg", "_Retval", "_DeviceArg", "_DeviceRetval", "XlaLaunch",
-    # assertions, numerics, facts about the build
-    "Assert", "CheckNumerics", "CheckNumericsV2", "GuaranteeConst", "Empty", "DeepCopy",
-    "_ParallelConcatStart", "Timestamp", "GraphDefVersion", "DeviceIndex", "IsTensorFloat32Enabled",
-    "_ScopedAllocator", "_ScopedAllocatorConcat", "_ScopedAllocatorSplit",
-    # containers
-    "TensorArray", "Stack", "StackV2", "StackPushV2", "StackPopV2", "StackCloseV2", "FIFOQueue",
-    "FIFOQueueV2", "PaddingFIFOQueue", "PaddingFIFOQueueV2", "PriorityQueue", "PriorityQueueV2",
-    "RandomShuffleQueue", "RandomShuffleQueueV2", "FakeQueue", "Barrier", "Stage", "Unstage", "StagePeek",
-    "StageSize", "StageClear", "AddSparseToTensorsMap", "AddManySparseToTensorsMap",
-    "TakeManySparseFromTensorsMap", "IsBoostedTreesEnsembleInitialized",
-    "IsBoostedTreesQuantileStreamResourceInitialized",
-    # lookup tables (their file initializers are caught by the path rule first)
-    "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
-    "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2", "AnonymousHashTable",
-    "AnonymousMutableHashTable", "AnonymousMutableHashTableOfTensors", "AnonymousMutableDenseHashTable",
-    "InitializeTableV2",
-    # locks
-    "MutexV2", "MutexLock", "ConsumeMutexLock",
-    # random numbers (also reported as notices)
-    "RandomCrop", "RandomShuffle", "RandomGamma", "RandomPoisson", "RandomPoissonV2", "Multinomial",
-    "NonDeterministicInts", "StatelessRandomGetAlg", "AnonymousRandomSeedGenerator",
-    "AnonymousSeedGenerator", "DummySeedGenerator", "DeleteRandomSeedGenerator", "DeleteSeedGenerator",
-})
+_IN_PROCESS_STATEFUL = frozenset(
+    {
+        # variables
+        "VarHandleOp",
+        "_VarHandlesOp",
+        "ReadVariableOp",
+        "_ReadVariablesOp",
+        "AssignVariableOp",
+        "AssignAddVariableOp",
+        "AssignSubVariableOp",
+        "VarIsInitializedOp",
+        "VariableShape",
+        "Variable",
+        "VariableV2",
+        "TemporaryVariable",
+        "DestroyResourceOp",
+        "DisableCopyOnRead",
+        "ReadVariableXlaSplitND",
+        "AssignVariableXlaConcatND",
+        "MakeWeakResourceHandle",
+        "IsResourceHandleRefCounting",
+        "_XlaAotOnlyVarHandleOp",
+        "ConditionalAccumulator",
+        "SparseConditionalAccumulator",
+        # control flow and function calls (the functions themselves are scanned)
+        "If",
+        "While",
+        "Case",
+        "StatefulPartitionedCall",
+        "_If",
+        "_While",
+        "RiscWhile",
+        "XlaIf",
+        "XlaWhile",
+        "_Arg",
+        "_Retval",
+        "_DeviceArg",
+        "_DeviceRetval",
+        "XlaLaunch",
+        # assertions, numerics, facts about the build
+        "Assert",
+        "CheckNumerics",
+        "CheckNumericsV2",
+        "GuaranteeConst",
+        "Empty",
+        "DeepCopy",
+        "_ParallelConcatStart",
+        "Timestamp",
+        "GraphDefVersion",
+        "DeviceIndex",
+        "IsTensorFloat32Enabled",
+        "_ScopedAllocator",
+        "_ScopedAllocatorConcat",
+        "_ScopedAllocatorSplit",
+        # containers
+        "TensorArray",
+        "Stack",
+        "StackV2",
+        "StackPushV2",
+        "StackPopV2",
+        "StackCloseV2",
+        "FIFOQueue",
+        "FIFOQueueV2",
+        "PaddingFIFOQueue",
+        "PaddingFIFOQueueV2",
+        "PriorityQueue",
+        "PriorityQueueV2",
+        "RandomShuffleQueue",
+        "RandomShuffleQueueV2",
+        "FakeQueue",
+        "Barrier",
+        "Stage",
+        "Unstage",
+        "StagePeek",
+        "StageSize",
+        "StageClear",
+        "AddSparseToTensorsMap",
+        "AddManySparseToTensorsMap",
+        "TakeManySparseFromTensorsMap",
+        "IsBoostedTreesEnsembleInitialized",
+        "IsBoostedTreesQuantileStreamResourceInitialized",
+        # lookup tables (their file initializers are caught by the path rule first)
+        "HashTable",
+        "HashTableV2",
+        "MutableHashTable",
+        "MutableHashTableV2",
+        "MutableHashTableOfTensors",
+        "MutableHashTableOfTensorsV2",
+        "MutableDenseHashTable",
+        "MutableDenseHashTableV2",
+        "AnonymousHashTable",
+        "AnonymousMutableHashTable",
+        "AnonymousMutableHashTableOfTensors",
+        "AnonymousMutableDenseHashTable",
+        "InitializeTableV2",
+        # locks
+        "MutexV2",
+        "MutexLock",
+        "ConsumeMutexLock",
+        # random numbers (also reported as notices)
+        "RandomCrop",
+        "RandomShuffle",
+        "RandomGamma",
+        "RandomPoisson",
+        "RandomPoissonV2",
+        "Multinomial",
+        "NonDeterministicInts",
+        "StatelessRandomGetAlg",
+        "AnonymousRandomSeedGenerator",
+        "AnonymousSeedGenerator",
+        "DummySeedGenerator",
+        "DeleteRandomSeedGenerator",
+        "DeleteSeedGenerator",
+    }
+)
 _IN_PROCESS_PREFIXES = (
     "Resource",  # ResourceGather, ResourceScatter*, ResourceApply* (in-process variable updates)
-    "TensorArray", "Queue", "MapClear", "MapIncompleteSize", "MapPeek", "MapSize", "MapStage", "MapUnstage",
-    "OrderedMap", "LookupTable", "BoostedTrees", "CudnnRNN", "Random", "Stateful", "TruncatedNormal",
-    "ParameterizedTruncatedNormal", "SampleDistortedBoundingBox", "RngSkip", "RngReadAndSkip",
+    "TensorArray",
+    "Queue",
+    "MapClear",
+    "MapIncompleteSize",
+    "MapPeek",
+    "MapSize",
+    "MapStage",
+    "MapUnstage",
+    "OrderedMap",
+    "LookupTable",
+    "BoostedTrees",
+    "CudnnRNN",
+    "Random",
+    "Stateful",
+    "TruncatedNormal",
+    "ParameterizedTruncatedNormal",
+    "SampleDistortedBoundingBox",
+    "RngSkip",
+    "RngReadAndSkip",
 )
 _CANDIDATE_SAMPLER = "CandidateSampler"  # random and in-process, unless it reads a vocab_file
 
@@ -256,10 +409,19 @@ class ScanResult:
     def summary(self) -> str:
         if not self.blocking:
             allowed = sum(f.allowed for f in self.findings)
-            random = (f"; {len(self.notices)} random op(s) make outputs vary between identical requests: "
-                      + ", ".join(f"{f.op_type} ({f.node})" for f in self.notices[:4])) if self.notices else ""
-            return (f"{self.target}: {self.ops_scanned} ops scanned, nothing denied"
-                    + (f" ({allowed} allowed by --allow-op)" if allowed else "") + random)
+            random = (
+                (
+                    f"; {len(self.notices)} random op(s) make outputs vary between identical requests: "
+                    + ", ".join(f"{f.op_type} ({f.node})" for f in self.notices[:4])
+                )
+                if self.notices
+                else ""
+            )
+            return (
+                f"{self.target}: {self.ops_scanned} ops scanned, nothing denied"
+                + (f" ({allowed} allowed by --allow-op)" if allowed else "")
+                + random
+            )
         listing = ", ".join(f"{f.op_type} ({f.node}: {f.reason})" for f in self.blocking[:6])
         more = f" and {len(self.blocking) - 6} more" if len(self.blocking) > 6 else ""
         return f"{self.target}: denied ops on the serving path: {listing}{more}"
@@ -279,7 +441,7 @@ def _op_def(op_type: str) -> OpDef | None:
     return op_def_registry.get(op_type)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def classify_op(op_type: str) -> str | None:
     """Why ``op_type`` is denied on a server, from its registered OpDef; None for an allowed op.
 
@@ -311,8 +473,11 @@ def classify_op(op_type: str) -> str | None:
 
 
 def _known_in_process(op_type: str) -> bool:
-    return (op_type in _IN_PROCESS_STATEFUL or op_type.startswith(_IN_PROCESS_PREFIXES)
-            or op_type.endswith(_CANDIDATE_SAMPLER))
+    return (
+        op_type in _IN_PROCESS_STATEFUL
+        or op_type.startswith(_IN_PROCESS_PREFIXES)
+        or op_type.endswith(_CANDIDATE_SAMPLER)
+    )
 
 
 def classify_node(node: NodeDef) -> str | None:
@@ -326,14 +491,20 @@ def classify_node(node: NodeDef) -> str | None:
         return UNKNOWN
     declared = {a.name for a in op_def.attr}
     for name, names_no_file in _OPTIONAL_PATH_ATTRS.items():
-        if name in declared and name in node.attr and node.attr[name].s.decode(errors="replace") not in ("", names_no_file):
+        if (
+            name in declared
+            and name in node.attr
+            and node.attr[name].s.decode(errors="replace") not in ("", names_no_file)
+        ):
             return FILE_SYSTEM
     return None
 
 
 def is_random(op_type: str) -> bool:
     """True for an op that draws random numbers (a notice, not a denial)."""
-    return (op_type.startswith(RANDOM_OP_PREFIXES) or op_type.endswith("CandidateSampler")) and op_type not in _NOT_RANDOM
+    return (
+        op_type.startswith(RANDOM_OP_PREFIXES) or op_type.endswith("CandidateSampler")
+    ) and op_type not in _NOT_RANDOM
 
 
 # --- walking graphs ---------------------------------------------------------------------------
@@ -401,7 +572,9 @@ class _Scan:
             if op_type in self.functions:
                 continue  # a call of a library function: its body is scanned on its own
             if is_random(op_type):
-                self.notices.append(OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests"))
+                self.notices.append(
+                    OpFinding(op_type, name, "draws random numbers: outputs vary between identical requests")
+                )
             if op_type in exempt:
                 continue
             reason = classify_node(node)
@@ -458,8 +631,11 @@ def scan_meta_graph(meta_graph: MetaGraphDef, target: str, allowed: frozenset[st
     restore = [node for node in _restore_closure(meta_graph) if node.name not in served_names]
     restore_names = {node.name for node in restore}
     saver = meta_graph.saver_def
-    save_only = [node for node in _closure(graph_def, [saver.save_tensor_name] if saver.save_tensor_name else [])
-                 if node.name not in served_names | restore_names]
+    save_only = [
+        node
+        for node in _closure(graph_def, [saver.save_tensor_name] if saver.save_tensor_name else [])
+        if node.name not in served_names | restore_names
+    ]
     served_functions = _functions_reached(served, functions)
     restore_functions = _functions_reached(restore, functions) - served_functions
     save_functions = _functions_reached(save_only, functions) - served_functions - restore_functions
@@ -557,8 +733,13 @@ def _asset_findings(version_dir: Path, saved_model: SavedModel) -> tuple[list[st
             name = asset.filename
             # The loader feeds assets/NAME into the asset's tensor: NAME must stay inside assets/.
             if not name or name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", name):
-                findings.append(OpFinding("asset", asset.tensor_info.name or name,
-                                          f"asset path {name!r} leads outside the assets directory"))
+                findings.append(
+                    OpFinding(
+                        "asset",
+                        asset.tensor_info.name or name,
+                        f"asset path {name!r} leads outside the assets directory",
+                    )
+                )
     return listed, findings
 
 
@@ -580,5 +761,6 @@ def scan_saved_model(version_dir: Path | str, allowed: frozenset[str] = frozense
         notices.extend(f for f in result.notices if f not in notices)
         scanned += result.ops_scanned
     assets, asset_findings = _asset_findings(version_dir, saved_model)
-    return ScanResult(target=str(version_dir), findings=findings + asset_findings, ops_scanned=scanned,
-                      notices=notices, assets=assets)
+    return ScanResult(
+        target=str(version_dir), findings=findings + asset_findings, ops_scanned=scanned, notices=notices, assets=assets
+    )

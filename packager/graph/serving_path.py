@@ -77,8 +77,11 @@ def _called(node: NodeDef, nodes: dict[str, NodeDef], functions: dict[str, Funct
             branches = [f.name for f in node.attr["branches"].list.func]
             index = int(np.ravel(predicate)[0])
             return [(branches[index if 0 <= index < len(branches) else -1], False)]
-        branches = ([node.attr["then_branch"].func.name, node.attr["else_branch"].func.name] if node.op in _IF
-                    else [f.name for f in node.attr["branches"].list.func])
+        branches = (
+            [node.attr["then_branch"].func.name, node.attr["else_branch"].func.name]
+            if node.op in _IF
+            else [f.name for f in node.attr["branches"].list.func]
+        )
         return [(name, True) for name in branches]
     names = [node.op] if node.op in functions else []
     for attr in node.attr.values():
@@ -136,8 +139,9 @@ def reached_nodes(graph_def: GraphDef) -> Iterator[ReachedNode]:
 def random_ops(graph_def: GraphDef) -> list[str]:
     """Every random op of the graph and its library, ``name (Type)``, reachable or not."""
     library = [(f"{f.signature.name}/{n.name}", n) for f in graph_def.library.function for n in f.node_def]
-    return sorted({f"{name} ({node.op})" for name, node in [(n.name, n) for n in graph_def.node] + library
-                   if is_random(node.op)})
+    return sorted(
+        {f"{name} ({node.op})" for name, node in [(n.name, n) for n in graph_def.node] + library if is_random(node.op)}
+    )
 
 
 def reachable_random_ops(graph_def: GraphDef) -> tuple[list[str], list[str]]:
@@ -273,9 +277,15 @@ def derandomize(graph_def: GraphDef) -> tuple[GraphDef, list[str]]:
 
 # Random op -> (the constant that stands for its draws, the input holding an int op's minval).
 _CONSTANT_DRAWS = {
-    "RandomUniform": 0.5, "StatelessRandomUniform": 0.5, "StatelessRandomUniformV2": 0.5,
-    "RandomStandardNormal": 0.0, "StatelessRandomNormal": 0.0, "StatelessRandomNormalV2": 0.0,
-    "TruncatedNormal": 0.0, "StatelessTruncatedNormal": 0.0, "StatelessTruncatedNormalV2": 0.0,
+    "RandomUniform": 0.5,
+    "StatelessRandomUniform": 0.5,
+    "StatelessRandomUniformV2": 0.5,
+    "RandomStandardNormal": 0.0,
+    "StatelessRandomNormal": 0.0,
+    "StatelessRandomNormalV2": 0.0,
+    "TruncatedNormal": 0.0,
+    "StatelessTruncatedNormal": 0.0,
+    "StatelessTruncatedNormalV2": 0.0,
 }
 _INT_MINVAL_INPUT = {"RandomUniformInt": 1, "StatelessRandomUniformInt": 2, "StatelessRandomUniformIntV2": 4}
 
@@ -298,8 +308,9 @@ def random_ops_as_constants(graph_def: GraphDef) -> tuple[GraphDef, list[str]]:
             added = []
         elif node.op in _CONSTANT_DRAWS:
             dtype = node.attr[dtype_attr].type
-            value = _new_const(f"{node.name}/tfpack_draw", np.array(_CONSTANT_DRAWS[node.op]), dtype,
-                               node.input[0], node.device)
+            value = _new_const(
+                f"{node.name}/tfpack_draw", np.array(_CONSTANT_DRAWS[node.op]), dtype, node.input[0], node.device
+            )
             value_input, added = value.name + suffix, [value]
         else:
             return None

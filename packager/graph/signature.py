@@ -127,14 +127,16 @@ def plan_signature(
     original_graph = source.graph or import_graph(source.graph_def, source.path)
     requested_input_names = (
         resolve_names(requested_inputs, original_index, original_graph, "--inputs", source.inputs)
-        if requested_inputs else []
+        if requested_inputs
+        else []
     )
     fixed: dict[str, np.ndarray] = {}
     if declared:
         graph_def, graph, index = source.graph_def, original_graph, original_index
     else:
         graph_def, fixed = fold_control_placeholders(
-            source.graph_def, constants, keep=frozenset(input_op_name(n) for n in requested_input_names))
+            source.graph_def, constants, keep=frozenset(input_op_name(n) for n in requested_input_names)
+        )
         if graph_def is source.graph_def:  # nothing folded: no second import of a large graph
             graph, index = original_graph, original_index
         else:
@@ -143,7 +145,9 @@ def plan_signature(
     def reference_for(inputs: list[TensorRef], outputs: list[TensorRef]) -> Reference:
         return lambda feeds: source.run_reference(feeds, inputs, outputs, fixed)
 
-    def refs(names: list[str], declared_refs: list[TensorRef] | None = None, keys: list[str] | None = None) -> list[TensorRef]:
+    def refs(
+        names: list[str], declared_refs: list[TensorRef] | None = None, keys: list[str] | None = None
+    ) -> list[TensorRef]:
         by_name = {r.tensor_name: r for r in declared_refs or []}
         keys = keys or [by_name[n].key if n in by_name else k for n, k in zip(names, signature_keys(names))]
         return tensor_refs(graph, names, keys)
@@ -155,8 +159,12 @@ def plan_signature(
         # inspect reports batch statistics, never refuses them
         mode: BatchNormMode = "batch" if batchnorm == "auto" and not strict else batchnorm
         return apply_batchnorm_mode(
-            graph_def, mode, within=index.ancestors(input_op_name(n) for n in output_names),
-            keep={input_op_name(n) for n in output_names + input_names}, source=str(source.path))
+            graph_def,
+            mode,
+            within=index.ancestors(input_op_name(n) for n in output_names),
+            keep={input_op_name(n) for n in output_names + input_names},
+            source=str(source.path),
+        )
 
     family = None
     set_aside: list[OutputCandidate] = []
@@ -168,14 +176,20 @@ def plan_signature(
         output_names = [r.tensor_name for r in source.outputs or []]
     else:
         candidates = output_candidates(index, graph, training_fed=source.training_fed)
-        refused = {c.op_name: reason for c in candidates
-                   if (reason := non_inference_reason(c.tensor_names, c.placeholders, index, graph, source.losses))}
+        refused = {
+            c.op_name: reason
+            for c in candidates
+            if (reason := non_inference_reason(c.tensor_names, c.placeholders, index, graph, source.losses))
+        }
         if len(refused) == len(candidates):
-            refused.update({loss: "a loss: gradients differentiate it" for loss in sorted(source.losses) if loss not in refused})
+            refused.update(
+                {loss: "a loss: gradients differentiate it" for loss in sorted(source.losses) if loss not in refused}
+            )
             listing = "; ".join(f"{name} ({reason})" for name, reason in list(refused.items())[:6])
             left = batched_ops(index, graph, source.losses)
             raise SourceError(
-                f"{source.path}: every sink is training machinery" + (f" — {listing}" if listing else "")
+                f"{source.path}: every sink is training machinery"
+                + (f" — {listing}" if listing else "")
                 + (f"; candidates left, deepest first: {', '.join(left)}" if left else "")
                 + ": name the outputs with --outputs NAME[,NAME]"
             )
@@ -184,8 +198,10 @@ def plan_signature(
         family = detect_towers(index, candidates) if towers != "off" else None
         mode = check_mode(towers, family)
         if family is not None and mode != "off":
-            controls = find_control_placeholders(source.graph_def, within=original_index.ancestors(
-                input_op_name(t) for tower in family.towers for t in tower.outputs))
+            controls = find_control_placeholders(
+                source.graph_def,
+                within=original_index.ancestors(input_op_name(t) for tower in family.towers for t in tower.outputs),
+            )
             tower_outputs = [t for tower in family.towers for t in tower.outputs]
             tower_inputs = [t for tower in family.towers for t in tower.inputs]
             graph_def, sites, rewrites = norms(graph_def, tower_outputs, tower_inputs)
@@ -225,8 +241,12 @@ def plan_signature(
         for tensor_name in output_names:
             placeholders = needs.get(input_op_name(tensor_name), frozenset())
             reason = non_inference_reason([tensor_name], placeholders, index, graph, source.losses)
-            if (reason is None and not placeholders and model_batched
-                    and has_batch_dimension(shape_tuple(graph.get_tensor_by_name(tensor_name).shape)) is False):
+            if (
+                reason is None
+                and not placeholders
+                and model_batched
+                and has_batch_dimension(shape_tuple(graph.get_tensor_by_name(tensor_name).shape)) is False
+            ):
                 # A constant table (class names): no row per sample, which TF Serving's batching rejects.
                 reason = "a constant with no batch dimension"
             if reason:
@@ -248,8 +268,12 @@ def plan_signature(
 
 
 def _tower_plan(
-    graph_def: GraphDef, family: TowerFamily, mode: ServedTowerMode, refs: RefsOf,
-    reference_for: Callable[[list[TensorRef], list[TensorRef]], Reference], controls: list[ControlPlaceholder],
+    graph_def: GraphDef,
+    family: TowerFamily,
+    mode: ServedTowerMode,
+    refs: RefsOf,
+    reference_for: Callable[[list[TensorRef], list[TensorRef]], Reference],
+    controls: list[ControlPlaceholder],
 ) -> SignaturePlan:
     """Signatures for a tower family in ``mode`` (merge, split or single)."""
     roles_in, roles_out = list(family.input_roles), list(family.output_roles)
@@ -272,8 +296,9 @@ def _tower_plan(
         inputs = tensor_refs(merged_graph, [merged_inputs[r] for r in roles_in], keys_in)
         outputs = tensor_refs(merged_graph, [merged_outputs[r] for r in roles_out], keys_out)
         spec = SignatureSpec(inputs, outputs, _merged_reference(per_tower, family.count))
-        return SignaturePlan(merged, {DEFAULT_SIGNATURE: spec}, keep_devices=True, controls=controls,
-                             towers=family, tower_mode=mode)
+        return SignaturePlan(
+            merged, {DEFAULT_SIGNATURE: spec}, keep_devices=True, controls=controls, towers=family, tower_mode=mode
+        )
     return SignaturePlan(graph_def, signatures, controls=controls, towers=family, tower_mode=mode)
 
 

@@ -81,10 +81,19 @@ def repair_reference_ops(graph_def: GraphDef) -> GraphDef:
     tensorflow()
     from tensorflow.core.framework import graph_pb2
 
-    replacements = {"RefSwitch": "Switch", "AssignSub": "Sub", "AssignAdd": "Add", "RefIdentity": "Identity",
-                    "RefMerge": "Merge", "RefEnter": "Enter", "RefExit": "Exit", "RefNextIteration": "NextIteration"}
-    if not any(n.op in replacements or n.op == "Assign" or any(a.type > 100 for a in n.attr.values())
-               for n in graph_def.node):
+    replacements = {
+        "RefSwitch": "Switch",
+        "AssignSub": "Sub",
+        "AssignAdd": "Add",
+        "RefIdentity": "Identity",
+        "RefMerge": "Merge",
+        "RefEnter": "Enter",
+        "RefExit": "Exit",
+        "RefNextIteration": "NextIteration",
+    }
+    if not any(
+        n.op in replacements or n.op == "Assign" or any(a.type > 100 for a in n.attr.values()) for n in graph_def.node
+    ):
         return graph_def  # nothing to repair: no copy of a possibly large graph
     repaired = graph_pb2.GraphDef()
     repaired.CopyFrom(graph_def)
@@ -142,8 +151,10 @@ def drop_frozen_variable_updates(graph_def: GraphDef) -> GraphDef:
 
     nodes = {node.name: node for node in graph_def.node}
     frozen_updates = {
-        node.name for node in graph_def.node
-        if node.op in _RESOURCE_UPDATES and node.input
+        node.name
+        for node in graph_def.node
+        if node.op in _RESOURCE_UPDATES
+        and node.input
         and nodes.get(input_op_name(node.input[0])) is not None
         and nodes[input_op_name(node.input[0])].op == "Const"
     }
@@ -192,7 +203,8 @@ def repair_frozen_functions(graph_def: GraphDef) -> GraphDef:
         non_resources = {a.name for a in function.signature.input_arg if a.type != types_pb2.DT_RESOURCE}
         return any(renamed(r, identities) != r for r in references) or any(
             n.op in _RESOURCE_UPDATES and n.input and n.input[0].split(":")[0] in non_resources
-            for n in function.node_def)
+            for n in function.node_def
+        )
 
     if not any(needs_repair(f) for f in graph_def.library.function):
         return graph_def
@@ -203,8 +215,11 @@ def repair_frozen_functions(graph_def: GraphDef) -> GraphDef:
             continue
         identities = {n.name for n in function.node_def if n.op == "Identity"}
         non_resources = {a.name for a in function.signature.input_arg if a.type != types_pb2.DT_RESOURCE}
-        dropped = {n.name for n in function.node_def
-                   if n.op in _RESOURCE_UPDATES and n.input and n.input[0].split(":")[0] in non_resources}
+        dropped = {
+            n.name
+            for n in function.node_def
+            if n.op in _RESOURCE_UPDATES and n.input and n.input[0].split(":")[0] in non_resources
+        }
         kept = [n for n in function.node_def if n.name not in dropped]
         for node in kept:
             inputs = [renamed(i, identities) for i in node.input if not (i.startswith("^") and i[1:] in dropped)]

@@ -78,14 +78,14 @@ def _scope_families(index: GraphIndex) -> dict[str, list[str]]:
 
 def _structure(index: GraphIndex, scope: str) -> dict[str, str]:
     prefix = scope + "/"
-    return {name[len(prefix):]: node.op for name, node in index.nodes.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: node.op for name, node in index.nodes.items() if name.startswith(prefix)}
 
 
 def _role(tensor_name: str, scope: str) -> str:
     """A tensor's name relative to its tower: "Card_1/probs:0" -> "probs"; outside the scope, its
     op name without a trailing tower index ("x_1:0" -> "x")."""
     op_name, _, output = tensor_name.partition(":")
-    relative = op_name[len(scope) + 1:] if op_name.startswith(scope + "/") else re.sub(r"_?\d+$", "", op_name)
+    relative = op_name[len(scope) + 1 :] if op_name.startswith(scope + "/") else re.sub(r"_?\d+$", "", op_name)
     return relative if output in ("", "0") else f"{relative}:{output}"
 
 
@@ -112,10 +112,15 @@ def detect_towers(index: GraphIndex, candidates: list[OutputCandidate]) -> Tower
         inside = [{n for n in index.nodes if n.startswith(scope + "/")} for scope in scopes]
         shared = {
             input_op_name(i)
-            for members in inside for name in members for i in index.nodes[name].input
+            for members in inside
+            for name in members
+            for i in index.nodes[name].input
             if not any(input_op_name(i) in other for other in inside)
         }
-        readers = [sum(1 for name in members for i in index.nodes[name].input if input_op_name(i) in shared) for members in inside]
+        readers = [
+            sum(1 for name in members for i in index.nodes[name].input if input_op_name(i) in shared)
+            for members in inside
+        ]
         if not shared or not all(readers):
             continue  # copies that share nothing are separate models, not towers
         towers = []
@@ -128,8 +133,10 @@ def detect_towers(index: GraphIndex, candidates: list[OutputCandidate]) -> Tower
         input_roles = tuple(_role(t, towers[0].scope) for t in towers[0].inputs)
         output_roles = tuple(_role(t, towers[0].scope) for t in towers[0].outputs)
         for tower in towers[1:]:
-            if (tuple(_role(t, tower.scope) for t in tower.inputs) != input_roles
-                    or tuple(_role(t, tower.scope) for t in tower.outputs) != output_roles):
+            if (
+                tuple(_role(t, tower.scope) for t in tower.inputs) != input_roles
+                or tuple(_role(t, tower.scope) for t in tower.outputs) != output_roles
+            ):
                 raise SourceError(
                     f"towers {towers[0].scope} and {tower.scope} (family {base}_N) have different inputs or "
                     "outputs: convert one with --towers single or name them with --inputs/--outputs"
@@ -203,7 +210,7 @@ def merge_towers(graph_def: GraphDef, family: TowerFamily) -> tuple[GraphDef, di
         by_name = dict(zip(fetches, imported))
         outputs: dict[str, str] = {}
         for index_, role in enumerate(family.output_roles):
-            parts = [by_name[tower.outputs[index_]][:sizes[position]] for position, tower in enumerate(family.towers)]
+            parts = [by_name[tower.outputs[index_]][: sizes[position]] for position, tower in enumerate(family.towers)]
             outputs[role] = tf.concat(parts, axis=0, name=unique_op_name(role.replace(":", "_"), taken)).name
         merged = graph.as_graph_def()
     scopes = {tower.scope: tower_device(position) for position, tower in enumerate(family.towers)}

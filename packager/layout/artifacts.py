@@ -68,7 +68,7 @@ class TensorSummary:
     """dtype and shape of one signature input or output, as recorded in the provenance."""
 
     dtype: str  # numpy-style name, e.g. "float32", "int32", "string"
-    shape: list[int | None]  # None for an unknown dimension; [] for a scalar
+    shape: list[int | None] | None  # None for an unknown rank or dimension; [] for a scalar
 
     def to_json(self) -> dict[str, Any]:
         """The summary as the provenance records it."""
@@ -117,20 +117,65 @@ class Provenance:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
-    @staticmethod
-    def load_json(path: Path) -> dict[str, Any]:
-        """Read a provenance record as plain JSON.
+    @classmethod
+    def from_json(cls, record: object, where: str) -> Provenance:
+        """The record :meth:`to_json` wrote, read back into its fields.
 
         Raises:
-            UsageError: the file is absent or unreadable.
+            UsageError: a field is missing or of the wrong kind (``where`` names the record).
         """
         try:
-            record: dict[str, Any] = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise TypeError("a JSON object")
+            signature = record["signature"]
+            equivalence = record["equivalence"]
+            return cls(
+                model_name=str(record["model_name"]),
+                version=int(record["version"]),
+                source=dict(record["source"]),
+                tfpack_version=str(record["tfpack_version"]),
+                tensorflow_version=str(record["tensorflow_version"]),
+                options=dict(record["options"]),
+                inputs=_summaries(signature["inputs"]),
+                outputs=_summaries(signature["outputs"]),
+                tolerance=float(equivalence["tolerance"]),
+                max_abs_error=float(equivalence["max_abs_error"]),
+                extra={k: v for k, v in record.items() if k not in _PROVENANCE_FIELDS},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{where} lacks {exc}: re-create the version dir with 'tfpack convert'") from None
+
+    @classmethod
+    def load(cls, path: Path) -> Provenance:
+        """Read ``tfpack_provenance.json``.
+
+        Raises:
+            UsageError: the file is absent, unreadable or not a record tfpack convert wrote.
+        """
+        try:
+            record = json.loads(path.read_text())
         except FileNotFoundError:
             raise UsageError(f"{path} is missing: the version dir was not written by 'tfpack convert'") from None
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {path}: {exc}") from None
-        return record
+        return cls.from_json(record, str(path))
+
+
+# The keys to_json writes from Provenance's own fields; any other key is kept in ``extra``.
+_PROVENANCE_FIELDS = frozenset(
+    {"model_name", "version", "source", "tfpack_version", "tensorflow_version", "options", "signature", "equivalence"}
+)
+
+
+def _summaries(entries: dict[str, Any]) -> dict[str, TensorSummary]:
+    """Signature entries ``{key: {"dtype", "shape"}}``; a null shape is an unknown rank."""
+    return {
+        str(key): TensorSummary(
+            dtype=str(value["dtype"]),
+            shape=None if value["shape"] is None else [None if d is None else int(d) for d in value["shape"]],
+        )
+        for key, value in entries.items()
+    }
 
 
 def read_provenance_statement(version_dir: Path) -> dict[str, Any]:

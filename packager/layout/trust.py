@@ -145,6 +145,13 @@ def _verify_signature(config: verifying.Config, version_dir: Path, bundle: Bundl
         ) from None
     except ValueError as exc:
         raise VerificationError(_describe_value_error(exc, version_dir, bundle, trust)) from None
+    except OSError as exc:
+        # A file that cannot be read while it is hashed (permissions, removed mid-check): nothing
+        # unreadable is ever served, and the entrypoint goes on to list every other failure.
+        raise VerificationError(
+            f"{version_dir} could not be read to verify it: {exc.strerror or type(exc).__name__}"
+            f"{f' ({exc.filename})' if exc.filename else ''}"
+        ) from None
     except (KeyError, IndexError, TypeError, AttributeError, UnsupportedAlgorithm, OpenSSLError) as exc:
         # A bundle model-signing cannot take apart: a failed verification, not a crash.
         raise VerificationError(
@@ -241,6 +248,9 @@ class Trust:
     public_key: Path | None
     cert_chain: list[Path] = field(default_factory=list)
     allow_unsigned: bool = False
+    # What an unsigned dir's refusal tells the reader to do: the image's entrypoint and
+    # `tfpack build` (which names its own flags) run the same check.
+    unsigned_remedy: str = "this image serves signed models only"
 
     @classmethod
     def from_dir(cls, trust_dir: Path, *, allow_unsigned: bool = False) -> Trust:
@@ -265,28 +275,27 @@ class Trust:
         """Whether there is a key or a chain to verify signatures with."""
         return self.public_key is not None or bool(self.cert_chain)
 
-    def check(self, version_dir: Path) -> bool:
-        """Verify ``version_dir``; True when verified, False when unsigned and that is allowed.
+    def check(self, version_dir: Path) -> VerifiedModel | None:
+        """Verify ``version_dir``; what was verified, or None when unsigned and that is allowed.
 
         A dir that carries a signature is always verified: allow-unsigned never lets a tampered
         model load.
 
         Raises:
-            VerificationError: the signature does not verify, or the dir is unsigned and
-                unsigned dirs are not allowed.
+            VerificationError: the signature does not verify, the dir is unsigned and unsigned
+                dirs are not allowed, or it is signed and there is nothing to verify it with.
             UsageError: the dir's layout is unusable (e.g. no saved_model.pb).
         """
         if not (version_dir / SIGNATURE_FILE).is_file():
             if self.allow_unsigned:
-                return False
-            raise VerificationError(
-                f"{version_dir} is unsigned ({SIGNATURE_FILE} is missing) and this image serves signed models only"
-            )
+                return None
+            raise VerificationError(f"{version_dir} is unsigned ({SIGNATURE_FILE} is missing): {self.unsigned_remedy}")
         if not self.has_material:
-            raise VerificationError(f"{version_dir} is signed, but the image holds no key or chain to verify it with")
-        verify_version_dir(
+            raise VerificationError(
+                f"{version_dir} is signed, but there is no public key or certificate chain to verify it with"
+            )
+        return verify_version_dir(
             version_dir,
             None if self.cert_chain else self.public_key,
             certificate_chain=self.cert_chain or None,
         )
-        return True

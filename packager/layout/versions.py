@@ -15,7 +15,7 @@ from pathlib import Path
 
 from packager.errors import UsageError
 
-_VERSION_NAME = re.compile(r"^[0-9]+$")
+_VERSION_NAME = re.compile(r"[0-9]+")
 # A directory naming a larger number is no version TF Serving would load.
 MAX_VERSION = 2**63 - 1
 _INT64_DIGITS = 19
@@ -29,7 +29,7 @@ def _version_number(name: str) -> int:
 
 def is_version_name(name: str) -> bool:
     """Whether ``name`` can name a version dir: ASCII digits only ("²" and other Unicode digits pass str.isdigit)."""
-    return bool(_VERSION_NAME.match(name))
+    return bool(_VERSION_NAME.fullmatch(name))  # fullmatch: "1\n" is no version
 
 
 def is_version_dir(path: Path) -> bool:

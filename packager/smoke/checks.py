@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from packager import equivalence, layout
-from packager.errors import UsageError, VerificationError
+from packager.errors import VerificationError
 from packager.progress import Progress
 from packager.smoke.client import (
     ModelNotAvailable,
@@ -78,19 +78,13 @@ class Expectation:
         """
         goldens = layout.Goldens.load(version_dir / layout.GOLDENS_FILE)
         provenance_path = version_dir / layout.PROVENANCE_FILE
-        record = layout.Provenance.load_json(provenance_path)
-        try:
-            signature = record["signature"]
-            return cls(
-                goldens=goldens,
-                inputs=_tensor_specs(signature["inputs"]),
-                outputs=_tensor_specs(signature["outputs"]),
-                tolerance=float(record["equivalence"]["tolerance"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UsageError(
-                f"{provenance_path} lacks {exc}: re-create the version dir with 'tfpack convert'"
-            ) from None
+        provenance = layout.Provenance.load(provenance_path)
+        return cls(
+            goldens=goldens,
+            inputs=_tensor_specs(provenance.inputs),
+            outputs=_tensor_specs(provenance.outputs),
+            tolerance=provenance.tolerance,
+        )
 
     def request_inputs(self) -> dict[str, np.ndarray]:
         """The golden inputs, each of the dtype the signature declares for it."""
@@ -106,15 +100,9 @@ class Expectation:
         return {key: value.dtype for key, value in self.goldens.outputs.items()}
 
 
-def _tensor_specs(record: dict[str, Any]) -> dict[str, TensorSpec]:
-    """Provenance signature entries as TensorSpec; a null shape means an unknown rank."""
-    return {
-        key: TensorSpec(
-            dtype=value["dtype"],
-            shape=None if value["shape"] is None else list(value["shape"]),
-        )
-        for key, value in record.items()
-    }
+def _tensor_specs(summaries: dict[str, layout.TensorSummary]) -> dict[str, TensorSpec]:
+    """The provenance's signature summaries as the client's TensorSpec (a None shape: unknown rank)."""
+    return {key: TensorSpec(dtype=value.dtype, shape=value.shape) for key, value in summaries.items()}
 
 
 # --- the checks, each over any client ----------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from packager import docker_engine, layout
 from packager.docker_engine import DockerEngineError, ImageNotFound, PathNotFound
-from packager.errors import UsageError
+from packager.errors import TfpackError, UsageError
 from packager.progress import Progress
 from packager.smoke.checks import Expectation
 
@@ -64,8 +64,15 @@ class SmokeTarget(ABC):
         endpoints = self.start(progress)
         try:
             yield endpoints
-        finally:
-            self.stop(progress)
+        except BaseException:
+            # The block's own failure (a failed check, Ctrl-C) is what the caller must see: a
+            # clean-up that fails as well is reported beside it, never instead of it.
+            try:
+                self.stop(progress)
+            except TfpackError as cleanup_error:
+                progress.step(f"clean-up failed as well: {cleanup_error}")
+            raise
+        self.stop(progress)
 
     @abstractmethod
     def start(self, progress: Progress) -> Endpoints:

@@ -147,5 +147,6 @@ def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedS
         return load_frozen_graph(path)
     from packager.sources.keras_file import load_keras_file
 
-    return load_keras_file(path, custom_objects=options.custom_objects, unsafe=options.unsafe,
-                           batchnorm=options.batchnorm)
+    return load_keras_file(
+        path, custom_objects=options.custom_objects, unsafe=options.unsafe, batchnorm=options.batchnorm
+    )

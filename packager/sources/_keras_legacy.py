@@ -35,14 +35,40 @@ _LAYERS_WITH_RAGGED = frozenset({"InputLayer", "TextVectorization", "StringLooku
 # versions have no such argument.
 _DEPTHWISE_LAYERS = frozenset({"DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"})
 
-_INITIALIZERS = frozenset({
-    "Constant", "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Identity", "LecunNormal",
-    "LecunUniform", "Ones", "Orthogonal", "RandomNormal", "RandomUniform", "TruncatedNormal",
-    "VarianceScaling", "Zeros",
-    "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "identity",
-    "lecun_normal", "lecun_uniform", "ones", "orthogonal", "random_normal", "random_uniform",
-    "truncated_normal", "variance_scaling", "zeros",
-})
+_INITIALIZERS = frozenset(
+    {
+        "Constant",
+        "GlorotNormal",
+        "GlorotUniform",
+        "HeNormal",
+        "HeUniform",
+        "Identity",
+        "LecunNormal",
+        "LecunUniform",
+        "Ones",
+        "Orthogonal",
+        "RandomNormal",
+        "RandomUniform",
+        "TruncatedNormal",
+        "VarianceScaling",
+        "Zeros",
+        "constant",
+        "glorot_normal",
+        "glorot_uniform",
+        "he_normal",
+        "he_uniform",
+        "identity",
+        "lecun_normal",
+        "lecun_uniform",
+        "ones",
+        "orthogonal",
+        "random_normal",
+        "random_uniform",
+        "truncated_normal",
+        "variance_scaling",
+        "zeros",
+    }
+)
 # Arguments of TF 1.x's tf.initializers classes that the Keras initializers never had.
 _TF1_INITIALIZER_ARGS = ("dtype", "verify_shape", "partition_info")
 

@@ -40,6 +40,15 @@ STATE_FILE = "checkpoint"
 META_SUFFIX = ".meta"
 # A shard of a checkpoint's values: PREFIX.data-00000-of-00002 (the count says which are missing).
 _SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
+
+
+def _shard_number(name: str) -> tuple[int, int]:
+    """(index, count) of a ``.data-00000-of-00002`` shard; only names _SHARD matched get here."""
+    match = _SHARD.search(name)
+    assert match is not None, name
+    return int(match.group(1)), int(match.group(2))
+
+
 # A path a state file written on Windows holds: C:\train\model.ckpt or \\server\share\model.ckpt.
 _WINDOWS_ABSOLUTE = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")
 
@@ -79,8 +88,9 @@ class CheckpointFiles:
     def shards(self) -> list[Path]:
         """The .data-NNNNN-of-MMMMM files of this prefix (not of model.ckpt-10 for model.ckpt-1)."""
         return sorted(
-            p for p in self.directory.iterdir()
-            if p.name.startswith(f"{self.basename}.data-") and _SHARD.fullmatch(p.name[len(self.basename):])
+            p
+            for p in self.directory.iterdir()
+            if p.name.startswith(f"{self.basename}.data-") and _SHARD.fullmatch(p.name[len(self.basename) :])
         )
 
     def files(self) -> list[Path]:
@@ -131,12 +141,16 @@ def _read_state_file(directory: Path) -> tuple[Path, str]:
 
     state_file = directory / STATE_FILE
     if not state_file.is_file():
-        raise SourceError(f"{directory} has no '{STATE_FILE}' state file: give the checkpoint prefix (the path without .index)")
+        raise SourceError(
+            f"{directory} has no '{STATE_FILE}' state file: give the checkpoint prefix (the path without .index)"
+        )
     state = CheckpointState()
     try:
         text_format.Parse(state_file.read_text(encoding="utf-8"), state)
     except (text_format.ParseError, UnicodeDecodeError, OSError) as exc:
-        raise SourceError(f"{state_file} is not a checkpoint state file ({first_line(exc)}): give the checkpoint prefix instead") from None
+        raise SourceError(
+            f"{state_file} is not a checkpoint state file ({first_line(exc)}): give the checkpoint prefix instead"
+        ) from None
     if not state.model_checkpoint_path:
         raise SourceError(f"{state_file} names no checkpoint: give the checkpoint prefix (the path without .index)")
     return state_file, state.model_checkpoint_path
@@ -158,7 +172,9 @@ def _resolve_state_file(directory: Path) -> CheckpointFiles:
     if not is_absolute:  # relative to the state file's directory, as TensorFlow reads it
         nested = CheckpointFiles(directory / named_dir, basename, None, state_file) if named_dir else local
         if not nested.index.is_file():
-            raise SourceError(f"{state_file} names checkpoint {named}, but {nested.index} does not exist: the checkpoint is incomplete")
+            raise SourceError(
+                f"{state_file} names checkpoint {named}, but {nested.index} does not exist: the checkpoint is incomplete"
+            )
         if not nested.directory.resolve().is_relative_to(directory.resolve()):
             raise SourceError(
                 f"{state_file} names checkpoint {named}, outside {directory}: give its prefix "
@@ -202,8 +218,9 @@ def resolve_checkpoint(path: Path) -> CheckpointFiles:
     shards = checkpoint.shards()
     if not shards:
         raise SourceError(f"checkpoint {checkpoint.prefix} has no .data-* file: the checkpoint is incomplete")
-    expected = int(_SHARD.search(shards[0].name).group(2))  # type: ignore[union-attr]
-    present = {int(_SHARD.search(s.name).group(1)) for s in shards}  # type: ignore[union-attr]
+    numbered = [_shard_number(shard.name) for shard in shards]
+    expected = numbered[0][1]
+    present = {index for index, _ in numbered}
     missing = sorted(set(range(expected)) - present)
     if missing:
         raise SourceError(
@@ -211,8 +228,13 @@ def resolve_checkpoint(path: Path) -> CheckpointFiles:
             f"(e.g. {checkpoint.basename}.data-{missing[0]:05d}-of-{expected:05d}): the checkpoint is incomplete"
         )
     meta = checkpoint.directory / f"{checkpoint.basename}{META_SUFFIX}"
-    return CheckpointFiles(checkpoint.directory, checkpoint.basename, meta if meta.is_file() else None,
-                           checkpoint.state_file, checkpoint.relocated_from)
+    return CheckpointFiles(
+        checkpoint.directory,
+        checkpoint.basename,
+        meta if meta.is_file() else None,
+        checkpoint.state_file,
+        checkpoint.relocated_from,
+    )
 
 
 def checkpoint_reader(prefix: str) -> CheckpointReader:
@@ -279,9 +301,14 @@ def _keep_node_names(graph_def: GraphDef) -> list[str]:
     # reads them: --batchnorm inference rewrites a training-mode batch norm to use them.
     moving_statistics = ("/moving_mean", "/moving_variance")
     return [
-        n.name for n in graph_def.node
-        if (not is_training_machinery(n) and n.op not in VARIABLE_OPS and n.name not in initialization
-            and n.name not in after_gradients)
+        n.name
+        for n in graph_def.node
+        if (
+            not is_training_machinery(n)
+            and n.op not in VARIABLE_OPS
+            and n.name not in initialization
+            and n.name not in after_gradients
+        )
         or (n.op in VARIABLE_OPS and f"/{n.name}".endswith(moving_statistics))
     ]
 
@@ -290,12 +317,16 @@ def _freeze(session: tf.compat.v1.Session, graph_def: GraphDef, source: Path) ->
     tf = tensorflow()
     try:
         with session.graph.as_default():
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, _keep_node_names(graph_def))
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                session, graph_def, _keep_node_names(graph_def)
+            )
         # Training branches kept behind a tf.cond(is_training) still assign to what are now
         # constants; TensorFlow 2 would refuse to import them.
         return repair_frozen_functions(repair_reference_ops(frozen))
     except (tf.errors.OpError, ValueError, KeyError) as exc:
-        raise SourceError(f"cannot fold the checkpoint's variables of {source} into constants: {first_line(exc)}") from None
+        raise SourceError(
+            f"cannot fold the checkpoint's variables of {source} into constants: {first_line(exc)}"
+        ) from None
 
 
 def _restore(session: tf.compat.v1.Session, saver: tf.compat.v1.train.Saver, prefix: str) -> None:
@@ -319,7 +350,9 @@ def _source(
     details["variables"] = sum(1 for n in graph_def.node if n.op in VARIABLE_OPS)
 
     def run_reference(
-        feeds: Mapping[str, np.ndarray], inputs: list[TensorRef], outputs: list[TensorRef],
+        feeds: Mapping[str, np.ndarray],
+        inputs: list[TensorRef],
+        outputs: list[TensorRef],
         fixed: Mapping[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
         by_key = {r.key: r.tensor_name for r in inputs}
@@ -328,22 +361,35 @@ def _source(
         return {o.key: v for o, v in zip(outputs, values)}
 
     return LoadedSource(
-        path=path, format="checkpoint", graph_def=frozen, inputs=None, outputs=None,
-        files=files, run_reference=run_reference, details=details, training_fed=training_fed,
+        path=path,
+        format="checkpoint",
+        graph_def=frozen,
+        inputs=None,
+        outputs=None,
+        files=files,
+        run_reference=run_reference,
+        details=details,
+        training_fed=training_fed,
         losses=gradient_roots(graph_def),
     )
 
 
 def _restored_source(
-    path: Path, graph: tf.Graph, saver: tf.compat.v1.train.Saver, checkpoint: CheckpointFiles,
-    stored: dict[str, tuple[str, list[int]]], ema: EmaMode, details: dict[str, Any],
+    path: Path,
+    graph: tf.Graph,
+    saver: tf.compat.v1.train.Saver,
+    checkpoint: CheckpointFiles,
+    stored: dict[str, tuple[str, list[int]]],
+    ema: EmaMode,
+    details: dict[str, Any],
 ) -> LoadedSource:
     """Restore the checkpoint into a session on ``graph``, apply EMA, and freeze it as a source."""
     session = reference_session(graph)
     _restore(session, saver, checkpoint.prefix)
     ema_report = _apply_ema(session, stored, ema, checkpoint.prefix)
-    return _source(path, session, graph.as_graph_def(), checkpoint.files(),
-                   {**checkpoint.details(), "ema": ema_report, **details})
+    return _source(
+        path, session, graph.as_graph_def(), checkpoint.files(), {**checkpoint.details(), "ema": ema_report, **details}
+    )
 
 
 def _training_fed(graph_def: GraphDef) -> frozenset[str]:
@@ -363,9 +409,16 @@ def _training_fed(graph_def: GraphDef) -> frozenset[str]:
     def only_training_consumes(name: str) -> bool:
         return all(training(c) for c in index.consumers.get(name, ()) if c in index.nodes)
 
-    fed = {name for name in index.nodes if not training(name) and index.consumers.get(name) and only_training_consumes(name)}
-    unnamed_losses = {name for name in losses if name in index.nodes and not is_training_machinery(index.nodes[name])
-                      and only_training_consumes(name)}
+    fed = {
+        name
+        for name in index.nodes
+        if not training(name) and index.consumers.get(name) and only_training_consumes(name)
+    }
+    unnamed_losses = {
+        name
+        for name in losses
+        if name in index.nodes and not is_training_machinery(index.nodes[name]) and only_training_consumes(name)
+    }
     return frozenset(fed | unnamed_losses)
 
 
@@ -405,7 +458,9 @@ def _apply_ema(
                 try:
                     value = reader.get_tensor(_checkpoint_name(variable) + EMA_SUFFIX)
                 except (tf.errors.OpError, ValueError) as exc:
-                    raise SourceError(f"cannot read the EMA shadow of {_checkpoint_name(variable)} from {prefix}: {first_line(exc)}") from None
+                    raise SourceError(
+                        f"cannot read the EMA shadow of {_checkpoint_name(variable)} from {prefix}: {first_line(exc)}"
+                    ) from None
                 slice_info = getattr(variable, "_save_slice_info", None)
                 if slice_info:
                     value = value[tuple(slice(o, o + n) for o, n in zip(slice_info.var_offset, slice_info.var_shape))]
@@ -454,7 +509,12 @@ def load_checkpoint_with_meta_graph(path: Path, *, ema: EmaMode = "auto") -> Loa
         if saver is None:  # a meta graph exported without its saver
             saver = tf.compat.v1.train.Saver()
     return _restored_source(
-        path, graph, saver, checkpoint, stored, ema,
+        path,
+        graph,
+        saver,
+        checkpoint,
+        stored,
+        ema,
         {"graph": "meta_graph", "replaced_inputs": [r.to_json() for r in replaced], "repairs": repaired.repairs},
     )
 
@@ -501,11 +561,20 @@ def load_graph_with_checkpoint(graph_path: Path, checkpoint_path: Path) -> Loade
     try:
         session.run(assignments)
     except tf.errors.OpError as exc:
-        raise SourceError(f"cannot load checkpoint {checkpoint.prefix} into {graph_path.name}: {first_line(exc)}") from None
+        raise SourceError(
+            f"cannot load checkpoint {checkpoint.prefix} into {graph_path.name}: {first_line(exc)}"
+        ) from None
     return _source(
-        graph_path, session, graph_def, [graph_path.resolve(), *checkpoint.files()],
-        {**checkpoint.details(), "graph": graph_path.name,
-         "replaced_inputs": [r.to_json() for r in replaced], "repairs": repaired.repairs},
+        graph_path,
+        session,
+        graph_def,
+        [graph_path.resolve(), *checkpoint.files()],
+        {
+            **checkpoint.details(),
+            "graph": graph_path.name,
+            "replaced_inputs": [r.to_json() for r in replaced],
+            "repairs": repaired.repairs,
+        },
     )
 
 
@@ -549,8 +618,15 @@ def load_checkpoint_with_builder(checkpoint_path: Path, builder: str, *, ema: Em
                 f"(e.g. {missing[0]}): the builder must use the checkpoint's variable names"
             )
         saver = tf.compat.v1.train.Saver()
-    source = _restored_source(checkpoint_path, graph, saver, checkpoint, stored, ema, {
-        "graph": f"builder {builder}", "builder_signature": "discovered" if declared is None else "declared"})
+    source = _restored_source(
+        checkpoint_path,
+        graph,
+        saver,
+        checkpoint,
+        stored,
+        ema,
+        {"graph": f"builder {builder}", "builder_signature": "discovered" if declared is None else "declared"},
+    )
     if declared is not None:
         source.inputs, source.outputs = declared
     return source
@@ -579,10 +655,14 @@ def _declared_signature(
         result = []
         for key, tensor in tensors.items():
             if not isinstance(key, str) or not key:
-                raise UsageError(f"--builder {builder}: {role} key {key!r} is not a non-empty string: {BUILDER_CONTRACT}")
+                raise UsageError(
+                    f"--builder {builder}: {role} key {key!r} is not a non-empty string: {BUILDER_CONTRACT}"
+                )
             if not isinstance(tensor, tf.Tensor) or tensor.graph is not graph:
                 what = "a tensor of another graph" if isinstance(tensor, tf.Tensor) else f"a {type(tensor).__name__}"
-                raise UsageError(f"--builder {builder}: {role} {key!r} is {what}, not a tensor of the default graph: {BUILDER_CONTRACT}")
+                raise UsageError(
+                    f"--builder {builder}: {role} {key!r} is {what}, not a tensor of the default graph: {BUILDER_CONTRACT}"
+                )
             result.append(TensorRef(key, tensor.name, numpy_dtype_name(tensor.dtype), shape_tuple(tensor.shape)))
         return result
 
@@ -591,7 +671,9 @@ def _declared_signature(
         # The dict form: the inputs are the placeholders the outputs need, keyed by their names.
         names = discover_inputs(GraphIndex.build(graph.as_graph_def()), [r.tensor_name for r in output_refs])
         if not names:
-            raise UsageError(f"--builder {builder}: no placeholder feeds its outputs: return ({{input_key: tensor}}, {{output_key: tensor}})")
+            raise UsageError(
+                f"--builder {builder}: no placeholder feeds its outputs: return ({{input_key: tensor}}, {{output_key: tensor}})"
+            )
         inputs = {key: graph.get_tensor_by_name(name) for key, name in zip(signature_keys(names), names)}
     return refs(inputs, "input"), output_refs
 
@@ -611,8 +693,11 @@ def _import_builder(builder: str) -> Callable[[], object]:
     if not callable(function):
         raise UsageError(f"--builder: {module_name} has no function {function_name}")
     try:
-        required = [p.name for p in inspect.signature(function).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        required = [
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
     except (TypeError, ValueError):  # builtins without a signature: let the call tell
         required = []
     if required:

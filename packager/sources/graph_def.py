@@ -59,7 +59,9 @@ def load_frozen_graph(path: Path) -> LoadedSource:
     sessions: list[tf.compat.v1.Session] = []
 
     def run_reference(
-        feeds: Mapping[str, np.ndarray], inputs: list[TensorRef], outputs: list[TensorRef],
+        feeds: Mapping[str, np.ndarray],
+        inputs: list[TensorRef],
+        outputs: list[TensorRef],
         fixed: Mapping[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
         if not sessions:
@@ -78,6 +80,9 @@ def load_frozen_graph(path: Path) -> LoadedSource:
         files=[path.resolve()],
         run_reference=run_reference,
         graph=graph,
-        details={"encoding": "text" if path.suffix == ".pbtxt" else "binary",
-                 "replaced_inputs": [r.to_json() for r in replaced], "repairs": repaired.repairs},
+        details={
+            "encoding": "text" if path.suffix == ".pbtxt" else "binary",
+            "replaced_inputs": [r.to_json() for r in replaced],
+            "repairs": repaired.repairs,
+        },
     )

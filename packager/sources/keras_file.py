@@ -112,7 +112,9 @@ def import_custom_objects(module_name: str | None) -> dict[str, object]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise UsageError(f"--custom-objects: cannot import {module_name}: {first_line(exc)} (is it on PYTHONPATH?)") from None
+        raise UsageError(
+            f"--custom-objects: cannot import {module_name}: {first_line(exc)} (is it on PYTHONPATH?)"
+        ) from None
     found: dict[str, object] = {
         name: value
         for name, value in vars(module).items()
@@ -151,7 +153,8 @@ def batchnorm_training_calls(config: Any) -> list[str]:
     return [
         str(node["config"].get("name", "?"))
         for node in config_objects(config)
-        if node.get("class_name") in _BATCHNORM_LAYERS and isinstance(node.get("config"), dict)
+        if node.get("class_name") in _BATCHNORM_LAYERS
+        and isinstance(node.get("config"), dict)
         and any(kwargs.get("training") for kwargs in _call_kwargs(node))
     ]
 
@@ -240,7 +243,11 @@ def _keras_error(exc: BaseException) -> str:
 
 
 def _load_model(
-    path: Path, keras_version: str, config: dict[str, Any], custom_objects: dict[str, object], unsafe: bool,
+    path: Path,
+    keras_version: str,
+    config: dict[str, Any],
+    custom_objects: dict[str, object],
+    unsafe: bool,
     strip_batchnorm: bool = False,
 ) -> tuple[KerasModel, list[str]]:
     """Load ``path`` with the Keras that wrote it, through a fixed copy when its config needs fixes.
@@ -309,9 +316,11 @@ def frozen_graph_def(concrete: tf.types.experimental.ConcreteFunction, output_na
     replace_variables = getattr(convert_to_constants, "_replace_variables_by_constants", None)
     if converter is None or replace_variables is None:  # another TensorFlow: the public round trip
         return drop_frozen_variable_updates(
-            convert_to_constants.convert_variables_to_constants_v2(concrete).graph.as_graph_def())
+            convert_to_constants.convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+        )
     graph_def, _ = replace_variables(
-        converter_data=converter(func=concrete, lower_control_flow=True, aggressive_inlining=False))
+        converter_data=converter(func=concrete, lower_control_flow=True, aggressive_inlining=False)
+    )
     inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
     keep = {_strip_tensor_suffix(name) for name in [*inputs, *output_names]}
     by_name = {node.name: node for node in graph_def.node}
@@ -352,15 +361,13 @@ def load_keras_file(
     batchnorm_calls = batchnorm_training_calls(config)
     strip_batchnorm = _check_batchnorm_mode(path, loader_for(keras_version), batchnorm_calls, batchnorm)
     model, legacy_fixes = _load_model(
-        path, keras_version, config, import_custom_objects(custom_objects), unsafe, strip_batchnorm)
+        path, keras_version, config, import_custom_objects(custom_objects), unsafe, strip_batchnorm
+    )
     input_keys = [_strip_tensor_suffix(getattr(t, "name", f"input_{i}")) for i, t in enumerate(model.inputs)]
     output_keys = _output_names(model)
     if len(set(output_keys)) != len(output_keys):
         output_keys = [f"output_{i}" for i in range(len(output_keys))]
-    specs = [
-        tf.TensorSpec(tuple(t.shape), tf.as_dtype(t.dtype), name=key)
-        for t, key in zip(model.inputs, input_keys)
-    ]
+    specs = [tf.TensorSpec(tuple(t.shape), tf.as_dtype(t.dtype), name=key) for t, key in zip(model.inputs, input_keys)]
 
     def call_model(values: list[Tensor]) -> list[Tensor]:
         result = model(values if len(values) > 1 else values[0], training=False)
@@ -391,7 +398,9 @@ def load_keras_file(
     ]
 
     def run_reference(
-        feeds: Mapping[str, np.ndarray], inputs_: list[TensorRef], outputs_: list[TensorRef],
+        feeds: Mapping[str, np.ndarray],
+        inputs_: list[TensorRef],
+        outputs_: list[TensorRef],
         fixed: Mapping[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
         del inputs_, fixed  # the model declares its own inputs; --constant is for graph sources

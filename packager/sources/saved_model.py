@@ -59,7 +59,9 @@ def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> L
     input_keys = sorted(input_specs)
     output_keys = sorted(signature.structured_outputs)
     inputs = [
-        TensorRef(key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(input_specs[key].shape))
+        TensorRef(
+            key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(input_specs[key].shape)
+        )
         for key, t in zip(input_keys, frozen.inputs)
     ]
     outputs = [
@@ -68,7 +70,9 @@ def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> L
     ]
 
     def run_reference(
-        feeds: Mapping[str, np.ndarray], inputs_: list[TensorRef], outputs_: list[TensorRef],
+        feeds: Mapping[str, np.ndarray],
+        inputs_: list[TensorRef],
+        outputs_: list[TensorRef],
         fixed: Mapping[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
         del inputs_, fixed  # the model declares its own inputs; --constant is for graph sources

@@ -71,9 +71,21 @@ def _download(entry: CorpusEntry, dists: Path) -> Path:
     dists.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dists, prefix=".download-") as scratch:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-            "--disable-pip-version-check", "--timeout", "30", "--retries", "2",
-            "--dest", scratch, entry.requirement,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--timeout",
+            "30",
+            "--retries",
+            "2",
+            "--dest",
+            scratch,
+            entry.requirement,
         ]
         try:
             completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -83,7 +95,9 @@ def _download(entry: CorpusEntry, dists: Path) -> Path:
         output = completed.stdout + completed.stderr
         if completed.returncode != 0:
             if _UNREACHABLE.search(output):
-                _unreachable_reason = f"PyPI unreachable (pip download failed: {_last_error_line(output, _UNREACHABLE)})"
+                _unreachable_reason = (
+                    f"PyPI unreachable (pip download failed: {_last_error_line(output, _UNREACHABLE)})"
+                )
                 pytest.skip(_unreachable_reason)
             pytest.fail(f"pip download {entry.requirement} failed although PyPI answers: {_last_error_line(output)}")
         served = sorted(p.name for p in Path(scratch).iterdir())

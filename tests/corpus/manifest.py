@@ -160,7 +160,14 @@ ENTRIES: tuple[CorpusEntry, ...] = (
         source="musicnn/MTT_musicnn",
         kind=CHECKPOINT,
         # musicnn's extractor feeds the mel patches and is_training=False and reads sigmoid(logits).
-        flags=("--inputs", "model/Placeholder", "--outputs", "model/Sigmoid", "--constant", "model/Placeholder_2=false"),
+        flags=(
+            "--inputs",
+            "model/Placeholder",
+            "--outputs",
+            "model/Sigmoid",
+            "--constant",
+            "model/Placeholder_2=false",
+        ),
         tolerance=1e-5,
         description=(
             "musicnn's MagnaTagATune tagger (3 s log-mel patch -> 50 tags), a TF 1.13 training checkpoint saved "

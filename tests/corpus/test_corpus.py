@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CliResult, run_tfpack_in_process
+
 from corpus.cache import fetch
 from corpus.manifest import ENTRIES, CorpusEntry
 from corpus.references import run_reference
@@ -66,7 +66,8 @@ def conversion(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     root = fetch(entry)
     output_dir = tmp_path_factory.mktemp(f"corpus-{entry.id}")
     result = run_tfpack_in_process(
-        "convert", root / entry.source, "--name", entry.id, "--output-dir", output_dir, *entry.flags, "--json")
+        "convert", root / entry.source, "--name", entry.id, "--output-dir", output_dir, *entry.flags, "--json"
+    )
     return Conversion(entry, root, output_dir, result)
 
 

@@ -97,13 +97,16 @@ def slim_style_builder() -> Callable[[bool], None]:
             moving_variance = v1.get_variable("moving_variance", initializer=np.ones(3, np.float32), trainable=False)
         with tf.name_scope("net/BatchNorm/"):
             if training:
-                y, mean, variance = v1.nn.fused_batch_norm(x, gamma, beta, epsilon=1e-3, is_training=True, name="FusedBatchNorm")
+                y, mean, variance = v1.nn.fused_batch_norm(
+                    x, gamma, beta, epsilon=1e-3, is_training=True, name="FusedBatchNorm"
+                )
                 with tf.name_scope("train/"):
                     for var, value in ((moving_mean, mean), (moving_variance, variance)):
                         v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, var.assign_sub(0.5 * (var - value)))
             else:
-                y, _, _ = v1.nn.fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon=1e-3,
-                                                 is_training=False, name="FusedBatchNorm")
+                y, _, _ = v1.nn.fused_batch_norm(
+                    x, gamma, beta, moving_mean, moving_variance, epsilon=1e-3, is_training=False, name="FusedBatchNorm"
+                )
         tf.identity(tf.reduce_mean(y, axis=[1, 2]), name=OUTPUT)
 
     return build
@@ -125,8 +128,7 @@ def moments_builder(*, keepdims: bool) -> Callable[[bool], None]:
             if training:
                 mean, variance = tf.nn.moments(x, [0], keepdims=keepdims)
                 for var, value in ((moving_mean, mean), (moving_variance, variance)):
-                    v1.add_to_collection(
-                        v1.GraphKeys.UPDATE_OPS, var.assign_sub(0.5 * (var - tf.reshape(value, [-1]))))
+                    v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, var.assign_sub(0.5 * (var - tf.reshape(value, [-1]))))
             else:
                 mean, variance = moving_mean, moving_variance
             y = tf.nn.batch_normalization(x, mean, variance, beta, gamma, 1e-3)
@@ -135,7 +137,9 @@ def moments_builder(*, keepdims: bool) -> Callable[[bool], None]:
     return build
 
 
-def write_checkpoint(directory: Path, build: Callable[[bool], None], input_shape: tuple[int, ...], steps: int = 3) -> BatchNormCheckpoint:
+def write_checkpoint(
+    directory: Path, build: Callable[[bool], None], input_shape: tuple[int, ...], steps: int = 3
+) -> BatchNormCheckpoint:
     """Train ``build(True)`` a few steps with its update ops; save a checkpoint with meta graph."""
     tf = tensorflow()
     v1 = tf.compat.v1
@@ -192,8 +196,13 @@ def write_keras_training_call(path: Path, keras_module: str) -> Callable[[np.nda
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="mse")
     rng = np.random.default_rng(5)
-    model.fit(rng.normal(2.0, 3.0, size=(32, 3)).astype(np.float32), np.zeros((32, 2), np.float32),
-              batch_size=8, epochs=2, verbose=0)
+    model.fit(
+        rng.normal(2.0, 3.0, size=(32, 3)).astype(np.float32),
+        np.zeros((32, 2), np.float32),
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     bn, head = model.get_layer("bn"), model.get_layer("head")

@@ -84,9 +84,7 @@ def write_half_plus_two_tf1(base_path: Path, version: int = 1, offset: float = 2
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             builder = v1.saved_model.Builder(str(version_dir))
-            builder.add_meta_graph_and_variables(
-                session, [tf.saved_model.SERVING], signature_def_map=signatures
-            )
+            builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)
             builder.save()
     return version_dir
 

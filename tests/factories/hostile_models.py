@@ -83,7 +83,8 @@ def write_tf1_init_op_saved_model(directory: Path, target: Path, collection: str
             session.run(v1.global_variables_initializer())
             builder = v1.saved_model.Builder(str(directory))
             builder.add_meta_graph_and_variables(
-                session, ["serve"],
+                session,
+                ["serve"],
                 signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})},
                 main_op=init_op,
             )
@@ -145,15 +146,22 @@ def write_save_behind_restore(directory: Path, target: Path) -> Path:
         x = v1.placeholder(tf.float32, [None], name="x")
         variable = v1.Variable(2.0, name="v")
         y = tf.identity(x * variable, name="y")
-        evil = tf.raw_ops.Save(filename=tf.constant(str(target)), tensor_names=tf.constant(["payload"]),
-                               data=[tf.constant("written at load")], name="evil_save")
+        evil = tf.raw_ops.Save(
+            filename=tf.constant(str(target)),
+            tensor_names=tf.constant(["payload"]),
+            data=[tf.constant("written at load")],
+            name="evil_save",
+        )
         with tf.control_dependencies([evil]):
             saver = v1.train.Saver([variable], sharded=False)
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             builder = v1.saved_model.Builder(str(directory))
             builder.add_meta_graph_and_variables(
-                session, ["serve"], saver=saver,
-                signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+                session,
+                ["serve"],
+                saver=saver,
+                signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})},
+            )
             builder.save()
     return directory

@@ -22,7 +22,8 @@ def baked_layout(root: Path, public_key: Path | None, model_server: str, **servi
     baked = BakedServing(
         model_server=model_server,
         models={m.name: sorted(int(v.name) for v in m.iterdir() if v.name.isdigit()) for m in sorted(models.iterdir())},
-        trust="public_key" if public_key else "none", **serving,  # type: ignore[arg-type]
+        trust="public_key" if public_key else "none",
+        **serving,  # type: ignore[arg-type]
     )
     (root / "etc" / "trust").mkdir(parents=True)
     if public_key is not None:
@@ -30,5 +31,6 @@ def baked_layout(root: Path, public_key: Path | None, model_server: str, **servi
     (root / "etc" / "serving.json").write_text(baked.dumps())
     (root / "etc" / "models.config").write_text(model_config_text(baked.served_versions, str(models)))
     # No mountinfo file: nothing is mounted (tests that need mounts write one).
-    return ImageLayout(etc_dir=root / "etc", models_root=models, mountinfo=root / "mountinfo",
-                       require_root_owned=os.geteuid() == 0)
+    return ImageLayout(
+        etc_dir=root / "etc", models_root=models, mountinfo=root / "mountinfo", require_root_owned=os.geteuid() == 0
+    )

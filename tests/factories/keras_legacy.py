@@ -52,8 +52,11 @@ def build_sequential_model(keras: ModuleType, *, seed: int = 17) -> Any:
     """A Sequential MLP: [None, 4] -> Dense(6, relu) -> Dense(3)."""
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((4,), name="values"), keras.layers.Dense(6, activation="relu", name="d1"),
-         keras.layers.Dense(3, name="d2")],
+        [
+            keras.Input((4,), name="values"),
+            keras.layers.Dense(6, activation="relu", name="d1"),
+            keras.layers.Dense(3, name="d2"),
+        ],
         name="mlp",
     )
 
@@ -105,7 +108,11 @@ def patch_config(source: Path, destination: Path, rewrite: ConfigRewrite) -> Pat
 
 
 def _layers(config: dict[str, Any], class_name: str) -> list[dict[str, Any]]:
-    return [node["config"] for node in config_objects(config) if node.get("class_name") == class_name and isinstance(node.get("config"), dict)]
+    return [
+        node["config"]
+        for node in config_objects(config)
+        if node.get("class_name") == class_name and isinstance(node.get("config"), dict)
+    ]
 
 
 def as_tf1_relu_ndarrays(config: dict[str, Any]) -> None:

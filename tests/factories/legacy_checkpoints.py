@@ -77,8 +77,7 @@ def write_state_file(directory: Path, model_checkpoint_path: str) -> Path:
     """Write ``directory/checkpoint`` the way a training job elsewhere left it."""
     state = directory / "checkpoint"
     state.write_text(
-        f'model_checkpoint_path: "{model_checkpoint_path}"\n'
-        f'all_model_checkpoint_paths: "{model_checkpoint_path}"\n'
+        f'model_checkpoint_path: "{model_checkpoint_path}"\nall_model_checkpoint_paths: "{model_checkpoint_path}"\n'
     )
     return state
 
@@ -247,9 +246,12 @@ def write_sparse_embedding(directory: Path, optimizer: str, steps: int = 3) -> S
         rng = np.random.default_rng(12)
         ids = v1.placeholder(tf.int32, [None, 2], name="ids")
         target = v1.placeholder(tf.float32, [None, 1], name="target")
-        table = v1.get_variable("embedding", initializer=rng.normal(size=(VOCABULARY, EMBEDDING)).astype(np.float32),
-                                use_resource=True)
-        head = v1.get_variable("head", initializer=rng.normal(size=(EMBEDDING, 1)).astype(np.float32), use_resource=True)
+        table = v1.get_variable(
+            "embedding", initializer=rng.normal(size=(VOCABULARY, EMBEDDING)).astype(np.float32), use_resource=True
+        )
+        head = v1.get_variable(
+            "head", initializer=rng.normal(size=(EMBEDDING, 1)).astype(np.float32), use_resource=True
+        )
         pooled = tf.reduce_mean(tf.nn.embedding_lookup(table, ids), axis=1)
         score = tf.matmul(pooled, head, name="score")
         loss = tf.reduce_mean(tf.square(score - target))

@@ -32,9 +32,7 @@ class Pki:
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> bytes:
-    encryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    )
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
@@ -52,7 +50,7 @@ def issue_certificate(
     code_signing: bool = True,
 ) -> x509.Certificate:
     """A certificate for ``public_key`` signed by ``issuer_key`` (self-signed when ``issuer`` is None)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()
@@ -63,18 +61,22 @@ def issue_certificate(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
     if ca:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
         ).add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -82,16 +84,20 @@ def issue_certificate(
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=code_signing, content_commitment=False,
-                key_encipherment=not code_signing, data_encipherment=False, key_agreement=False,
-                key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=code_signing,
+                content_commitment=False,
+                key_encipherment=not code_signing,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         if code_signing:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
-            )
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -106,13 +112,9 @@ def make_pki(directory: Path, name: str = "tfpack") -> Pki:
     root_key = ec.generate_private_key(ec.SECP384R1())
     root = issue_certificate(f"{name} root CA", root_key.public_key(), root_key, None, ca=True)
     intermediate_key = ec.generate_private_key(ec.SECP256R1())
-    intermediate = issue_certificate(
-        f"{name} intermediate CA", intermediate_key.public_key(), root_key, root, ca=True
-    )
+    intermediate = issue_certificate(f"{name} intermediate CA", intermediate_key.public_key(), root_key, root, ca=True)
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = issue_certificate(
-        f"{name} model signing", leaf_key.public_key(), intermediate_key, intermediate, ca=False
-    )
+    leaf = issue_certificate(f"{name} model signing", leaf_key.public_key(), intermediate_key, intermediate, ca=False)
     (directory / "leaf_key.pem").write_bytes(private_key_pem(leaf_key))
     (directory / "leaf_public.pem").write_bytes(public_key_pem(leaf_key.public_key()))
     (directory / "intermediate_key.pem").write_bytes(private_key_pem(intermediate_key))

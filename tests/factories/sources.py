@@ -33,9 +33,7 @@ def write_frozen_classifier(path: Path, *, text: bool = False) -> Path:
             bias = v1.get_variable("bias", initializer=rng.normal(size=(3,)).astype(np.float32))
             logits = tf.add(tf.matmul(features, kernel), bias, name="logits")
             tf.nn.softmax(logits, name="probs")
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), name="loss"
-        )
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), name="loss")
         v1.summary.scalar("loss", loss)
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())

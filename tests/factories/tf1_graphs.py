@@ -90,7 +90,9 @@ def write_bert_like_frozen(path: Path) -> Path:
         labels = v1.placeholder(tf.int32, [None], name="label_ids")
         with v1.variable_scope("bert"):
             word = v1.get_variable("word_embeddings", initializer=rng.normal(size=(30, 6)).astype(np.float32))
-            token_type = v1.get_variable("token_type_embeddings", initializer=rng.normal(size=(2, 6)).astype(np.float32))
+            token_type = v1.get_variable(
+                "token_type_embeddings", initializer=rng.normal(size=(2, 6)).astype(np.float32)
+            )
             embedded = tf.gather(word, input_ids) + tf.gather(token_type, segment_ids)
             mask = tf.cast(input_mask, tf.float32)[:, :, None]
             pooled = tf.reduce_sum(embedded * mask, axis=1) / (tf.reduce_sum(mask, axis=1) + 1e-6)
@@ -102,7 +104,8 @@ def write_bert_like_frozen(path: Path) -> Path:
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             frozen = v1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), ["classifier/probabilities", "xent"])
+                session, graph.as_graph_def(), ["classifier/probabilities", "xent"]
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(frozen.SerializeToString())
     return path
@@ -251,8 +254,9 @@ def write_two_tower(directory: Path, towers: int = 2, scope: str = "Card") -> Tw
                     bias = v1.get_variable("bias", initializer=rng.normal(size=(3,)).astype(np.float32))
                     logits = tf.matmul(prepared, kernel) + bias
                     tf.nn.softmax(logits, name="probs")
-                    losses.append(tf.reduce_mean(
-                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)))
+                    losses.append(
+                        tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+                    )
                     v1.get_variable_scope().reuse_variables()
         total = tf.add_n(losses, name="total_loss")
         train = v1.train.GradientDescentOptimizer(0.1).minimize(total, colocate_gradients_with_ops=True)
@@ -269,7 +273,8 @@ def write_two_tower(directory: Path, towers: int = 2, scope: str = "Card") -> Tw
             kernel_value, bias_value = session.run([by_name["kernel"], by_name["bias"]])
             prefix = Path(saver.save(session, str(directory / "towers.ckpt")))
             frozen = v1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), [f"{scope}_{i}/probs" for i in range(towers)])
+                session, graph.as_graph_def(), [f"{scope}_{i}/probs" for i in range(towers)]
+            )
     frozen_path = directory / "towers_frozen.pb"
     frozen_path.write_bytes(frozen.SerializeToString())
     return TwoTowerModel(prefix, frozen_path, kernel_value, bias_value)

@@ -234,8 +234,12 @@ def random_behind_a_data_condition() -> None:
     """Noise added only when a request's values are large: generic goldens never take that branch."""
     tf = tensorflow()
     hidden = dense_input()
-    tf.identity(tf.cond(tf.reduce_max(hidden) > 1000.0,
-                        lambda: hidden + tf.random.uniform(tf.shape(hidden)), lambda: hidden * 2.0), name="y")
+    tf.identity(
+        tf.cond(
+            tf.reduce_max(hidden) > 1000.0, lambda: hidden + tf.random.uniform(tf.shape(hidden)), lambda: hidden * 2.0
+        ),
+        name="y",
+    )
 
 
 def mean_over_runtime_axes() -> None:
@@ -257,7 +261,8 @@ def stateless_random_crop() -> None:
     v1 = tf.compat.v1
     images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="x")
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        [8, 8, 1], [[[0.0, 0.0, 1.0, 1.0]]], seed=[1, 2], min_object_covered=0.1)
+        [8, 8, 1], [[[0.0, 0.0, 1.0, 1.0]]], seed=[1, 2], min_object_covered=0.1
+    )
     crop = tf.slice(images, tf.concat([[0], begin], 0), tf.concat([[-1], size], 0))
     tf.identity(tf.reduce_mean(crop, axis=[1, 2, 3]) * v1.get_variable("s", initializer=np.float32(2.0)), name="y")
 

@@ -35,6 +35,8 @@ from packaging.requirements import Requirement
 from packager.layout import SIGNATURE_FILE, hashing_config, verify_version_dir
 from packager.layout import _model_signing_compat as compat
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 COMPAT = "packager/layout/_model_signing_compat.py"
 INSTALLED = importlib.metadata.version("model-signing")
 REPO = Path(__file__).resolve().parents[2]

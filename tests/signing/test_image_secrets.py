@@ -10,6 +10,7 @@ e.g. cryptography's ssh.py and libgnutls, so the header check is limited to tfpa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -79,8 +80,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, key: ec.EllipticCurvePri
 
 def _needles(key: ec.EllipticCurvePrivateKey, model_dir: Path) -> dict[str, bytes]:
     """Byte strings that would betray the private key, by the form they would take."""
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     needles = {
         "plain PEM file": (model_dir / "signing_key.pem").read_bytes(),
         "encrypted PEM file": (model_dir.parent / "signing_key.encrypted.pem").read_bytes(),
@@ -106,36 +106,36 @@ class SavedImageScan:
 def scan_saved_image(client: docker.DockerClient, tag: str, needles: dict[str, bytes]) -> SavedImageScan:
     """Stream `docker save TAG` and look for ``needles`` in every file of every layer."""
     scan = SavedImageScan()
-    saved = tarfile.open(
+    with tarfile.open(
         fileobj=io.BufferedReader(_ChunkReader(client.images.get(tag).save(chunk_size=1 << 20)), 1 << 20),
         mode="r|",
-    )
-    for member in saved:
-        if not member.isfile():
-            continue
-        handle = saved.extractfile(member)
-        assert handle is not None
-        if member.name == "manifest.json":
-            scan.layers = json.loads(handle.read())[0]["Layers"]
-            continue
-        try:
-            layer = tarfile.open(fileobj=handle, mode="r|")
-        except tarfile.ReadError:
-            data = handle.read()  # image config and other metadata: scanned whole
-            scan.findings += [f"{member.name}: {label}" for label, needle in needles.items() if needle in data]
-            continue
-        scan.layers_seen.append(member.name)
-        for entry in layer:
-            if not entry.isfile():
+    ) as saved:
+        for member in saved:
+            if not member.isfile():
                 continue
-            entry_handle = layer.extractfile(entry)
-            assert entry_handle is not None
-            data = entry_handle.read()
-            scan.findings += [
-                f"{member.name}:{entry.name}: {label}" for label, needle in needles.items() if needle in data
-            ]
-            if PEM_PRIVATE_KEY.search(data):
-                scan.header_hits.setdefault(member.name, []).append(entry.name)
+            handle = saved.extractfile(member)
+            assert handle is not None
+            if member.name == "manifest.json":
+                scan.layers = json.loads(handle.read())[0]["Layers"]
+                continue
+            try:
+                layer = tarfile.open(fileobj=handle, mode="r|")  # noqa: SIM115 (closed with the outer stream)
+            except tarfile.ReadError:
+                data = handle.read()  # image config and other metadata: scanned whole
+                scan.findings += [f"{member.name}: {label}" for label, needle in needles.items() if needle in data]
+                continue
+            scan.layers_seen.append(member.name)
+            for entry in layer:
+                if not entry.isfile():
+                    continue
+                entry_handle = layer.extractfile(entry)
+                assert entry_handle is not None
+                data = entry_handle.read()
+                scan.findings += [
+                    f"{member.name}:{entry.name}: {label}" for label, needle in needles.items() if needle in data
+                ]
+                if PEM_PRIVATE_KEY.search(data):
+                    scan.header_hits.setdefault(member.name, []).append(entry.name)
     assert scan.layers, "docker save wrote no manifest.json"
     assert set(scan.layers) <= set(scan.layers_seen), "some layers were not scanned"
     return scan
@@ -157,10 +157,8 @@ def test_scan_finds_a_key_that_is_in_an_image(
         assert any("etc/leaked.pem: encrypted PEM file" in f for f in scan.findings), scan.findings
         assert [hits for hits in scan.header_hits.values()] == [["etc/leaked.pem"]]
     finally:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 @pytest.mark.docker
@@ -177,7 +175,5 @@ def test_docker_save_holds_no_private_key_material(
         added = scan.layers[base_layers:]
         assert {layer: hits for layer, hits in scan.header_hits.items() if layer in added} == {}
     finally:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag, force=True)
-        except docker.errors.ImageNotFound:
-            pass

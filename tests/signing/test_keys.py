@@ -18,6 +18,8 @@ from factories.pki import Pki, make_pki, private_key_pem, public_key_pem
 from packager.cli import cli
 from packager.layout import SIGNATURE_FILE
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 PASSWORD = "correct horse battery staple 7f3a"
 
 
@@ -33,9 +35,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "public": directory / "public.pem",
     }
     paths["pkcs8"].write_bytes(private_key_pem(key, PASSWORD.encode()))
-    paths["traditional"].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(PASSWORD.encode())))
+    paths["traditional"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(PASSWORD.encode()),
+        )
+    )
     paths["plain"].write_bytes(private_key_pem(key))
     paths["public"].write_bytes(public_key_pem(key.public_key()))
     return paths
@@ -96,8 +102,15 @@ def test_encrypted_key_with_prompted_password(model: Path, keys, tfpack_cli) -> 
 
 
 def test_prompt_password_without_a_terminal_is_a_usage_error(model: Path, keys) -> None:
-    result = _invoke("sign", model, "--key", keys["pkcs8"], "--prompt-password", input=PASSWORD + "\n",
-                     env={"TFPACK_KEY_PASSWORD": ""})
+    result = _invoke(
+        "sign",
+        model,
+        "--key",
+        keys["pkcs8"],
+        "--prompt-password",
+        input=PASSWORD + "\n",
+        env={"TFPACK_KEY_PASSWORD": ""},
+    )
     assert result.exit_code == 2 and "needs a terminal" in result.output
 
 
@@ -108,8 +121,17 @@ def test_encrypted_key_signs_with_a_certificate(model: Path, tmp_path: Path, tfp
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     encrypted = tmp_path / "leaf_key.encrypted.pem"
     encrypted.write_bytes(private_key_pem(key, PASSWORD.encode()))
-    result = _invoke("sign", model, "--key", encrypted, "--cert", pki.leaf, "--chain", pki.intermediate,
-                     env={"TFPACK_KEY_PASSWORD": PASSWORD})
+    result = _invoke(
+        "sign",
+        model,
+        "--key",
+        encrypted,
+        "--cert",
+        pki.leaf,
+        "--chain",
+        pki.intermediate,
+        env={"TFPACK_KEY_PASSWORD": PASSWORD},
+    )
     assert result.exit_code == 0, result.output
     assert tfpack_cli("verify", model, "--cert-chain", pki.root).exit_code == 0
 
@@ -164,22 +186,30 @@ def _ec_key() -> ec.EllipticCurvePrivateKey:
 
 DER_KEYS = {
     "pkcs8_der": lambda: _ec_key().private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ),
     "pkcs8_der_encrypted": lambda: _ec_key().private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")),
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
+    ),
     "traditional_ec_der": lambda: _ec_key().private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()),
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ),
     "rsa_der": lambda: rsa.generate_private_key(65537, 2048).private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    "pem_padded_past_a_mebibyte": lambda: b"\0" * (3 << 20) + _ec_key().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ),
+    "pem_padded_past_a_mebibyte": lambda: (
+        b"\0" * (3 << 20)
+        + _ec_key().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    ),
 }
 
 
 @pytest.mark.parametrize("encoding", sorted(DER_KEYS))
-def test_a_private_key_in_any_encoding_or_size_is_never_signed(encoding: str, model: Path, signing_keys,
-                                                               tfpack_cli) -> None:
+def test_a_private_key_in_any_encoding_or_size_is_never_signed(
+    encoding: str, model: Path, signing_keys, tfpack_cli
+) -> None:
     (model / "assets.extra" / "deploy.key").write_bytes(DER_KEYS[encoding]())
     result = tfpack_cli("sign", model, "--key", signing_keys["private"])
     assert result.exit_code == 2, result.stderr
@@ -190,7 +220,8 @@ def test_a_private_key_in_any_encoding_or_size_is_never_signed(encoding: str, mo
 def test_ordinary_model_files_are_not_mistaken_for_keys(model: Path, signing_keys, tfpack_cli) -> None:
     # A DER-looking blob (starts with a SEQUENCE tag) that is no key, and a public key.
     (model / "assets.extra" / "blob.bin").write_bytes(b"\x30\x82\x01\x00" + os.urandom(256))
-    (model / "assets.extra" / "public.pem").write_bytes(_ec_key().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (model / "assets.extra" / "public.pem").write_bytes(
+        _ec_key().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     result = tfpack_cli("sign", model, "--key", signing_keys["private"])
     assert result.exit_code == 0, result.stderr

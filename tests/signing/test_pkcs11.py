@@ -42,9 +42,19 @@ def test_sign_with_a_token_key_verifies_with_its_public_key(model: Path, token, 
     assert PIN not in result.stdout + result.stderr
     assert tfpack_cli("verify", model, "--public-key", token["public_key"]).exit_code == 0
     reference = subprocess.run(
-        [str(MODEL_SIGNING_CLI), "verify", "key", str(model), "--signature", str(model / SIGNATURE_FILE),
-         "--public_key", str(token["public_key"])],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(MODEL_SIGNING_CLI),
+            "verify",
+            "key",
+            str(model),
+            "--signature",
+            str(model / SIGNATURE_FILE),
+            "--public_key",
+            str(token["public_key"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
@@ -56,9 +66,19 @@ def test_token_key_with_a_certificate_verifies_with_the_chain(model: Path, token
     assert result.exit_code == 0, result.stderr
     assert tfpack_cli("verify", model, "--cert-chain", pki.root).exit_code == 0
     reference = subprocess.run(
-        [str(MODEL_SIGNING_CLI), "verify", "certificate", str(model), "--signature", str(model / SIGNATURE_FILE),
-         "--certificate_chain", str(pki.root)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(MODEL_SIGNING_CLI),
+            "verify",
+            "certificate",
+            str(model),
+            "--signature",
+            str(model / SIGNATURE_FILE),
+            "--certificate_chain",
+            str(pki.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert reference.returncode == 0, reference.stdout + reference.stderr
 

@@ -25,6 +25,8 @@ from packager.provenance import (
 )
 from packager.signing import signed_digest
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 MODEL_SIGNING_CLI = Path(sys.executable).with_name("model_signing")
 
 
@@ -42,12 +44,12 @@ def with_statement(converted: Path, tmp_path: Path) -> Path:
     """A copy of the version dir with its statement written, as convert does before publishing."""
     copy = shutil.copytree(converted, tmp_path / "7")
     if not (copy / STATEMENT_FILE).exists():
-        write_provenance_statement(copy, Provenance.load_json(copy / PROVENANCE_FILE))
+        write_provenance_statement(copy, Provenance.load(copy / PROVENANCE_FILE))
     return copy
 
 
 def test_statement_is_an_in_toto_v1_statement_of_the_conversion(with_statement: Path) -> None:
-    provenance = Provenance.load_json(with_statement / PROVENANCE_FILE)
+    provenance = Provenance.load(with_statement / PROVENANCE_FILE).to_json()
     statement = json.loads((with_statement / STATEMENT_FILE).read_text())
     assert statement["_type"] == STATEMENT_TYPE == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == PREDICATE_TYPE
@@ -68,10 +70,21 @@ def test_statement_is_an_in_toto_v1_statement_of_the_conversion(with_statement: 
 def test_subject_digest_is_model_signings_root_digest(with_statement: Path, signing_keys) -> None:
     # The reference CLI, told to leave the statement out, records the same root digest.
     completed = subprocess.run(
-        [str(MODEL_SIGNING_CLI), "sign", "key", str(with_statement),
-         "--signature", str(with_statement / SIGNATURE_FILE),
-         "--private_key", str(signing_keys["private"]), "--ignore-paths", str(with_statement / STATEMENT_FILE)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(MODEL_SIGNING_CLI),
+            "sign",
+            "key",
+            str(with_statement),
+            "--signature",
+            str(with_statement / SIGNATURE_FILE),
+            "--private_key",
+            str(signing_keys["private"]),
+            "--ignore-paths",
+            str(with_statement / STATEMENT_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     statement = read_provenance_statement(with_statement)
@@ -104,9 +117,28 @@ def test_model_changed_after_its_provenance_and_re_signed_exits_3(
     assert f"{STATEMENT_FILE} describes other model files" in result.stderr
 
 
-def test_incomplete_provenance_record_is_refused(converted: Path, tmp_path: Path) -> None:
-    copy = shutil.copytree(converted, tmp_path / "7")
-    (copy / STATEMENT_FILE).unlink(missing_ok=True)  # convert writes one; start without it
-    with pytest.raises(UsageError, match="provenance record lacks 'equivalence'"):
-        write_provenance_statement(copy, {"model_name": "classifier", "version": 7, "source": {}})
-    assert not (copy / STATEMENT_FILE).exists()
+def test_the_provenance_record_reads_back_into_its_typed_fields(converted: Path) -> None:
+    record = json.loads((converted / PROVENANCE_FILE).read_text())
+    provenance = Provenance.load(converted / PROVENANCE_FILE)
+    assert provenance.to_json() == record
+    assert (provenance.model_name, provenance.version) == ("classifier", 7)
+    assert provenance.tolerance == record["equivalence"]["tolerance"]
+    assert {k: (v.dtype, v.shape) for k, v in provenance.inputs.items()} == {
+        k: (v["dtype"], v["shape"]) for k, v in record["signature"]["inputs"].items()
+    }
+    assert set(provenance.extra) >= {"towers", "readiness", "op_scan"}
+
+
+@pytest.mark.parametrize("damage", ["equivalence", "signature", "version", "whole"])
+def test_a_damaged_provenance_record_is_a_usage_error(converted: Path, tmp_path: Path, damage: str) -> None:
+    record = json.loads((converted / PROVENANCE_FILE).read_text())
+    if damage == "whole":
+        record = ["not", "a", "record"]
+    elif damage == "version":
+        record["version"] = "seven"
+    else:
+        del record[damage]
+    path = tmp_path / "tfpack_provenance.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(UsageError, match=r"lacks .*re-create the version dir with 'tfpack convert'"):
+        Provenance.load(path)

@@ -8,10 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from factories.pki import Pki, issue_leaf, private_key_pem
 
 from packager.layout import SIGNATURE_FILE
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 
 def test_certificate_of_another_key_is_refused(
@@ -23,9 +26,7 @@ def test_certificate_of_another_key_is_refused(
     assert not (copy / SIGNATURE_FILE).exists()
 
 
-def test_certificate_without_signing_usage_is_refused(
-    version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path
-) -> None:
+def test_certificate_without_signing_usage_is_refused(version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "key.pem").write_bytes(private_key_pem(key))
     certificate = issue_leaf(pki, key.public_key(), tmp_path / "tls.pem", code_signing=False)

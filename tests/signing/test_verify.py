@@ -16,6 +16,8 @@ from factories.pki import Pki
 
 from packager.layout import GOLDENS_FILE, SIGNATURE_FILE, WARMUP_FILE
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
 MODEL_SIGNING_CLI = Path(sys.executable).with_name("model_signing")
 
 
@@ -50,8 +52,17 @@ def method(request: pytest.FixtureRequest, signing_keys, pki: Pki, other_pki: Pk
         verify=("--cert-chain", pki.root),
         other_verify=("--cert-chain", other_pki.root),
         wrong_trust="was signed by a certificate that does not chain to the certificate chain",
-        reference_sign=("certificate", "--private_key", pki.leaf_key, "--signing_certificate", pki.leaf,
-                        "--certificate_chain", pki.intermediate, "--certificate_chain", pki.root),
+        reference_sign=(
+            "certificate",
+            "--private_key",
+            pki.leaf_key,
+            "--signing_certificate",
+            pki.leaf,
+            "--certificate_chain",
+            pki.intermediate,
+            "--certificate_chain",
+            pki.root,
+        ),
         reference_verify=("certificate", "--certificate_chain", pki.root),
     )
 
@@ -71,9 +82,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def _reference_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MODEL_SIGNING_CLI), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([str(MODEL_SIGNING_CLI), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_sign_then_verify(signed_copy: Path, method: Method, tfpack_cli) -> None:
@@ -95,8 +104,16 @@ def test_sign_then_verify(signed_copy: Path, method: Method, tfpack_cli) -> None
         (lambda d: (d / SIGNATURE_FILE).unlink(), f"is unsigned: {SIGNATURE_FILE} is missing"),
         (lambda d: (d / SIGNATURE_FILE).write_text("{not json"), "not a model-signing bundle"),
     ],
-    ids=["flipped-byte", "flipped-golden", "flipped-warmup", "appended-file", "git-file", "deleted-file",
-         "unsigned", "corrupt-signature"],
+    ids=[
+        "flipped-byte",
+        "flipped-golden",
+        "flipped-warmup",
+        "appended-file",
+        "git-file",
+        "deleted-file",
+        "unsigned",
+        "corrupt-signature",
+    ],
 )
 def test_tampering_exits_3_naming_what_changed(
     tamper, expected: str, signed_copy: Path, method: Method, tfpack_cli
@@ -124,9 +141,7 @@ def test_wrong_key_or_authority_exits_3(signed_copy: Path, method: Method, tfpac
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_signature_from_another_model_exits_3(
-    signed_copy: Path, method: Method, tfpack_cli, tmp_path: Path
-) -> None:
+def test_signature_from_another_model_exits_3(signed_copy: Path, method: Method, tfpack_cli, tmp_path: Path) -> None:
     other = shutil.copytree(signed_copy, tmp_path / "other")
     _flip_byte(other / GOLDENS_FILE)  # a different model, validly signed by the same key
     assert tfpack_cli("sign", other, *method.sign).exit_code == 0
@@ -156,8 +171,12 @@ def test_a_file_added_after_conversion_is_caught_even_when_re_signed(
 
 def test_reference_cli_verifies_tfpack_signature(signed_copy: Path, method: Method) -> None:
     completed = _reference_cli(
-        "verify", *method.reference_verify[:1], signed_copy,
-        "--signature", signed_copy / SIGNATURE_FILE, *method.reference_verify[1:],
+        "verify",
+        *method.reference_verify[:1],
+        signed_copy,
+        "--signature",
+        signed_copy / SIGNATURE_FILE,
+        *method.reference_verify[1:],
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
@@ -165,7 +184,11 @@ def test_reference_cli_verifies_tfpack_signature(signed_copy: Path, method: Meth
 def test_tfpack_verifies_reference_cli_signature(version_dir: Path, method: Method, tfpack_cli, tmp_path: Path) -> None:
     copy = shutil.copytree(version_dir, tmp_path / "1")
     completed = _reference_cli(
-        "sign", *method.reference_sign[:1], copy, "--signature", copy / SIGNATURE_FILE,
+        "sign",
+        *method.reference_sign[:1],
+        copy,
+        "--signature",
+        copy / SIGNATURE_FILE,
         *method.reference_sign[1:],
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -179,8 +202,9 @@ def test_reference_cli_signature_leaves_git_files_out_so_tfpack_refuses_them(
     version_dir: Path, signing_keys, tfpack_cli, tmp_path: Path
 ) -> None:
     copy = shutil.copytree(version_dir, tmp_path / "1")
-    completed = _reference_cli("sign", "key", copy, "--signature", copy / SIGNATURE_FILE,
-                               "--private_key", signing_keys["private"])
+    completed = _reference_cli(
+        "sign", "key", copy, "--signature", copy / SIGNATURE_FILE, "--private_key", signing_keys["private"]
+    )
     assert completed.returncode == 0, completed.stderr
     (copy / ".gitattributes").write_text("* binary")
     result = tfpack_cli("verify", copy, "--public-key", signing_keys["public"])
@@ -201,9 +225,7 @@ def test_certificate_signature_needs_the_chain_not_a_public_key(
     assert result.exit_code == 3 and "was signed with a certificate: verify it with --cert-chain" in result.stderr
 
 
-def test_key_signature_is_not_accepted_by_a_chain(
-    version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path
-) -> None:
+def test_key_signature_is_not_accepted_by_a_chain(version_dir: Path, pki: Pki, tfpack_cli, tmp_path: Path) -> None:
     copy = shutil.copytree(version_dir, tmp_path / "1")
     assert tfpack_cli("sign", copy, "--key", pki.leaf_key).exit_code == 0
     result = tfpack_cli("verify", copy, "--cert-chain", pki.root)
@@ -230,11 +252,15 @@ def test_unsupported_public_keys_are_usage_errors(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    private = {"rsa": lambda: rsa.generate_private_key(65537, 2048), "ed25519": ed25519.Ed25519PrivateKey.generate,
-               "secp256k1": lambda: ec.generate_private_key(ec.SECP256K1())}[kind]()
+    private = {
+        "rsa": lambda: rsa.generate_private_key(65537, 2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate,
+        "secp256k1": lambda: ec.generate_private_key(ec.SECP256K1()),
+    }[kind]()
     public = tmp_path / f"{kind}.pub.pem"
-    public.write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     copy = shutil.copytree(version_dir, tmp_path / "1")
     assert tfpack_cli("sign", copy, "--key", signing_keys["private"]).exit_code == 0
     result = tfpack_cli("verify", copy, "--public-key", public)
@@ -253,8 +279,9 @@ def model(version_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("material", [5, "x", [1, 2]])
-def test_a_malformed_bundle_is_a_failed_verification_not_a_crash(material, model: Path, signing_keys,
-                                                                 tfpack_cli) -> None:
+def test_a_malformed_bundle_is_a_failed_verification_not_a_crash(
+    material, model: Path, signing_keys, tfpack_cli
+) -> None:
     assert tfpack_cli("sign", model, "--key", signing_keys["private"]).exit_code == 0
     bundle = json.loads((model / SIGNATURE_FILE).read_text())
     bundle["verificationMaterial"] = material
@@ -264,8 +291,9 @@ def test_a_malformed_bundle_is_a_failed_verification_not_a_crash(material, model
     assert "not a model-signing bundle" in result.stderr
 
 
-def test_a_symlink_is_named_as_a_symlink_not_as_a_wrong_key(model: Path, signing_keys, tfpack_cli,
-                                                            tmp_path: Path) -> None:
+def test_a_symlink_is_named_as_a_symlink_not_as_a_wrong_key(
+    model: Path, signing_keys, tfpack_cli, tmp_path: Path
+) -> None:
     assert tfpack_cli("sign", model, "--key", signing_keys["private"]).exit_code == 0
     target = model / "saved_model.pb"
     outside = tmp_path / "elsewhere.pb"
@@ -275,3 +303,20 @@ def test_a_symlink_is_named_as_a_symlink_not_as_a_wrong_key(model: Path, signing
     result = tfpack_cli("verify", model, "--public-key", signing_keys["public"])
     assert result.exit_code == 3, result.stderr
     assert "symlink" in result.stderr and "not signed by" not in result.stderr
+
+
+def test_a_file_that_cannot_be_read_is_a_failed_verification_not_a_crash(
+    signed_copy: Path, method: Method, tfpack_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root reads every file whatever its mode, so the unreadable file is simulated where
+    # model-signing would meet it: while it hashes the version dir.
+    from model_signing import verifying
+
+    def unreadable(self: verifying.Config, model_path: Path, signature_path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(model_path / "saved_model.pb"))
+
+    monkeypatch.setattr(verifying.Config, "verify", unreadable)
+    result = tfpack_cli("verify", signed_copy, *method.verify)
+    assert result.exit_code == 3, result.stderr
+    assert "could not be read to verify it: Permission denied" in result.stderr
+    assert "saved_model.pb" in result.stderr

@@ -6,9 +6,13 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from packager.smoke import GRPC_MODEL_STATUS, GRPC_PREDICT, CheckResult, SmokeReport
 from packager.smoke.report import summarize_latencies
 from tests.smoke.support import MODEL, junit_counts
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 
 def failed_report() -> SmokeReport:

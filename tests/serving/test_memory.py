@@ -59,7 +59,9 @@ def write_dense_model(base_path: Path, version: int, offset: float) -> None:
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, ROWS], name="x")
         weights = v1.get_variable(
-            "weights", [ROWS, COLUMNS], tf.float32,
+            "weights",
+            [ROWS, COLUMNS],
+            tf.float32,
             initializer=v1.random_normal_initializer(stddev=0.01, seed=version),
         )
         bias = v1.Variable(offset, name="offset")
@@ -68,7 +70,8 @@ def write_dense_model(base_path: Path, version: int, offset: float) -> None:
             session.run(v1.global_variables_initializer())
             builder = v1.saved_model.builder.SavedModelBuilder(str(base_path / str(version)))
             builder.add_meta_graph_and_variables(
-                session, ["serve"],
+                session,
+                ["serve"],
                 signature_def_map={
                     "serving_default": v1.saved_model.signature_def_utils.predict_signature_def(
                         inputs={"x": x}, outputs={"y": y}
@@ -128,9 +131,7 @@ def predict_offset(stub: prediction_service_pb2_grpc.PredictionServiceStub) -> f
 def versions(channel: grpc.Channel) -> dict[int, int]:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MODEL
-    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-        request, timeout=10
-    )
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
     return {s.version: s.state for s in response.model_version_status}
 
 
@@ -138,17 +139,20 @@ def versions(channel: grpc.Channel) -> dict[int, int]:
 def server(tmp_path: Path) -> Iterator[ServerHandle]:
     publish(tmp_path / MODEL, 1, offset=1.0)
     with running_model_server(
-        [f"--model_name={MODEL}", f"--model_base_path={tmp_path / MODEL}",
-         "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"],
-        rest=False, timeout=60,
+        [
+            f"--model_name={MODEL}",
+            f"--model_base_path={tmp_path / MODEL}",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
+        ],
+        rest=False,
+        timeout=60,
     ) as handle:
         yield handle
 
 
 @pytest.mark.timeout(120)
-def test_reload_holds_at_most_two_models_and_returns_to_one(
-    server: ServerHandle, tmp_path: Path
-) -> None:
+def test_reload_holds_at_most_two_models_and_returns_to_one(server: ServerHandle, tmp_path: Path) -> None:
     pid = server.process.pid
     with server.channel() as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -18,9 +18,7 @@ def predict_log(input_name: str) -> prediction_log_pb2.PredictionLog:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "warm"
     request.inputs[input_name].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
-    return prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request)
-    )
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
 def regress_log() -> prediction_log_pb2.PredictionLog:
@@ -29,9 +27,7 @@ def regress_log() -> prediction_log_pb2.PredictionLog:
     request.model_spec.signature_name = "regress_x_to_y"
     example = request.input.example_list.examples.add()
     example.features.feature["x"].float_list.value.append(2.0)
-    return prediction_log_pb2.PredictionLog(
-        regress_log=prediction_log_pb2.RegressLog(request=request)
-    )
+    return prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(request=request))
 
 
 def write_warmup(version_dir: Path, logs: list[prediction_log_pb2.PredictionLog]) -> None:
@@ -46,8 +42,7 @@ def test_warmup_requests_are_replayed_before_serving(tmp_path: Path) -> None:
     version_dir = write_half_plus_two_tf1(tmp_path / "warm")
     write_warmup(version_dir, [predict_log("x"), regress_log()])
     with running_model_server(
-        ["--model_name=warm", f"--model_base_path={tmp_path / 'warm'}",
-         "--num_request_iterations_for_warmup=2"],
+        ["--model_name=warm", f"--model_base_path={tmp_path / 'warm'}", "--num_request_iterations_for_warmup=2"],
         rest=False,
     ) as server:
         log = server.stderr()
@@ -59,9 +54,19 @@ def test_failing_warmup_request_fails_the_load(tmp_path: Path) -> None:
     version_dir = write_half_plus_two_tf1(tmp_path / "warm")
     write_warmup(version_dir, [predict_log("not_an_input")])
     result = subprocess.run(
-        [sys.executable, "-m", "serving.model_server", "--model_name=warm",
-         f"--model_base_path={tmp_path / 'warm'}", "--port=0", "--max_num_load_retries=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "serving.model_server",
+            "--model_name=warm",
+            f"--model_base_path={tmp_path / 'warm'}",
+            "--port=0",
+            "--max_num_load_retries=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "Warmup request 1 from" in result.stderr
@@ -72,8 +77,7 @@ def test_warmup_can_be_disabled(tmp_path: Path) -> None:
     version_dir = write_half_plus_two_tf1(tmp_path / "warm")
     write_warmup(version_dir, [predict_log("not_an_input")])
     with running_model_server(
-        ["--model_name=warm", f"--model_base_path={tmp_path / 'warm'}",
-         "--enable_model_warmup=false"],
+        ["--model_name=warm", f"--model_base_path={tmp_path / 'warm'}", "--enable_model_warmup=false"],
         rest=False,
     ) as server:
         assert "warmup data" not in server.stderr()  # the bad record was never replayed

@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.factories.half_plus_two import write_half_plus_two_tf1, write_half_plus_two_tf2
-from tests.servers import REPO, ServerHandle, running_model_server
+from tests.servers import REPO, ServerHandle, http, running_model_server
 
 MODEL = "half_plus_two"
 TF2_MODEL = "half_plus_two_tf2"
@@ -61,9 +61,13 @@ def server(model_root: Path) -> Iterator[ServerHandle]:
     # Every request of this module goes through server-side batching (default parameters);
     # --enable_profiler is a real tensorflow_model_server flag the embedded server only logs.
     with running_model_server(
-        [f"--model_config_file={model_root / 'models.config'}", "--enable_batching",
-         "--enable_profiler=false", "--max_num_load_retries=0",
-         f"--monitoring_config_file={model_root / 'monitoring.config'}"]
+        [
+            f"--model_config_file={model_root / 'models.config'}",
+            "--enable_batching",
+            "--enable_profiler=false",
+            "--max_num_load_retries=0",
+            f"--monitoring_config_file={model_root / 'monitoring.config'}",
+        ]
     ) as handle:
         yield handle
 
@@ -91,24 +95,12 @@ def predict_request(model: str, x: list[list[float]], **spec: object) -> predict
     return request
 
 
-def http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 # --------------------------------------------------------------------------------------------
 # gRPC
 
 
 @pytest.mark.parametrize(("model", "version"), [(MODEL, 1), (TF2_MODEL, 3)])
-def test_status_reports_loaded_version_available(
-    channel: grpc.Channel, model: str, version: int
-) -> None:
+def test_status_reports_loaded_version_available(channel: grpc.Channel, model: str, version: int) -> None:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model
     response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
@@ -140,7 +132,10 @@ def test_metadata_packs_the_saved_models_signature_defs(
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signature_defs)
     assert sorted(signature_defs.signature_def) == [
-        "classify_x_to_y", "regress_x2_to_y3", "regress_x_to_y", "regress_x_to_y2",
+        "classify_x_to_y",
+        "regress_x2_to_y3",
+        "regress_x_to_y",
+        "regress_x_to_y2",
         "serving_default",
     ]
     default = signature_defs.signature_def["serving_default"]
@@ -158,9 +153,7 @@ def test_metadata_without_fields_is_invalid(
     with pytest.raises(grpc.RpcError) as raised:
         prediction.GetModelMetadata(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() == (
-        "GetModelMetadataRequest must specify at least one metadata_field"
-    )
+    assert raised.value.details() == ("GetModelMetadataRequest must specify at least one metadata_field")
 
 
 @pytest.mark.parametrize("model", [MODEL, TF2_MODEL])
@@ -244,8 +237,7 @@ def test_predict_with_extra_input_is_invalid(
         prediction.Predict(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == (
-        "input size does not match signature: 2!=1 len({x,z}) != len({x}). "
-        "Sent extra: {z}. Missing but required: {}."
+        "input size does not match signature: 2!=1 len({x,z}) != len({x}). Sent extra: {z}. Missing but required: {}."
     )
 
 
@@ -293,9 +285,7 @@ def example_input(*xs: float) -> input_pb2.Input:
 
 
 @pytest.mark.parametrize("model", [MODEL, TF2_MODEL])
-def test_classify_parses_examples(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub, model: str
-) -> None:
+def test_classify_parses_examples(prediction: prediction_service_pb2_grpc.PredictionServiceStub, model: str) -> None:
     request = classification_pb2.ClassificationRequest(input=example_input(2.0, 4.0))
     request.model_spec.name = model
     request.model_spec.signature_name = "classify_x_to_y"
@@ -381,16 +371,18 @@ def test_multi_inference_rejects_duplicate_signatures(
 def test_rest_status(server: ServerHandle) -> None:
     assert http("GET", f"{server.rest_url}/v1/models/{MODEL}") == (
         200,
-        {"model_version_status": [
-            {"version": "1", "state": "AVAILABLE",
-             "status": {"error_code": "OK", "error_message": ""}}
-        ]},
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
     )
 
 
 def test_rest_status_of_unknown_model_is_404(server: ServerHandle) -> None:
     assert http("GET", f"{server.rest_url}/v1/models/nope") == (
-        404, {"error": "Could not find any versions of model nope"}
+        404,
+        {"error": "Could not find any versions of model nope"},
     )
 
 
@@ -400,16 +392,20 @@ def test_rest_metadata(server: ServerHandle) -> None:
     assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
     default = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert default == {
-        "inputs": {"x": {
-            "dtype": "DT_FLOAT", "name": "x:0",
-            "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}],
-                             "unknown_rank": False},
-        }},
-        "outputs": {"y": {
-            "dtype": "DT_FLOAT", "name": "y:0",
-            "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}],
-                             "unknown_rank": False},
-        }},
+        "inputs": {
+            "x": {
+                "dtype": "DT_FLOAT",
+                "name": "x:0",
+                "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False},
+            }
+        },
+        "outputs": {
+            "y": {
+                "dtype": "DT_FLOAT",
+                "name": "y:0",
+                "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False},
+            }
+        },
         "method_name": "tensorflow/serving/predict",
         "defaults": {},
     }
@@ -417,42 +413,46 @@ def test_rest_metadata(server: ServerHandle) -> None:
 
 @pytest.mark.parametrize("model", [MODEL, TF2_MODEL])
 def test_rest_predict_row_format(server: ServerHandle, model: str) -> None:
-    assert http(
-        "POST", f"{server.rest_url}/v1/models/{model}:predict", {"instances": [[1.0], [2.0]]}
-    ) == (200, {"predictions": [[2.5], [3.0]]})
+    assert http("POST", f"{server.rest_url}/v1/models/{model}:predict", {"instances": [[1.0], [2.0]]}) == (
+        200,
+        {"predictions": [[2.5], [3.0]]},
+    )
 
 
 def test_rest_predict_columnar_format_with_version(server: ServerHandle) -> None:
     assert http(
-        "POST", f"{server.rest_url}/v1/models/{MODEL}/versions/1:predict",
+        "POST",
+        f"{server.rest_url}/v1/models/{MODEL}/versions/1:predict",
         {"signature_name": "serving_default", "inputs": {"x": [[1.0], [2.0]]}},
     ) == (200, {"outputs": [[2.5], [3.0]]})
 
 
 def test_rest_predict_float32_outputs_keep_their_short_form(server: ServerHandle) -> None:
-    status, body = http(
-        "POST", f"{server.rest_url}/v1/models/{MODEL}:predict", {"instances": [[0.2]]}
-    )
+    status, body = http("POST", f"{server.rest_url}/v1/models/{MODEL}:predict", {"instances": [[0.2]]})
     assert (status, body) == (200, {"predictions": [[2.1]]})
 
 
 @pytest.mark.parametrize(
     ("path", "body", "status", "error"),
     [
-        ("/v1/models/nope:predict", {"instances": [[1.0]]}, 404,
-         "Servable not found for request: Latest(nope)"),
-        (f"/v1/models/{MODEL}:predict", {"instances": [[1.0]], "signature_name": "nope"}, 400,
-         'Serving signature name: "nope" not found in signature def'),
+        ("/v1/models/nope:predict", {"instances": [[1.0]]}, 404, "Servable not found for request: Latest(nope)"),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"instances": [[1.0]], "signature_name": "nope"},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
         (f"/v1/models/{MODEL}:predict", {"instances": [["a"]]}, 400, None),
-        (f"/v1/models/{MODEL}:predict", {"rows": [[1.0]]}, 400,
-         "Missing 'inputs' or 'instances' key"),
-        (f"/v1/models/{MODEL}:explode", {"instances": [[1.0]]}, 400,
-         f"Malformed request: POST /v1/models/{MODEL}:explode"),
+        (f"/v1/models/{MODEL}:predict", {"rows": [[1.0]]}, 400, "Missing 'inputs' or 'instances' key"),
+        (
+            f"/v1/models/{MODEL}:explode",
+            {"instances": [[1.0]]},
+            400,
+            f"Malformed request: POST /v1/models/{MODEL}:explode",
+        ),
     ],
 )
-def test_rest_errors(
-    server: ServerHandle, path: str, body: dict, status: int, error: str | None
-) -> None:
+def test_rest_errors(server: ServerHandle, path: str, body: dict, status: int, error: str | None) -> None:
     got_status, got_body = http("POST", f"{server.rest_url}{path}", body)
     assert got_status == status
     assert list(got_body) == ["error"]
@@ -463,12 +463,11 @@ def test_rest_errors(
 def test_rest_classify_and_regress(server: ServerHandle) -> None:
     body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}, {"x": [4.0]}]}
     assert http("POST", f"{server.rest_url}/v1/models/{MODEL}:classify", body) == (
-        200, {"results": [[["", 3.0]], [["", 4.0]]]}
+        200,
+        {"results": [[["", 3.0]], [["", 4.0]]]},
     )
     body = {"signature_name": "regress_x_to_y", "context": {"x": 2.0}, "examples": [{}]}
-    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}/versions/1:regress", body) == (
-        200, {"results": [3.0]}
-    )
+    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}/versions/1:regress", body) == (200, {"results": [3.0]})
 
 
 def test_rest_predict_decodes_b64_strings(server: ServerHandle) -> None:
@@ -476,15 +475,11 @@ def test_rest_predict_decodes_b64_strings(server: ServerHandle) -> None:
     example.features.feature["x"].float_list.value.append(2.0)
     encoded = base64.b64encode(example.SerializeToString()).decode()
     body = {"signature_name": "regress_x_to_y", "instances": [{"b64": encoded}]}
-    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}:predict", body) == (
-        200, {"predictions": [[3.0]]}
-    )
+    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}:predict", body) == (200, {"predictions": [[3.0]]})
 
 
 def test_rest_predict_rejects_invalid_json(server: ServerHandle) -> None:
-    request = urllib.request.Request(
-        f"{server.rest_url}/v1/models/{MODEL}:predict", data=b"{not json", method="POST"
-    )
+    request = urllib.request.Request(f"{server.rest_url}/v1/models/{MODEL}:predict", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request, timeout=30)
     assert raised.value.code == 400
@@ -510,14 +505,9 @@ def test_rest_response_leaves_in_one_write_on_a_kept_alive_connection(
             assert json.loads(payload) == {"predictions": [[3.0]]}
 
 
-def test_prometheus_metrics_count_requests_and_loads(
-    server: ServerHandle, model_root: Path
-) -> None:
-    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}:predict",
-                {"instances": [[1.0]]})[0] == 200
-    with urllib.request.urlopen(
-        f"{server.rest_url}/monitoring/prometheus/metrics", timeout=30
-    ) as response:
+def test_prometheus_metrics_count_requests_and_loads(server: ServerHandle, model_root: Path) -> None:
+    assert http("POST", f"{server.rest_url}/v1/models/{MODEL}:predict", {"instances": [[1.0]]})[0] == 200
+    with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=30) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
     request_count = {
@@ -527,12 +517,10 @@ def test_prometheus_metrics_count_requests_and_loads(
     }
     assert request_count[f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}}'] >= 1
     assert (
-        f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{model_root / MODEL / "1"}",'
-        'status="success"} 1'
+        f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{model_root / MODEL / "1"}",status="success"}} 1'
     ) in text
     assert (
-        f':tensorflow:serving:request_latency_count{{model_name="{MODEL}",API="Predict",'
-        'entrypoint="REST"}'
+        f':tensorflow:serving:request_latency_count{{model_name="{MODEL}",API="Predict",entrypoint="REST"}}'
     ) in text
 
 
@@ -548,7 +536,10 @@ def test_unimplemented_real_flag_is_logged_not_fatal(server: ServerHandle) -> No
 def run_server_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "serving.model_server", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -559,8 +550,10 @@ def run_server_command(*args: str) -> subprocess.CompletedProcess[str]:
         (["--model_base_path=/m", "--port=http"], "--port expects int, got 'http'"),
         (["--model_name=m"], "--model_base_path is required"),
         (["/models/m"], "unexpected argument '/models/m'"),
-        (["--model_base_path=/m", "--grpc_channel_arguments=grpc.max_receive_message_length"],
-         "--grpc_channel_arguments entry 'grpc.max_receive_message_length' is not key=value"),
+        (
+            ["--model_base_path=/m", "--grpc_channel_arguments=grpc.max_receive_message_length"],
+            "--grpc_channel_arguments entry 'grpc.max_receive_message_length' is not key=value",
+        ),
         (["--model_base_path=/m", "--port=99999"], "--port=99999 is not a TCP port"),
         (["--model_base_path=/m", "--rest_api_port=-1"], "--rest_api_port=-1 is not a TCP port"),
         (["--model_base_path=/m", "--ssl_config_file=/etc/ssl.cfg"], "TLS is not implemented"),
@@ -594,9 +587,7 @@ def test_model_that_fails_to_load_fails_startup(tmp_path: Path) -> None:
     broken = tmp_path / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a saved model")
-    result = run_server_command(
-        f"--model_base_path={tmp_path / 'broken'}", "--max_num_load_retries=0", "--port=0"
-    )
+    result = run_server_command(f"--model_base_path={tmp_path / 'broken'}", "--max_num_load_retries=0", "--port=0")
     assert result.returncode == 1
     assert "Failed to start server. Error: default version 1:" in result.stderr
 
@@ -627,25 +618,25 @@ def test_conformance_metadata_equals_tf_servings(reference_server: ServerHandle)
     with reference_server.channel() as channel:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = "default"
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
-            request, timeout=10
-        )
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=10)
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_defs)
     as_json = {
         "model_spec": json_format.MessageToDict(
-            response.model_spec, preserving_proto_field_name=True,
+            response.model_spec,
+            preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
         ),
-        "metadata": {"signature_def": json_format.MessageToDict(
-            signature_defs, preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )},
+        "metadata": {
+            "signature_def": json_format.MessageToDict(
+                signature_defs,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        },
     }
     assert as_json == expected
-    assert http("GET", f"{reference_server.rest_url}/v1/models/default/metadata") == (
-        200, expected
-    )
+    assert http("GET", f"{reference_server.rest_url}/v1/models/default/metadata") == (200, expected)
 
 
 @pytest.mark.conformance
@@ -662,6 +653,4 @@ def test_conformance_predict_two_gives_three(reference_server: ServerHandle) -> 
 def test_conformance_tf_servings_monitoring_config_parses() -> None:
     from serving.metrics import read_prometheus_path
 
-    assert read_prometheus_path(_shared("monitoring_config.txt")) == (
-        "/monitoring/prometheus/metrics"
-    )
+    assert read_prometheus_path(_shared("monitoring_config.txt")) == ("/monitoring/prometheus/metrics")

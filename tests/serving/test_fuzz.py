@@ -38,11 +38,15 @@ from tests.servers import ServerHandle, running_model_server
 
 MODEL = "half_plus_two"
 IN_PROCESS = settings(
-    max_examples=300, deadline=None, database=None,
+    max_examples=300,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 AGAINST_SERVER = settings(
-    max_examples=120, deadline=None, database=None,
+    max_examples=120,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -50,12 +54,17 @@ AGAINST_SERVER = settings(
 # Strategies
 
 _INTEGERS = st.one_of(
-    st.integers(-300, 300), st.integers(-(2**65), 2**65),
+    st.integers(-300, 300),
+    st.integers(-(2**65), 2**65),
     st.sampled_from([2**31, -(2**31) - 1, 2**63, -(2**63) - 1, 2**64, 99999999999]),
 )
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), _INTEGERS, st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.builds(lambda t: {"b64": t}, st.text(max_size=8)),
+    st.none(),
+    st.booleans(),
+    _INTEGERS,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.builds(lambda t: {"b64": t}, st.text(max_size=8)),
 )
 JSON_VALUES = st.recursive(
     _SCALARS,
@@ -65,13 +74,9 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=24,
 )
-_KEYS = st.sampled_from(
-    ["instances", "inputs", "signature_name", "examples", "context", "extra"]
-)
+_KEYS = st.sampled_from(["instances", "inputs", "signature_name", "examples", "context", "extra"])
 DOCUMENTS = st.dictionaries(_KEYS, JSON_VALUES, max_size=4)
-SIGNATURE_NAMES = st.sampled_from(
-    ["", "classify_x_to_y", "regress_x_to_y", "regress_x2_to_y3", "nope"]
-)
+SIGNATURE_NAMES = st.sampled_from(["", "classify_x_to_y", "regress_x_to_y", "regress_x2_to_y3", "nope"])
 
 
 def _json_bytes(document: Any) -> bytes:
@@ -80,20 +85,14 @@ def _json_bytes(document: Any) -> bytes:
 
 BODIES = st.one_of(
     DOCUMENTS.map(_json_bytes),
-    st.builds(
-        lambda d, name: _json_bytes({**d, "signature_name": name}), DOCUMENTS, SIGNATURE_NAMES
-    ),
+    st.builds(lambda d, name: _json_bytes({**d, "signature_name": name}), DOCUMENTS, SIGNATURE_NAMES),
     st.binary(max_size=64),
     st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(0, 3000)),
     st.text(alphabet='[]{}",:0123456789.e-tfnulrs\\ ', max_size=64).map(str.encode),
 )
 
-_DTYPES = st.one_of(
-    st.sampled_from(sorted(types_pb2.DataType.values())), st.integers(0, 1000)
-)
-_DIMS = st.lists(
-    st.one_of(st.integers(0, 4), st.integers(-3, 2**63 - 1), st.just(1 << 28)), max_size=5
-)
+_DTYPES = st.one_of(st.sampled_from(sorted(types_pb2.DataType.values())), st.integers(0, 1000))
+_DIMS = st.lists(st.one_of(st.integers(0, 4), st.integers(-3, 2**63 - 1), st.just(1 << 28)), max_size=5)
 _VALUE_FIELDS = {
     "float_val": st.lists(st.floats(width=32), max_size=8),
     "double_val": st.lists(st.floats(), max_size=8),
@@ -134,16 +133,18 @@ def _info(dtype: int) -> meta_graph_pb2.TensorInfo:
     return meta_graph_pb2.TensorInfo(name="t:0", dtype=dtype)
 
 
-SIGNATURE_INPUTS = st.sampled_from([
-    {"x": _info(types_pb2.DT_FLOAT)},
-    {"n": _info(types_pb2.DT_INT32)},
-    {"n": _info(types_pb2.DT_INT8)},
-    {"n": _info(types_pb2.DT_UINT64)},
-    {"inputs": _info(types_pb2.DT_STRING)},
-    {"b": _info(types_pb2.DT_BOOL)},
-    {"h": _info(types_pb2.DT_HALF)},
-    {"x": _info(types_pb2.DT_DOUBLE), "inputs": _info(types_pb2.DT_STRING)},
-])
+SIGNATURE_INPUTS = st.sampled_from(
+    [
+        {"x": _info(types_pb2.DT_FLOAT)},
+        {"n": _info(types_pb2.DT_INT32)},
+        {"n": _info(types_pb2.DT_INT8)},
+        {"n": _info(types_pb2.DT_UINT64)},
+        {"inputs": _info(types_pb2.DT_STRING)},
+        {"b": _info(types_pb2.DT_BOOL)},
+        {"h": _info(types_pb2.DT_HALF)},
+        {"x": _info(types_pb2.DT_DOUBLE), "inputs": _info(types_pb2.DT_STRING)},
+    ]
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +206,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     base_path: Path = tmp_path_factory.mktemp("fuzz") / MODEL
     write_half_plus_two_tf1(base_path, version=1)
     with running_model_server(
-        [f"--model_name={MODEL}", f"--model_base_path={base_path}", "--max_num_load_retries=0",
-         "--file_system_poll_wait_seconds=0", "--tfpack_max_request_tensor_bytes=1048576"]
+        [
+            f"--model_name={MODEL}",
+            f"--model_base_path={base_path}",
+            "--max_num_load_retries=0",
+            "--file_system_poll_wait_seconds=0",
+            "--tfpack_max_request_tensor_bytes=1048576",
+        ]
     ) as handle:
         yield handle
         assert handle.process.poll() is None
@@ -231,11 +237,16 @@ def _post(server: ServerHandle, path: str, body: bytes) -> tuple[int, Any]:
 @AGAINST_SERVER
 @given(
     body=BODIES,
-    path=st.sampled_from([
-        f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}:classify",
-        f"/v1/models/{MODEL}/versions/1:regress", f"/v1/models/{MODEL}/labels/x:predict",
-        "/v1/models/nope:predict", f"/v1/models/{MODEL}/versions/{2**64}:predict",
-    ]),
+    path=st.sampled_from(
+        [
+            f"/v1/models/{MODEL}:predict",
+            f"/v1/models/{MODEL}:classify",
+            f"/v1/models/{MODEL}/versions/1:regress",
+            f"/v1/models/{MODEL}/labels/x:predict",
+            "/v1/models/nope:predict",
+            f"/v1/models/{MODEL}/versions/{2**64}:predict",
+        ]
+    ),
 )
 def test_rest_answers_every_body_with_json(server: ServerHandle, body: bytes, path: str) -> None:
     status, answer = _post(server, path, body)
@@ -246,20 +257,33 @@ def test_rest_answers_every_body_with_json(server: ServerHandle, body: bytes, pa
         assert list(answer) == ["error"] and isinstance(answer["error"], str), answer
 
 
-_HEAD_LINES = st.sampled_from([
-    "Content-Length: 0", "Content-Length: 5", "Content-Length: ١٢", "Content-Length: -1",
-    "Content-Length: 99999999999999999999999", "Transfer-Encoding: chunked",
-    "Transfer-Encoding: identity", "Expect: 100-continue", "Connection: close",
-    "Connection: keep-alive", "X: \x00\x7f", "bad header", " folded", "",
-])
+_HEAD_LINES = st.sampled_from(
+    [
+        "Content-Length: 0",
+        "Content-Length: 5",
+        "Content-Length: ١٢",
+        "Content-Length: -1",
+        "Content-Length: 99999999999999999999999",
+        "Transfer-Encoding: chunked",
+        "Transfer-Encoding: identity",
+        "Expect: 100-continue",
+        "Connection: close",
+        "Connection: keep-alive",
+        "X: \x00\x7f",
+        "bad header",
+        " folded",
+        "",
+    ]
+)
 
 
 @AGAINST_SERVER
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "HEAD", "", "G\x00T", "POST POST"]),
     target=st.one_of(
-        st.sampled_from([f"/v1/models/{MODEL}", f"/v1/models/{MODEL}:predict", "/", "*",
-                         f"/v1/models/{MODEL}/versions/{'9' * 30}"]),
+        st.sampled_from(
+            [f"/v1/models/{MODEL}", f"/v1/models/{MODEL}:predict", "/", "*", f"/v1/models/{MODEL}/versions/{'9' * 30}"]
+        ),
         st.text(max_size=20),
     ),
     version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 x", ""]),
@@ -304,8 +328,11 @@ def _responses(data: bytes, head_only: bool) -> Iterator[tuple[int, bytes]]:
 
 
 _ALLOWED_CODES = {
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
 }
 
 
@@ -316,8 +343,10 @@ _ALLOWED_CODES = {
     signature=SIGNATURE_NAMES,
 )
 def test_predict_answers_every_tensor_with_a_status(
-    stub: prediction_service_pb2_grpc.PredictionServiceStub, proto: tensor_pb2.TensorProto,
-    alias: str, signature: str,
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    proto: tensor_pb2.TensorProto,
+    alias: str,
+    signature: str,
 ) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL

@@ -30,6 +30,7 @@ from tests.factories.batchnorm import (
 
 # tf.compat.v1.layers and HDF5 saving warn that they are deprecated: these tests build with them on purpose.
 pytestmark = [
+    pytest.mark.fast,
     pytest.mark.filterwarnings("ignore:`tf.layers.*is deprecated:UserWarning"),
     pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file:UserWarning"),
 ]
@@ -64,20 +65,27 @@ LAYER_CASES = {
 
 
 @pytest.fixture(scope="module", params=sorted(LAYER_CASES))
-def layers_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, BatchNormCheckpoint]:
+def layers_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, BatchNormCheckpoint]:
     rank, fused, use_resource, _ = LAYER_CASES[request.param]
     shape = (4, 4, 3) if rank == 4 else (3,)
     build = layers_builder(rank, fused=fused, use_resource=use_resource)
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), build, shape)
 
 
-def test_layers_batch_norms_are_found_with_their_moving_statistics(layers_checkpoint: tuple[str, BatchNormCheckpoint]) -> None:
+def test_layers_batch_norms_are_found_with_their_moving_statistics(
+    layers_checkpoint: tuple[str, BatchNormCheckpoint],
+) -> None:
     case, checkpoint = layers_checkpoint
     source = load_source(checkpoint.prefix)
     sites = find_batch_statistics_norms(source.graph_def)
     assert [(s.kind, s.scope) for s in sites] == [(LAYER_CASES[case][3], "net/bn"), (LAYER_CASES[case][3], "net/bn2")]
     for site in sites:
-        assert (site.moving_mean, site.moving_variance) == (f"{site.scope}/moving_mean", f"{site.scope}/moving_variance")
+        assert (site.moving_mean, site.moving_variance) == (
+            f"{site.scope}/moving_mean",
+            f"{site.scope}/moving_variance",
+        )
         assert source.graph_def.node[[n.name for n in source.graph_def.node].index(site.moving_mean)].op == "Const"
     # The frozen graph normalises with the batch's statistics: it is the trained graph, batch-dependent.
     features = sample_batch(checkpoint.input_shape)
@@ -149,7 +157,11 @@ def test_modes(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as raised:
         apply_batchnorm_mode(source.graph_def, "auto", source="frozen.pb")
     message = str(raised.value)
-    assert "net/BatchNorm/FusedBatchNorm" in message and "--batchnorm inference" in message and "--batchnorm batch" in message
+    assert (
+        "net/BatchNorm/FusedBatchNorm" in message
+        and "--batchnorm inference" in message
+        and "--batchnorm batch" in message
+    )
     graph_def, sites, description = apply_batchnorm_mode(source.graph_def, "batch")
     assert graph_def is source.graph_def and len(sites) == 1 and description == []
     with pytest.raises(SourceError):
@@ -165,7 +177,9 @@ def test_within_limits_the_scan(layers_checkpoint: tuple[str, BatchNormCheckpoin
     graph_def = load_source(checkpoint.prefix).graph_def
     index = GraphIndex.build(graph_def)
     assert len(find_batch_statistics_norms(graph_def, within=index.ancestors([OUTPUT]))) == 2
-    first_only = index.ancestors(["net/bn/FusedBatchNormV3" if "net/bn/FusedBatchNormV3" in index.nodes else "net/bn/batchnorm/add_1"])
+    first_only = index.ancestors(
+        ["net/bn/FusedBatchNormV3" if "net/bn/FusedBatchNormV3" in index.nodes else "net/bn/batchnorm/add_1"]
+    )
     assert [s.scope for s in find_batch_statistics_norms(graph_def, within=first_only)] == ["net/bn"]
 
 
@@ -186,7 +200,11 @@ def test_tf_keras_training_call_is_refused_then_rewritten(tmp_path: Path) -> Non
     inference = write_keras_training_call(path, "tf_keras")
     with pytest.raises(UsageError) as raised:
         load_source(path)  # auto
-    assert "bn" in str(raised.value) and "--batchnorm inference" in str(raised.value) and "--batchnorm batch" in str(raised.value)
+    assert (
+        "bn" in str(raised.value)
+        and "--batchnorm inference" in str(raised.value)
+        and "--batchnorm batch" in str(raised.value)
+    )
     with pytest.raises(SourceError, match="--batchnorm inference"):
         load_keras_file(path, batchnorm="batch")
 

@@ -58,9 +58,13 @@ def base_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(base_path: Path) -> Iterator[ServerHandle]:
     with running_model_server(
-        [f"--model_name={MODEL}", f"--model_base_path={base_path}",
-         "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0",
-         f"--grpc_channel_arguments=grpc.max_receive_message_length={GRPC_RECEIVE_LIMIT}"]
+        [
+            f"--model_name={MODEL}",
+            f"--model_base_path={base_path}",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
+            f"--grpc_channel_arguments=grpc.max_receive_message_length={GRPC_RECEIVE_LIMIT}",
+        ]
     ) as handle:
         yield handle
 
@@ -88,8 +92,7 @@ class Load:
 
     def start(self) -> Load:
         self._threads = [
-            threading.Thread(target=self._client, args=(index,), daemon=True)
-            for index in range(self.clients)
+            threading.Thread(target=self._client, args=(index,), daemon=True) for index in range(self.clients)
         ]
         for thread in self._threads:
             thread.start()
@@ -154,15 +157,15 @@ def test_32_clients_x_300_requests_without_errors_and_rss_stays_flat(
     assert load.failures == []
     assert load.completed == CLIENTS * REQUESTS_PER_CLIENT
     assert load.answers == {2.0}
-    print(f"{CLIENTS}x{REQUESTS_PER_CLIENT} Predict calls in {elapsed:.1f} s; "
-          f"server VmRSS {rss_before} KiB -> {rss_after} KiB")
+    print(
+        f"{CLIENTS}x{REQUESTS_PER_CLIENT} Predict calls in {elapsed:.1f} s; "
+        f"server VmRSS {rss_before} KiB -> {rss_after} KiB"
+    )
     assert rss_after <= rss_before * 1.10, (rss_before, rss_after)
 
 
 def rest_post(server: ServerHandle, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{server.rest_url}/v1/models/{MODEL}:predict", data=body, method="POST"
-    )
+    request = urllib.request.Request(f"{server.rest_url}/v1/models/{MODEL}:predict", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -192,16 +195,32 @@ def short_tensor_request() -> predict_pb2.PredictRequest:
 
 
 GRPC_MALFORMED: list[tuple[str, Callable[[], predict_pb2.PredictRequest], grpc.StatusCode, str]] = [
-    ("wrong dtype", lambda: predict_request(np.array([[1]], np.int32)),
-     grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but int32 is provided"),
+    (
+        "wrong dtype",
+        lambda: predict_request(np.array([[1]], np.int32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Expects arg[0] to be float but int32 is provided",
+    ),
     # A shape the graph can take is fed as TF Serving's C++ session feeds it (elementwise here);
     # a tensor whose values do not fill its shape never is.
-    ("values short of the shape", lambda: short_tensor_request(),
-     grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error"),
-    ("unknown input", lambda: predict_request(np.ones([1, 1], np.float32), alias="z"),
-     grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: z"),
-    ("oversized", lambda: predict_request(np.ones([1 << 19, 1], np.float32)),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"),
+    (
+        "values short of the shape",
+        lambda: short_tensor_request(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tensor parsing error",
+    ),
+    (
+        "unknown input",
+        lambda: predict_request(np.ones([1, 1], np.float32), alias="z"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input tensor alias not found in signature: z",
+    ),
+    (
+        "oversized",
+        lambda: predict_request(np.ones([1 << 19, 1], np.float32)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Received message larger than max",
+    ),
 ]
 
 REST_MALFORMED: list[tuple[str, bytes, int, str]] = [
@@ -230,9 +249,7 @@ def test_malformed_requests_get_their_codes_while_others_are_served(
             assert message in answer["error"], (name, answer)
         status, answer = rest_declared_oversized(server)
         assert status == 413
-        assert answer == {
-            "error": f"Request body of {3 << 30} bytes exceeds the limit of 2147483647 bytes"
-        }
+        assert answer == {"error": f"Request body of {3 << 30} bytes exceeds the limit of 2147483647 bytes"}
         served_meanwhile = load.completed
     finally:
         load.stop()
@@ -245,9 +262,7 @@ def version_states(server: ServerHandle) -> list[tuple[int, int]]:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MODEL
     with server.channel() as channel:
-        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-            request, timeout=10
-        )
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
     return [(status.version, status.state) for status in response.model_version_status]
 
 

@@ -26,8 +26,9 @@ class _Polynomial(tf.Module):
     def square(self, x):  # type: ignore[no-untyped-def]
         return {"y": x * x}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="a"),
-                                  tf.TensorSpec([None], tf.int64, name="n")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 3], tf.float32, name="a"), tf.TensorSpec([None], tf.int64, name="n")]
+    )
     def pair(self, a, n):  # type: ignore[no-untyped-def]
         return {"sum": tf.reduce_sum(a, axis=1), "n_plus_one": n + 1}
 
@@ -38,8 +39,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("exports")
     module = _Polynomial()
-    tf.saved_model.save(module, str(root / "poly" / "1"), signatures={
-        "serving_default": module.linear, "square": module.square, "pair": module.pair})
+    tf.saved_model.save(
+        module,
+        str(root / "poly" / "1"),
+        signatures={"serving_default": module.linear, "square": module.square, "pair": module.pair},
+    )
     keras.utils.set_random_seed(8)
     model = keras.Sequential([keras.Input((4,), name="features"), keras.layers.Dense(2, name="scores")])
     model.export(str(root / "keras" / "1"), format="tf_saved_model")
@@ -98,7 +102,9 @@ def test_tf_keras_sequential_saved_with_tf_saved_model_save(strategy: str, tmp_p
     tf.saved_model.save(model, str(tmp_path / "keras2" / "1"))
     x = np.array([[1.0], [2.0], [3.0]], np.float32)
     want = model(x).numpy()
-    with running_model_server([f"--model_base_path={tmp_path / 'keras2'}", "--model_name=keras2"], rest=False) as server:
+    with running_model_server(
+        [f"--model_base_path={tmp_path / 'keras2'}", "--model_name=keras2"], rest=False
+    ) as server:
         (served,) = _predict(server, "keras2", {"x": x}).values()
         (single,) = _predict(server, "keras2", {"x": np.array([[2.0]], np.float32)}).values()
     np.testing.assert_allclose(served, want, rtol=1e-6)

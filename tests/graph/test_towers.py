@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories.tf1_graphs import write_two_tower
+
 from packager.convert import ConvertOptions, convert
 from packager.errors import UsageError
 from packager.graph.signature import tower_slices
@@ -41,7 +41,8 @@ def per_tower_outputs(towers):
     def run(x: np.ndarray) -> np.ndarray:
         parts = [
             session.run(f"Card_{i}/probs:0", {f"Card_{i}/x:0": x[rows]})
-            for i, rows in enumerate(tower_slices(len(x), 2)) if rows.stop > rows.start
+            for i, rows in enumerate(tower_slices(len(x), 2))
+            if rows.stop > rows.start
         ]
         return np.concatenate(parts)
 
@@ -86,7 +87,9 @@ def test_split_exposes_one_working_signature_per_tower(towers, tmp_path: Path) -
     assert result.signatures == ["serving_default", "tower_0", "tower_1"]
     x = batch(3)
     for signature in result.signatures:
-        np.testing.assert_allclose(serve(result.version_dir, signature, x=x)["probs"], towers.predict(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            serve(result.version_dir, signature, x=x)["probs"], towers.predict(x), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_single_keeps_tower_zero_without_devices(towers, tmp_path: Path) -> None:
@@ -149,6 +152,8 @@ def test_embedded_runtime_serves_merged_towers_on_a_cpu_host(towers, tmp_path: P
         with server.channel() as channel:
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
         np.testing.assert_allclose(tf.make_ndarray(response.outputs["probs"]), towers.predict(x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ModelServerFailed):
-        with running_model_server([*base, "--max_num_load_retries=0"], rest=False, timeout=60):
-            pass
+    with (
+        pytest.raises(ModelServerFailed),
+        running_model_server([*base, "--max_num_load_retries=0"], rest=False, timeout=60),
+    ):
+        pass

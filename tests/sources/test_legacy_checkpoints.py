@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories.legacy_checkpoints import (
     FEATURES,
     STALE_ATTR,
@@ -25,11 +24,14 @@ from factories.legacy_checkpoints import (
     write_state_file,
     write_two_copies,
 )
+
 from packager.convert import ConvertOptions, convert
 from packager.errors import SourceError, UsageError
 from packager.layout import PROVENANCE_FILE
 from packager.sources import SourceOptions, load_source
 from packager.tf_runtime import tensorflow
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 X = np.linspace(-1, 1, 4 * FEATURES, dtype=np.float32).reshape(4, FEATURES)
 FOREIGN = "/home/someone/train"  # a training machine's directory, absent here
@@ -70,7 +72,9 @@ def test_foreign_absolute_state_file_uses_the_same_basename_here(small, tmp_path
     source = load_source(moved)
     # Every file read, resolved: the state file, index, the one shard, the meta graph.
     assert sorted(source.files) == sorted(
-        (moved / name).resolve() for name in ("checkpoint", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "model.ckpt.meta"))
+        (moved / name).resolve()
+        for name in ("checkpoint", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "model.ckpt.meta")
+    )
     assert all(p.is_absolute() for p in source.files)
     assert source.details["state_file_named"] == f"{FOREIGN}/model.ckpt"
     result = convert(moved, ConvertOptions(name="m", output_dir=tmp_path / "out"))
@@ -112,11 +116,14 @@ def test_state_file_naming_another_existing_checkpoint_is_refused(small, tmp_pat
     assert result.exit_code == 0, result.stderr
 
 
-@pytest.mark.parametrize("state, message", [
-    (f'model_checkpoint_path: "{FOREIGN}/model.ckpt-99"', r"not on this machine.*model\.ckpt-99\.index"),
-    ('model_checkpoint_path: ""', "names no checkpoint"),
-    ("this is { not a state file", "not a checkpoint state file"),
-])
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        (f'model_checkpoint_path: "{FOREIGN}/model.ckpt-99"', r"not on this machine.*model\.ckpt-99\.index"),
+        ('model_checkpoint_path: ""', "names no checkpoint"),
+        ("this is { not a state file", "not a checkpoint state file"),
+    ],
+)
 def test_bad_state_files_are_source_errors(state: str, message: str, small, tmp_path: Path) -> None:
     moved = copy_dir(small.directory, tmp_path / "moved")
     (moved / "checkpoint").write_text(state + "\n")
@@ -142,9 +149,11 @@ def test_aged_meta_graph_is_repaired_on_a_copy(small, tmp_path: Path) -> None:
     damage = age_meta_graph(meta)
     before = meta.read_bytes()
     # What a user hits with plain TensorFlow 2.21: the stale shapes stop the import.
-    with pytest.raises(ValueError, match=r"Node 'MatMul' has an _output_shapes attribute inconsistent"):
-        with tf.Graph().as_default():
-            tf.compat.v1.train.import_meta_graph(str(meta))
+    with (
+        pytest.raises(ValueError, match=r"Node 'MatMul' has an _output_shapes attribute inconsistent"),
+        tf.Graph().as_default(),
+    ):
+        tf.compat.v1.train.import_meta_graph(str(meta))
     # The unknown attr alone is only logged ("Unknown attributes will be ignored") by 2.21, but it
     # travels on into every graph built from the meta graph, and so into the served one.
     from packager.sources.checkpoint import read_meta_graph
@@ -174,7 +183,8 @@ def test_aged_frozen_graph_is_repaired_and_keeps_correct_shapes(small, tmp_path:
     repairs = details(result.version_dir)["repairs"]
     assert len(repairs) == 2 and f"stale _output_shapes on {len(damage['stale_shapes'])} op(s)" in repairs[1]
     graph_def = tf.compat.v1.saved_model.loader.load(
-        tf.compat.v1.Session(graph=tf.Graph()), ["serve"], str(result.version_dir)).graph_def
+        tf.compat.v1.Session(graph=tf.Graph()), ["serve"], str(result.version_dir)
+    ).graph_def
     nodes = {n.name: n for n in graph_def.node}
     assert not any(STALE_ATTR in n.attr for n in graph_def.node)
     assert not any("_output_shapes" in nodes[name].attr for name in damage["stale_shapes"] if name in nodes)
@@ -241,27 +251,45 @@ def bare(small, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory / "model.ckpt"
 
 
-@pytest.mark.parametrize("function, inputs, outputs", [
-    ("build_small_model", ["x"], ["y"]),  # {output_key: tensor}: inputs are the placeholders needed
-    ("build_inputs_and_outputs", ["features"], ["score"]),  # (inputs, outputs): the builder's keys
-    ("build_returning_none", ["x"], ["y"]),  # None: discovery, as before the contract
-])
-def test_builder_return_forms(function: str, inputs: list[str], outputs: list[str], small, bare: Path, tmp_path: Path) -> None:
-    result = convert(bare, ConvertOptions(
-        name="m", output_dir=tmp_path, source=SourceOptions(builder=f"factories.legacy_checkpoints:{function}")))
+@pytest.mark.parametrize(
+    "function, inputs, outputs",
+    [
+        ("build_small_model", ["x"], ["y"]),  # {output_key: tensor}: inputs are the placeholders needed
+        ("build_inputs_and_outputs", ["features"], ["score"]),  # (inputs, outputs): the builder's keys
+        ("build_returning_none", ["x"], ["y"]),  # None: discovery, as before the contract
+    ],
+)
+def test_builder_return_forms(
+    function: str, inputs: list[str], outputs: list[str], small, bare: Path, tmp_path: Path
+) -> None:
+    result = convert(
+        bare,
+        ConvertOptions(
+            name="m", output_dir=tmp_path, source=SourceOptions(builder=f"factories.legacy_checkpoints:{function}")
+        ),
+    )
     assert [r.key for r in result.inputs] == inputs
     assert [r.key for r in result.outputs] == outputs
-    np.testing.assert_allclose(serve(result.version_dir, **{inputs[0]: X})[outputs[0]], small.predict(X), rtol=1e-5, atol=1e-6)
-    assert details(result.version_dir)["builder_signature"] == ("discovered" if function == "build_returning_none" else "declared")
+    np.testing.assert_allclose(
+        serve(result.version_dir, **{inputs[0]: X})[outputs[0]], small.predict(X), rtol=1e-5, atol=1e-6
+    )
+    assert details(result.version_dir)["builder_signature"] == (
+        "discovered" if function == "build_returning_none" else "declared"
+    )
 
 
-@pytest.mark.parametrize("builder, message", [
-    ("factories.legacy_checkpoints:build_returning_a_list", r"returned a list: FUNC\(\) must .* return a dict"),
-    ("factories.legacy_checkpoints:build_returning_names", r"output 'y' is a str, not a tensor"),
-    ("factories.legacy_checkpoints:write_small_model", r"takes arguments \(directory\)"),
-    ("no_such_package.model:build", r"cannot import no_such_package\.model.*PYTHONPATH"),
-])
-def test_builder_breaking_the_contract_exits_2(builder: str, message: str, bare: Path, tmp_path: Path, tfpack_cli) -> None:
+@pytest.mark.parametrize(
+    "builder, message",
+    [
+        ("factories.legacy_checkpoints:build_returning_a_list", r"returned a list: FUNC\(\) must .* return a dict"),
+        ("factories.legacy_checkpoints:build_returning_names", r"output 'y' is a str, not a tensor"),
+        ("factories.legacy_checkpoints:write_small_model", r"takes arguments \(directory\)"),
+        ("no_such_package.model:build", r"cannot import no_such_package\.model.*PYTHONPATH"),
+    ],
+)
+def test_builder_breaking_the_contract_exits_2(
+    builder: str, message: str, bare: Path, tmp_path: Path, tfpack_cli
+) -> None:
     result = tfpack_cli("convert", bare, "--name", "m", "--output-dir", tmp_path / "out", "--builder", builder)
     assert result.exit_code == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -271,5 +299,11 @@ def test_builder_breaking_the_contract_exits_2(builder: str, message: str, bare:
 
 def test_builder_raising_is_a_source_error(bare: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"--builder .* failed: KeyError"):
-        convert(bare, ConvertOptions(name="m", output_dir=tmp_path, source=SourceOptions(
-            builder="factories.legacy_checkpoints:build_raising")))
+        convert(
+            bare,
+            ConvertOptions(
+                name="m",
+                output_dir=tmp_path,
+                source=SourceOptions(builder="factories.legacy_checkpoints:build_raising"),
+            ),
+        )

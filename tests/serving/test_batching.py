@@ -74,8 +74,9 @@ def test_waiting_runs_merge_into_one_batch_and_split_back() -> None:
     inputs = {"a": np.array([[1.0]]), "b": np.array([[2.0], [3.0]]), "c": np.array([[4.0]])}
     for key, x in inputs.items():
         threads.append(call_in_thread(session, x, results, key))
-    wait_until(lambda: len(session._queues) == 1 and  # noqa: SLF001 (white-box wait)
-               sum(b.size for q in session._queues.values() for b in q.batches) == 4)
+    wait_until(
+        lambda: len(session._queues) == 1 and sum(b.size for q in session._queues.values() for b in q.batches) == 4
+    )
     run.gate.set()
     for thread in threads:
         thread.join(30)
@@ -102,13 +103,11 @@ def test_full_queue_is_unavailable_and_oversized_task_invalid() -> None:
     threads = [call_in_thread(session, np.array([[1.0]]), results, "running")]
     assert run.started.acquire(timeout=30)
     threads.append(call_in_thread(session, np.array([[2.0]]), results, "queued"))
-    wait_until(lambda: any(q.batches for q in session._queues.values()))  # noqa: SLF001
+    wait_until(lambda: any(q.batches for q in session._queues.values()))
     with pytest.raises(ServingError) as full:
         session.run({"x": np.array([[3.0]])}, ["y"], None)
     assert full.value.code == grpc.StatusCode.UNAVAILABLE
-    assert full.value.message == (
-        "The batch scheduling queue to which this task was submitted is full"
-    )
+    assert full.value.message == ("The batch scheduling queue to which this task was submitted is full")
     with pytest.raises(ServingError) as oversized:
         session.run({"x": np.zeros([2, 1])}, ["y"], None)
     assert oversized.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -125,9 +124,7 @@ def test_run_whose_deadline_passes_in_the_queue_is_deadline_exceeded() -> None:
     results: dict[object, object] = {}
     blocker = call_in_thread(session, np.array([[1.0]]), results, "running")
     assert run.started.acquire(timeout=30)
-    waiting = threading.Thread(
-        target=lambda: results.setdefault("late", _run_or_error(session, 1)), daemon=True
-    )
+    waiting = threading.Thread(target=lambda: results.setdefault("late", _run_or_error(session, 1)), daemon=True)
     waiting.start()
     time.sleep(0.1)  # past the waiting call's 1 ms deadline
     run.gate.set()
@@ -177,20 +174,21 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_root: Path) -> Iterator[ServerHandle]:
     with running_model_server(
-        [f"--model_name={MODEL}", f"--model_base_path={model_root / MODEL}",
-         "--enable_batching", f"--batching_parameters_file={model_root / 'batching.config'}",
-         f"--monitoring_config_file={model_root / 'monitoring.config'}"]
+        [
+            f"--model_name={MODEL}",
+            f"--model_base_path={model_root / MODEL}",
+            "--enable_batching",
+            f"--batching_parameters_file={model_root / 'batching.config'}",
+            f"--monitoring_config_file={model_root / 'monitoring.config'}",
+        ]
     ) as handle:
         yield handle
 
 
 def wrapped_run_count(server: ServerHandle) -> int:
-    with urllib.request.urlopen(
-        f"{server.rest_url}/monitoring/prometheus/metrics", timeout=30
-    ) as response:
+    with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=30) as response:
         text = response.read().decode()
-    match = re.search(r"^:tensorflow:serving:batching_session:wrapped_run_count (\d+)$", text,
-                      re.MULTILINE)
+    match = re.search(r"^:tensorflow:serving:batching_session:wrapped_run_count (\d+)$", text, re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
@@ -241,13 +239,21 @@ def test_task_above_max_batch_size_is_invalid(server: ServerHandle) -> None:
 @pytest.mark.parametrize(
     ("flags", "file_text", "message"),
     [
-        ([], "max_batch_size { value: 8 }\n",
-         "server_options.batching_parameters_file is set without setting "
-         "server_options.enable_batching to true."),
-        (["--enable_batching"], "max_batch_size: 8\n",
-         "Error parsing text-format tensorflow.serving.BatchingParameters"),
-        (["--enable_batching"], "max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n",
-         "final entry in allowed_batch_sizes must equal max_batch_size"),
+        (
+            [],
+            "max_batch_size { value: 8 }\n",
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true.",
+        ),
+        (
+            ["--enable_batching"],
+            "max_batch_size: 8\n",
+            "Error parsing text-format tensorflow.serving.BatchingParameters",
+        ),
+        (
+            ["--enable_batching"],
+            "max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n",
+            "final entry in allowed_batch_sizes must equal max_batch_size",
+        ),
     ],
 )
 def test_bad_batching_configuration_fails_startup(
@@ -256,9 +262,18 @@ def test_bad_batching_configuration_fails_startup(
     config = tmp_path / "batching.config"
     config.write_text(file_text)
     result = subprocess.run(
-        [sys.executable, "-m", "serving.model_server", "--model_base_path=/nonexistent",
-         f"--batching_parameters_file={config}", *flags],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "serving.model_server",
+            "--model_base_path=/nonexistent",
+            f"--batching_parameters_file={config}",
+            *flags,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert message in result.stderr
@@ -267,6 +282,8 @@ def test_bad_batching_configuration_fails_startup(
 @pytest.mark.conformance
 def test_conformance_tf_servings_batching_config_parses(shared_testdata: Path) -> None:
     assert read_batching_parameters(shared_testdata / "batching_config.txt") == BatchingOptions(
-        max_batch_size=128, batch_timeout_micros=0, max_enqueued_batches=1000000,
+        max_batch_size=128,
+        batch_timeout_micros=0,
+        max_enqueued_batches=1000000,
         num_batch_threads=8,
     )

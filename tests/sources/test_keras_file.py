@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from factories import keras_legacy as factory
+
 from packager.convert import ConvertOptions, convert
 from packager.errors import SourceError
 from packager.layout import PROVENANCE_FILE
 from packager.sources import SourceOptions
 from packager.tf_runtime import tensorflow
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 
 def keras_module(name: str) -> Any:
@@ -91,7 +93,12 @@ def load_natively(path: Path, keras_name: str) -> Any:
 
 @pytest.mark.parametrize(
     ("name", "keras_name"),
-    [("k2_vision.h5", "tf_keras"), ("k2_vision.keras", "tf_keras"), ("k3_vision.keras", "keras"), ("k3_vision.h5", "keras")],
+    [
+        ("k2_vision.h5", "tf_keras"),
+        ("k2_vision.keras", "tf_keras"),
+        ("k3_vision.keras", "keras"),
+        ("k3_vision.h5", "keras"),
+    ],
 )
 def test_vision_model_reproduces_keras(files, tmp_path: Path, name: str, keras_name: str) -> None:
     """ReLU(threshold, max_value), bilinear UpSampling2D and DepthwiseConv2D, from both Kerases."""
@@ -119,17 +126,62 @@ def test_multi_input_multi_output_keeps_everything(files, tmp_path: Path, name: 
 
 # (fixes, file they apply to, the writer's form, the loader tfpack picks, that loader's own error)
 LEGACY_CASES = [
-    (["ndarray_values"], "k2_vision.h5", factory.as_tf1_relu_ndarrays, "tf_keras", "'<' not supported between instances of 'dict'"),
-    (["ragged_kwarg"], "k2_vision.h5", factory.with_stray_ragged, "tf_keras", "('Keyword argument not understood:', 'ragged')"),
-    (["batch_shape"], "k2_vision.h5", factory.as_keras3_input, "tf_keras", "Unrecognized keyword arguments: ['batch_shape']"),
-    (["tf1_initializer_args"], "k3_vision.h5", factory.as_tf1_initializers, "keras", "unexpected keyword argument 'dtype'"),
-    (["depthwise_groups"], "k3_vision.keras", factory.as_tf_keras_depthwise, "keras",
-     "Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}"),
-    (["depthwise_groups"], "k3_vision.h5", factory.as_tf_keras_depthwise, "keras",
-     "Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}"),
-    (["ndarray_values"], "k3_vision.keras", factory.as_tf1_relu_ndarrays, "keras", "'<' not supported between instances of 'dict'"),
-    (["sequential_layer_list", "sequential_batch_input_shape"], "k3_mlp.h5", factory.as_keras22_sequential, "keras",
-     "pop expected at most 1 argument"),
+    (
+        ["ndarray_values"],
+        "k2_vision.h5",
+        factory.as_tf1_relu_ndarrays,
+        "tf_keras",
+        "'<' not supported between instances of 'dict'",
+    ),
+    (
+        ["ragged_kwarg"],
+        "k2_vision.h5",
+        factory.with_stray_ragged,
+        "tf_keras",
+        "('Keyword argument not understood:', 'ragged')",
+    ),
+    (
+        ["batch_shape"],
+        "k2_vision.h5",
+        factory.as_keras3_input,
+        "tf_keras",
+        "Unrecognized keyword arguments: ['batch_shape']",
+    ),
+    (
+        ["tf1_initializer_args"],
+        "k3_vision.h5",
+        factory.as_tf1_initializers,
+        "keras",
+        "unexpected keyword argument 'dtype'",
+    ),
+    (
+        ["depthwise_groups"],
+        "k3_vision.keras",
+        factory.as_tf_keras_depthwise,
+        "keras",
+        "Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}",
+    ),
+    (
+        ["depthwise_groups"],
+        "k3_vision.h5",
+        factory.as_tf_keras_depthwise,
+        "keras",
+        "Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}",
+    ),
+    (
+        ["ndarray_values"],
+        "k3_vision.keras",
+        factory.as_tf1_relu_ndarrays,
+        "keras",
+        "'<' not supported between instances of 'dict'",
+    ),
+    (
+        ["sequential_layer_list", "sequential_batch_input_shape"],
+        "k3_mlp.h5",
+        factory.as_keras22_sequential,
+        "keras",
+        "pop expected at most 1 argument",
+    ),
 ]
 MLP_VALUES = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
 
@@ -142,11 +194,17 @@ def assert_mlp_serves_like(result: Any, original: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fixes", "name", "rewrite", "keras_name", "native_error"), LEGACY_CASES,
+    ("fixes", "name", "rewrite", "keras_name", "native_error"),
+    LEGACY_CASES,
     ids=[f"{'+'.join(case[0])}-{case[1]}" for case in LEGACY_CASES],
 )
 def test_legacy_config_is_fixed_on_the_fly(
-    files, tmp_path: Path, fixes: list[str], name: str, rewrite: factory.ConfigRewrite, keras_name: str,
+    files,
+    tmp_path: Path,
+    fixes: list[str],
+    name: str,
+    rewrite: factory.ConfigRewrite,
+    keras_name: str,
     native_error: str,
 ) -> None:
     legacy = factory.patch_config(files[name], tmp_path / f"legacy{files[name].suffix}", rewrite)
@@ -195,12 +253,16 @@ def test_unfixable_config_is_one_clear_source_error(files, tmp_path: Path) -> No
 
 
 def test_keras1_file_is_refused(files, tmp_path: Path) -> None:
-    old = factory.set_keras_version(factory.patch_config(files["k2_multi.h5"], tmp_path / "k1.h5", lambda c: None), "1.2.2")
-    with pytest.raises(SourceError, match="Keras 1.2.2 files are not supported"):
+    old = factory.set_keras_version(
+        factory.patch_config(files["k2_multi.h5"], tmp_path / "k1.h5", lambda c: None), "1.2.2"
+    )
+    with pytest.raises(SourceError, match=r"Keras 1.2.2 files are not supported"):
         convert(old, ConvertOptions(name="old", output_dir=tmp_path / "out"))
 
 
-@pytest.mark.parametrize(("keras_name", "suffix"), [("tf_keras", ".h5"), ("tf_keras", ".keras"), ("keras", ".keras"), ("keras", ".h5")])
+@pytest.mark.parametrize(
+    ("keras_name", "suffix"), [("tf_keras", ".h5"), ("tf_keras", ".keras"), ("keras", ".keras"), ("keras", ".h5")]
+)
 def test_lambda_layers_need_unsafe(tmp_path: Path, keras_name: str, suffix: str) -> None:
     path = factory.save(factory.build_lambda_model(keras_module(keras_name)), tmp_path / f"lambda{suffix}")
     output_dir = tmp_path / "out"
@@ -227,7 +289,9 @@ def test_custom_layers_come_from_custom_objects_module(
         keras.utils.set_random_seed(23)
         values = keras.Input((3,), name="values")
         scaled = layers_module.ScaleShift(shift=0.5, name="scale_shift")(keras.layers.Dense(3, name="dense")(values))
-        path = factory.save(keras.Model(values, scaled), tmp_path / ("custom.h5" if keras_name == "tf_keras" else "custom.keras"))
+        path = factory.save(
+            keras.Model(values, scaled), tmp_path / ("custom.h5" if keras_name == "tf_keras" else "custom.keras")
+        )
     # Now as in a fresh process: the module is neither imported, registered nor importable.
     monkeypatch.delitem(sys.modules, module_name)
     if keras_name == "keras":
@@ -237,15 +301,27 @@ def test_custom_layers_come_from_custom_objects_module(
         convert(path, ConvertOptions(name="custom", output_dir=tmp_path / "out"))
 
     monkeypatch.syspath_prepend(str(tmp_path))
-    options = ConvertOptions(name="custom", output_dir=tmp_path / "out", source=SourceOptions(custom_objects=module_name))
+    options = ConvertOptions(
+        name="custom", output_dir=tmp_path / "out", source=SourceOptions(custom_objects=module_name)
+    )
     result = convert(path, options)
-    model = keras.models.load_model(path, compile=False, custom_objects={"ScaleShift": sys.modules[module_name].ScaleShift})
+    model = keras.models.load_model(
+        path, compile=False, custom_objects={"ScaleShift": sys.modules[module_name].ScaleShift}
+    )
     assert_serves_like(result.version_dir, model, {"values": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)})
 
 
 def test_unimportable_custom_objects_module_is_a_usage_error(files, tmp_path: Path, tfpack_cli) -> None:
-    result = tfpack_cli("convert", files["k3_mlp.h5"], "--name", "m", "--output-dir", tmp_path / "out",
-                        "--custom-objects", "no_such_module_for_tfpack")
+    result = tfpack_cli(
+        "convert",
+        files["k3_mlp.h5"],
+        "--name",
+        "m",
+        "--output-dir",
+        tmp_path / "out",
+        "--custom-objects",
+        "no_such_module_for_tfpack",
+    )
     assert result.exit_code == 2
     assert "cannot import no_such_module_for_tfpack" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))

@@ -46,13 +46,13 @@ def config_text(root: Path) -> str:
 model_config_list {{
   config {{
     name: "multi"
-    base_path: "{root / 'multi'}"
+    base_path: "{root / "multi"}"
     model_platform: "tensorflow"
     model_version_policy {{ all {{}} }}
     version_labels {{ key: "stable" value: 1 }}
     version_labels {{ key: "canary" value: 2 }}
   }}
-  config {{ name: "single" base_path: "{root / 'single'}" model_platform: "tensorflow" }}
+  config {{ name: "single" base_path: "{root / "single"}" model_platform: "tensorflow" }}
 }}
 """
 
@@ -70,8 +70,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[ServerHandle]:
     with running_model_server(
-        [f"--model_config_file={root / 'models.config'}", "--file_system_poll_wait_seconds=1",
-         "--max_num_load_retries=0"]
+        [
+            f"--model_config_file={root / 'models.config'}",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
+        ]
     ) as handle:
         yield handle
 
@@ -88,18 +91,14 @@ def predict(channel: grpc.Channel, model: str, x: float, **spec: object) -> floa
     if "version_label" in spec:
         request.model_spec.version_label = spec["version_label"]  # type: ignore[assignment]
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[x]], np.float32)))
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-        request, timeout=10
-    )
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
     return response.outputs["y"].float_val[0]
 
 
 def statuses(channel: grpc.Channel, model: str) -> list[tuple[int, int]]:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model
-    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-        request, timeout=10
-    )
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
     return [(s.version, s.state) for s in response.model_version_status]
 
 
@@ -113,7 +112,8 @@ def test_version_labels_select_versions(channel: grpc.Channel, server: ServerHan
     assert predict(channel, "multi", 1.0, version_label="canary") == 3.5
     request = urllib.request.Request(
         f"{server.rest_url}/v1/models/multi/labels/stable:predict",
-        data=json.dumps({"instances": [[1.0]]}).encode(), method="POST",
+        data=json.dumps({"instances": [[1.0]]}).encode(),
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read()) == {"predictions": [[2.5]]}
@@ -126,9 +126,7 @@ def test_unknown_label_is_invalid(channel: grpc.Channel) -> None:
     assert raised.value.details() == "Unrecognized servable version label: nightly"
 
 
-def test_new_version_is_swapped_in_without_failing_requests(
-    channel: grpc.Channel, root: Path
-) -> None:
+def test_new_version_is_swapped_in_without_failing_requests(channel: grpc.Channel, root: Path) -> None:
     failures: list[str] = []
     answers: set[float] = set()
     stop = threading.Event()
@@ -160,35 +158,33 @@ def test_new_version_is_swapped_in_without_failing_requests(
 def reload(channel: grpc.Channel, text: str) -> model_management_pb2.ReloadConfigResponse:
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(text, request.config)
-    return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
-        request, timeout=60
-    )
+    return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
 
 
 def test_reload_rejects_label_for_unavailable_version(channel: grpc.Channel, root: Path) -> None:
-    text = config_text(root).replace('value: 2', 'value: 7')
+    text = config_text(root).replace("value: 2", "value: 7")
     with pytest.raises(grpc.RpcError) as raised:
         reload(channel, text)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert raised.value.details() == (
-        "Request to assign label to version 7 of model multi, which is not currently available "
-        "for inference"
+        "Request to assign label to version 7 of model multi, which is not currently available for inference"
     )
     assert predict(channel, "multi", 1.0, version_label="canary") == 3.5  # labels unchanged
 
 
-def test_reload_config_adds_removes_and_repolicies_models(
-    channel: grpc.Channel, root: Path
-) -> None:
+def test_reload_config_adds_removes_and_repolicies_models(channel: grpc.Channel, root: Path) -> None:
     publish(root / "added", 5, offset=100.0)
-    response = reload(channel, f"""
+    response = reload(
+        channel,
+        f"""
         model_config_list {{
           config {{
-            name: "multi" base_path: "{root / 'multi'}" model_platform: "tensorflow"
+            name: "multi" base_path: "{root / "multi"}" model_platform: "tensorflow"
             model_version_policy {{ specific {{ versions: 1 }} }}
           }}
-          config {{ name: "added" base_path: "{root / 'added'}" model_platform: "tensorflow" }}
-        }}""")
+          config {{ name: "added" base_path: "{root / "added"}" model_platform: "tensorflow" }}
+        }}""",
+    )
     assert response.status.error_code == 0
     assert statuses(channel, "added") == [(5, AVAILABLE)]
     assert predict(channel, "added", 0.0) == 100.0
@@ -202,12 +198,18 @@ def test_startup_fails_when_a_label_names_a_missing_version(root: Path, tmp_path
     config = tmp_path / "labels.config"
     config.write_text(config_text(root).replace("value: 2", "value: 9"))
     result = subprocess.run(
-        [sys.executable, "-m", "serving.model_server", f"--model_config_file={config}",
-         "--port=0", "--max_num_load_retries=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "serving.model_server",
+            f"--model_config_file={config}",
+            "--port=0",
+            "--max_num_load_retries=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
-    assert "Failed to start server. Error: Request to assign label to version 9 of model multi" in (
-        result.stderr
-    )
-
+    assert "Failed to start server. Error: Request to assign label to version 9 of model multi" in (result.stderr)

@@ -62,9 +62,7 @@ def predict(channel: grpc.Channel, model: str, x: list[list[float]], alias: str 
 def metadata(channel: grpc.Channel, model: str):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = model
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
-        request, timeout=30
-    )
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     return signatures.signature_def
@@ -72,7 +70,8 @@ def metadata(channel: grpc.Channel, model: str):
 
 def rest_predict(server: ServerHandle, model: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
-        f"{server.rest_url}/v1/models/{model}:predict", data=json.dumps(body).encode(),
+        f"{server.rest_url}/v1/models/{model}:predict",
+        data=json.dumps(body).encode(),
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -106,13 +105,10 @@ def test_wrong_input_name_is_invalid(server: ServerHandle) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_server(
-    shared_testdata: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerHandle]:
+def reference_server(shared_testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     config = tmp_path_factory.mktemp("tflite-reference") / "models.config"
     entries = "".join(
-        f'  config {{ name: "{name}" base_path: "{shared_testdata / name}" '
-        'model_platform: "tensorflow" }\n'
+        f'  config {{ name: "{name}" base_path: "{shared_testdata / name}" model_platform: "tensorflow" }}\n'
         for name in SHARED_TFLITE_MODELS
     )
     config.write_text(f"model_config_list {{\n{entries}}}\n")
@@ -134,6 +130,4 @@ def test_conformance_tf_servings_tflite_models_predict_two_gives_three(
         default = metadata(channel, model)["serving_default"]
     assert list(default.inputs) == ["x"] and list(default.outputs) == ["y"]
     assert [d.size for d in default.inputs["x"].tensor_shape.dim] == [1, 1]
-    assert rest_predict(reference_server, model, {"instances": [[2.0]]}) == (
-        200, {"predictions": [[3.0]]}
-    )
+    assert rest_predict(reference_server, model, {"instances": [[2.0]]}) == (200, {"predictions": [[3.0]]})

@@ -15,8 +15,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.factories.half_plus_two import write_half_plus_two_tf1, write_half_plus_two_tf2
-from tests.servers import ServerHandle, running_model_server
-from tests.test_model_server import http
+from tests.servers import ServerHandle, http, running_model_server
 
 HALF_PLUS_TWO, TF2, DENSE = "half_plus_two", "half_plus_two_tf2", "dense"
 
@@ -30,8 +29,11 @@ def write_dense(base_path: Path) -> None:
         y = tf.matmul(x, tf.constant(np.ones((3, 2), np.float32)), name="y")
         with v1.Session(graph=graph) as session:
             builder = v1.saved_model.Builder(str(base_path / "1"))
-            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-                "serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+            builder.add_meta_graph_and_variables(
+                session,
+                ["serve"],
+                signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y})},
+            )
             builder.save()
 
 
@@ -42,9 +44,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     write_half_plus_two_tf2(root / TF2)
     write_dense(root / DENSE)
     config = root / "models.config"
-    config.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "tensorflow" }}\n'
-        for name in (HALF_PLUS_TWO, TF2, DENSE)) + "}\n")
+    config.write_text(
+        "model_config_list {\n"
+        + "".join(
+            f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "tensorflow" }}\n'
+            for name in (HALF_PLUS_TWO, TF2, DENSE)
+        )
+        + "}\n"
+    )
     with running_model_server([f"--model_config_file={config}"]) as handle:
         yield handle
 
@@ -100,15 +107,21 @@ def test_the_model_config_file_is_polled_and_applied(tmp_path: Path) -> None:
     config = tmp_path / "models.config"
 
     def entries(*names: str) -> str:
-        return "model_config_list {\n" + "".join(
-            f'  config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}\n'
-            for n in names) + "}\n"
+        return (
+            "model_config_list {\n"
+            + "".join(
+                f'  config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}\n' for n in names
+            )
+            + "}\n"
+        )
 
     config.write_text(entries(HALF_PLUS_TWO))
     with running_model_server([f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]) as server:
         config.write_text("model_config_list { this is not a config")
         time.sleep(2.5)
-        np.testing.assert_allclose(tf.make_ndarray(predict(server, HALF_PLUS_TWO, np.array([2.0], np.float32)).outputs["y"]), [3.0])
+        np.testing.assert_allclose(
+            tf.make_ndarray(predict(server, HALF_PLUS_TWO, np.array([2.0], np.float32)).outputs["y"]), [3.0]
+        )
         config.write_text(entries(HALF_PLUS_TWO, "half_plus_three"))
         deadline = time.monotonic() + 30
         while True:

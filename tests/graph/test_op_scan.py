@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories.hostile_models import (
     DATASET_KINDS,
     write_dataset_frozen_graph,
@@ -19,12 +18,14 @@ from factories.hostile_models import (
     write_tf1_init_op_saved_model,
 )
 from factories.sources import write_frozen_classifier
+
 from packager.convert import ConvertOptions, convert
 from packager.errors import SourceError, UsageError
 from packager.graph.op_scan import classify_op, scan_graph_def, scan_saved_model
 from packager.layout import PROVENANCE_FILE
 from packager.tf_runtime import tensorflow
 
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 _LIVE_GRAPHS = []  # a py_func's Python callback lives only as long as the graph that made it
 
@@ -70,7 +71,9 @@ def _runs_python(tmp_path: Path) -> Path:
     return _frozen(tmp_path / "py_func.pb", build)
 
 
-@pytest.mark.parametrize("make, op_type", [(_reads_a_file, "ReadFile"), (_writes_a_file, "WriteFile"), (_runs_python, "PyFuncStateless")])
+@pytest.mark.parametrize(
+    "make, op_type", [(_reads_a_file, "ReadFile"), (_writes_a_file, "WriteFile"), (_runs_python, "PyFuncStateless")]
+)
 def test_denied_op_stops_convert_until_allowed(make, op_type: str, tmp_path: Path) -> None:
     source = make(tmp_path)
     with pytest.raises(UsageError, match=rf"{op_type} .*--allow-op {op_type}"):
@@ -118,7 +121,9 @@ def test_scan_finds_print_and_custom_ops_in_a_saved_model(tmp_path: Path, tfpack
     (custom / "saved_model.pb").write_bytes(saved_model.SerializeToString())
     result = tfpack_cli("scan", custom, "--json")
     assert result.exit_code == 3
-    assert any(f["op"] == "AcmeFusedSoftmax" and "custom op" in f["reason"] for f in json.loads(result.stdout)["findings"])
+    assert any(
+        f["op"] == "AcmeFusedSoftmax" and "custom op" in f["reason"] for f in json.loads(result.stdout)["findings"]
+    )
 
 
 def test_a_py_func_whose_python_is_gone_is_a_clean_source_error(tmp_path: Path) -> None:
@@ -156,10 +161,13 @@ def test_a_training_graphs_dataset_functions_are_not_written_into_the_served_mod
     """A tf.data-fed TF1 checkpoint: its iterator is replaced by placeholders, and the dataset
     functions its library still holds (never called by the serving path) are pruned, not served."""
     from factories.tf1_graphs import write_dataset_fed_ema
+
     from packager.sources import SourceOptions
 
     dataset_fed = write_dataset_fed_ema(tmp_path / "dataset_fed")
-    result = convert(dataset_fed.prefix, ConvertOptions(name="m", output_dir=tmp_path / "out", source=SourceOptions(ema="off")))
+    result = convert(
+        dataset_fed.prefix, ConvertOptions(name="m", output_dir=tmp_path / "out", source=SourceOptions(ema="off"))
+    )
     written = scan_saved_model(result.version_dir)
     assert written.blocking == [], written.summary()
 
@@ -213,8 +221,12 @@ def test_dataset_readers_and_writers_are_refused_by_convert_and_scan(kind: str, 
     scanned = tfpack_cli("scan", source, "--json")
     assert scanned.exit_code == 3
     denied = {f["op"] for f in json.loads(scanned.stdout)["findings"]}
-    expected = {"fixed_length": "FixedLengthRecordDatasetV2", "text_line": "TextLineDataset",
-                "tfrecord": "TFRecordDataset", "tfrecord_writer": "DatasetToTFRecord"}[kind]
+    expected = {
+        "fixed_length": "FixedLengthRecordDatasetV2",
+        "text_line": "TextLineDataset",
+        "tfrecord": "TFRecordDataset",
+        "tfrecord_writer": "DatasetToTFRecord",
+    }[kind]
     assert expected in denied, denied
     assert kind != "tfrecord_writer" or not host_file.exists()
 
@@ -269,15 +281,45 @@ def test_a_checkpoint_whose_restore_op_writes_a_file_is_refused_before_restoring
 
 # Effectful ops, by category, that must be denied whatever their name looks like.
 _DENIED = {
-    "dataset": ["TextLineDataset", "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDatasetV2",
-                "DatasetToTFRecord", "CacheDatasetV2", "SaveDatasetV2", "SqlDataset", "MatchingFilesDataset",
-                "DatasetToSingleElement", "ReduceDataset", "IteratorGetNext", "TFRecordReaderV2", "ReaderReadV2",
-                "GetOptions", "InitializeTableFromDataset"],
-    "file system": ["ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "InitializeTableFromTextFileV2",
-                    "GenerateVocabRemapping", "RecordInput", "Skipgram"],
+    "dataset": [
+        "TextLineDataset",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "FixedLengthRecordDatasetV2",
+        "DatasetToTFRecord",
+        "CacheDatasetV2",
+        "SaveDatasetV2",
+        "SqlDataset",
+        "MatchingFilesDataset",
+        "DatasetToSingleElement",
+        "ReduceDataset",
+        "IteratorGetNext",
+        "TFRecordReaderV2",
+        "ReaderReadV2",
+        "GetOptions",
+        "InitializeTableFromDataset",
+    ],
+    "file system": [
+        "ReadFile",
+        "WriteFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "InitializeTableFromTextFileV2",
+        "GenerateVocabRemapping",
+        "RecordInput",
+        "Skipgram",
+    ],
     "checkpoint": ["SaveV2", "RestoreV2", "MergeV2Checkpoints", "LoadAndRemapMatrix"],
-    "network": ["RpcCall", "RemoteCall", "CollectiveReduceV2", "NcclAllReduce", "_Send", "_Recv",
-                "DataServiceDatasetV4", "RegisterDataset"],
+    "network": [
+        "RpcCall",
+        "RemoteCall",
+        "CollectiveReduceV2",
+        "NcclAllReduce",
+        "_Send",
+        "_Recv",
+        "DataServiceDatasetV4",
+        "RegisterDataset",
+    ],
     "python": ["PyFunc", "PyFuncStateless", "EagerPyFunc"],
     "printing": ["Print", "PrintV2", "WriteScalarSummary", "CreateSummaryFileWriter", "DebugIdentityV2", "DumpTensor"],
     "environment": ["GetSessionTensor", "GetSessionHandleV2", "FileSystemSetConfiguration"],
@@ -286,12 +328,44 @@ _DENIED = {
     "unknown": ["AcmeReadSecrets"],
 }
 # What real inference graphs use: never denied.
-_ALLOWED = ["Const", "Placeholder", "Identity", "NoOp", "MatMul", "Conv2D", "VarHandleOp", "ReadVariableOp",
-            "AssignVariableOp", "VariableV2", "RandomUniform", "StatelessRandomUniformV2", "Assert", "CheckNumerics",
-            "While", "If", "StatelessWhile", "StatefulPartitionedCall", "PartitionedCall", "TensorListReserve",
-            "TensorListSetItem", "TensorArrayV3", "HashTableV2", "MutableHashTableV2", "LookupTableFindV2",
-            "InitializeTableV2", "StringFormat", "RegexReplace", "StaticRegexFullMatch", "ShardedFilename",
-            "DecodeJpeg", "ParseExampleV2", "DecodeProtoV2", "BoostedTreesPredict", "CudnnRNNV3", "FIFOQueueV2"]
+_ALLOWED = [
+    "Const",
+    "Placeholder",
+    "Identity",
+    "NoOp",
+    "MatMul",
+    "Conv2D",
+    "VarHandleOp",
+    "ReadVariableOp",
+    "AssignVariableOp",
+    "VariableV2",
+    "RandomUniform",
+    "StatelessRandomUniformV2",
+    "Assert",
+    "CheckNumerics",
+    "While",
+    "If",
+    "StatelessWhile",
+    "StatefulPartitionedCall",
+    "PartitionedCall",
+    "TensorListReserve",
+    "TensorListSetItem",
+    "TensorArrayV3",
+    "HashTableV2",
+    "MutableHashTableV2",
+    "LookupTableFindV2",
+    "InitializeTableV2",
+    "StringFormat",
+    "RegexReplace",
+    "StaticRegexFullMatch",
+    "ShardedFilename",
+    "DecodeJpeg",
+    "ParseExampleV2",
+    "DecodeProtoV2",
+    "BoostedTreesPredict",
+    "CudnnRNNV3",
+    "FIFOQueueV2",
+]
 
 
 @pytest.mark.parametrize("op_type", [op for ops in _DENIED.values() for op in ops])
@@ -323,7 +397,11 @@ def test_every_registered_op_that_names_a_file_or_a_dataset_is_denied() -> None:
     for op_def in _registered_ops():
         names_a_path = any(
             arg.type == types_pb2.DT_STRING and any(word in arg.name for word in path_like) for arg in op_def.input_arg
-        ) or any(any(word in a.name for word in ("file", "path", "url")) for a in op_def.attr if a.type.startswith(("string", "list(string)")))
+        ) or any(
+            any(word in a.name for word in ("file", "path", "url"))
+            for a in op_def.attr
+            if a.type.startswith(("string", "list(string)"))
+        )
         dataset = "Dataset" in op_def.name or "Reader" in op_def.name or "Iterator" in op_def.name
         if (names_a_path or dataset) and op_def.name not in formatting_only and classify_op(op_def.name) is None:
             missed.append(op_def.name)
@@ -357,8 +435,15 @@ def test_a_saved_model_init_op_and_its_assets_are_scanned(tmp_path: Path) -> Non
         def __init__(self) -> None:
             super().__init__()
             self.table = tf.lookup.StaticHashTable(
-                tf.lookup.TextFileInitializer(str(vocab), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-                                            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), -1)
+                tf.lookup.TextFileInitializer(
+                    str(vocab),
+                    tf.string,
+                    tf.lookup.TextFileIndex.WHOLE_LINE,
+                    tf.int64,
+                    tf.lookup.TextFileIndex.LINE_NUMBER,
+                ),
+                -1,
+            )
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def serve(self, words):  # type: ignore[no-untyped-def]

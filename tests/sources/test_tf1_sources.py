@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories.tf1_graphs import (
     dropout_reference,
     write_bert_like_frozen,
@@ -17,11 +16,14 @@ from factories.tf1_graphs import (
     write_old_batchnorm_frozen,
     write_trained_regressor,
 )
+
 from packager.convert import ConvertOptions, convert
 from packager.errors import SourceError, UsageError
 from packager.layout import PROVENANCE_FILE
 from packager.sources import SourceOptions
 from packager.tf_runtime import tensorflow
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,16 @@ FEATURES = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
 
 @pytest.mark.parametrize("form", ["prefix", "directory", "meta"])
 def test_checkpoint_with_saver_converts_with_discovered_names(form: str, regressor, tmp_path: Path) -> None:
-    source = {"prefix": regressor.prefix, "directory": regressor.directory,
-              "meta": Path(f"{regressor.prefix}.meta")}[form]
+    source = {"prefix": regressor.prefix, "directory": regressor.directory, "meta": Path(f"{regressor.prefix}.meta")}[
+        form
+    ]
     result = convert(source, ConvertOptions(name="regressor", output_dir=tmp_path))
     # The target placeholder only feeds the loss; the loss, optimizer and saver are no outputs.
     assert [r.key for r in result.inputs] == ["features"]
     assert [r.key for r in result.outputs] == ["prediction"]
-    np.testing.assert_allclose(serve(result.version_dir, features=FEATURES)["prediction"],
-                               regressor.predict(FEATURES), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        serve(result.version_dir, features=FEATURES)["prediction"], regressor.predict(FEATURES), rtol=1e-5, atol=1e-6
+    )
     provenance = json.loads((result.version_dir / PROVENANCE_FILE).read_text())
     assert provenance["source"]["format"] == "checkpoint"
     assert any(name.endswith(".index") for name in provenance["source"]["files"])
@@ -59,16 +63,20 @@ def test_directory_uses_the_latest_checkpoint(tmp_path: Path) -> None:
     newer = write_trained_regressor(directory, steps=4)  # also rewrites the state file
     assert older.prefix != newer.prefix
     result = convert(directory, ConvertOptions(name="regressor", output_dir=tmp_path / "out"))
-    np.testing.assert_allclose(serve(result.version_dir, features=FEATURES)["prediction"],
-                               newer.predict(FEATURES), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        serve(result.version_dir, features=FEATURES)["prediction"], newer.predict(FEATURES), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_graph_text_plus_checkpoint_without_meta_graph(regressor, tmp_path: Path) -> None:
-    result = convert(regressor.graph_pbtxt, ConvertOptions(
-        name="regressor", output_dir=tmp_path, source=SourceOptions(checkpoint=regressor.prefix)))
+    result = convert(
+        regressor.graph_pbtxt,
+        ConvertOptions(name="regressor", output_dir=tmp_path, source=SourceOptions(checkpoint=regressor.prefix)),
+    )
     assert [r.key for r in result.outputs] == ["prediction"]
-    np.testing.assert_allclose(serve(result.version_dir, features=FEATURES)["prediction"],
-                               regressor.predict(FEATURES), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        serve(result.version_dir, features=FEATURES)["prediction"], regressor.predict(FEATURES), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_builder_rebuilds_the_graph_for_a_bare_checkpoint(regressor, tmp_path: Path) -> None:
@@ -78,24 +86,34 @@ def test_builder_rebuilds_the_graph_for_a_bare_checkpoint(regressor, tmp_path: P
         if path.suffix != ".meta":
             shutil.copy(path, bare / path.name)
     prefix = bare / regressor.prefix.name
-    with pytest.raises(SourceError, match="no .meta graph"):
+    with pytest.raises(SourceError, match=r"no .meta graph"):
         convert(prefix, ConvertOptions(name="r", output_dir=tmp_path / "out"))
-    result = convert(prefix, ConvertOptions(
-        name="r", output_dir=tmp_path / "out",
-        source=SourceOptions(builder="factories.tf1_graphs:build_regressor_graph")))
-    np.testing.assert_allclose(serve(result.version_dir, features=FEATURES)["prediction"],
-                               regressor.predict(FEATURES), rtol=1e-5, atol=1e-6)
+    result = convert(
+        prefix,
+        ConvertOptions(
+            name="r",
+            output_dir=tmp_path / "out",
+            source=SourceOptions(builder="factories.tf1_graphs:build_regressor_graph"),
+        ),
+    )
+    np.testing.assert_allclose(
+        serve(result.version_dir, features=FEATURES)["prediction"], regressor.predict(FEATURES), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bert_like_graph_takes_the_three_int_inputs_but_not_the_label(tmp_path: Path) -> None:
     source = write_bert_like_frozen(tmp_path / "bert.pb")
     result = convert(source, ConvertOptions(name="bert", output_dir=tmp_path / "out"))
     assert [(r.key, r.dtype, r.shape) for r in result.inputs] == [
-        ("input_ids", "int32", (None, 8)), ("input_mask", "int32", (None, 8)), ("segment_ids", "int32", (None, 8))]
+        ("input_ids", "int32", (None, 8)),
+        ("input_mask", "int32", (None, 8)),
+        ("segment_ids", "int32", (None, 8)),
+    ]
     assert [r.key for r in result.outputs] == ["probabilities"]
     ids = np.arange(16, dtype=np.int32).reshape(2, 8) % 30
-    probabilities = serve(result.version_dir, input_ids=ids, input_mask=np.ones_like(ids),
-                          segment_ids=np.zeros_like(ids))["probabilities"]
+    probabilities = serve(
+        result.version_dir, input_ids=ids, input_mask=np.ones_like(ids), segment_ids=np.zeros_like(ids)
+    )["probabilities"]
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
 
 
@@ -117,9 +135,14 @@ def test_keep_prob_constant_and_is_training_default_are_folded(tmp_path: Path) -
     assert controls == {"keep_prob": False, "is_training": True}
 
 
-@pytest.mark.parametrize("constant, message", [
-    ("keep_prob", "must be NAME=VALUE"), ("keep_prob=abc", "not a valid float32"), ("nope=1", "no placeholder"),
-])
+@pytest.mark.parametrize(
+    "constant, message",
+    [
+        ("keep_prob", "must be NAME=VALUE"),
+        ("keep_prob=abc", "not a valid float32"),
+        ("nope=1", "no placeholder"),
+    ],
+)
 def test_bad_constants_are_usage_errors(constant: str, message: str, tmp_path: Path) -> None:
     source = write_dropout_frozen(tmp_path / "dropout.pb")
     with pytest.raises(UsageError, match=message):
@@ -133,9 +156,8 @@ def test_old_batchnorm_ref_ops_import_after_repair(tmp_path: Path) -> None:
     source = write_old_batchnorm_frozen(tmp_path / "bn.pb")
     graph_def = graph_pb2.GraphDef.FromString(source.read_bytes())
     assert {"RefSwitch", "AssignSub"} <= {n.op for n in graph_def.node}
-    with pytest.raises(ValueError):  # what a user hits with plain TensorFlow 2
-        with tf.Graph().as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
+    with pytest.raises(ValueError), tf.Graph().as_default():  # what a user hits with plain TensorFlow 2
+        tf.graph_util.import_graph_def(graph_def, name="")
     result = convert(source, ConvertOptions(name="bn", output_dir=tmp_path / "out"))
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(serve(result.version_dir, x=x)["normalized"], x - np.array([0.5, -0.5, 1.0]), rtol=1e-6)
@@ -144,7 +166,9 @@ def test_old_batchnorm_ref_ops_import_after_repair(tmp_path: Path) -> None:
 def test_device_strings_are_cleared(regressor, tmp_path: Path) -> None:
     tf = tensorflow()
     result = convert(regressor.prefix, ConvertOptions(name="r", output_dir=tmp_path))
-    meta_graph = tf.compat.v1.saved_model.loader.load(tf.compat.v1.Session(graph=tf.Graph()), ["serve"], str(result.version_dir))
+    meta_graph = tf.compat.v1.saved_model.loader.load(
+        tf.compat.v1.Session(graph=tf.Graph()), ["serve"], str(result.version_dir)
+    )
     assert not [n.device for n in meta_graph.graph_def.node if n.device]
 
 
@@ -194,7 +218,9 @@ IMAGES = np.random.default_rng(9).normal(size=(5, 2, 3)).astype(np.float32)
 
 
 @pytest.mark.parametrize("ema, weights", [("auto", "averaged"), ("on", "averaged"), ("off", "raw")])
-def test_iterator_fed_graph_with_ema_serves_the_chosen_weights(ema: str, weights: str, dataset_fed, tmp_path: Path) -> None:
+def test_iterator_fed_graph_with_ema_serves_the_chosen_weights(
+    ema: str, weights: str, dataset_fed, tmp_path: Path
+) -> None:
     result = convert(dataset_fed.prefix, ConvertOptions(name="m", output_dir=tmp_path, source=SourceOptions(ema=ema)))
     # IteratorGetNext's two outputs became input_0 (images) and input_1 (labels, loss only).
     assert [(r.key, r.dtype, r.shape) for r in result.inputs] == [("input_0", "float32", (None, 2, 3))]
@@ -220,8 +246,12 @@ def test_partitioned_variables_restore_with_ema(tmp_path: Path) -> None:
     graph = tf.Graph()
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, 6], name="x")
-        w = v1.get_variable("w", shape=[6, 2], initializer=v1.random_normal_initializer(seed=1),
-                            partitioner=v1.fixed_size_partitioner(3))
+        w = v1.get_variable(
+            "w",
+            shape=[6, 2],
+            initializer=v1.random_normal_initializer(seed=1),
+            partitioner=v1.fixed_size_partitioner(3),
+        )
         tf.identity(tf.matmul(x, w), name="y")
         ema = v1.train.ExponentialMovingAverage(decay=0.5)
         update = ema.apply(list(w))
@@ -236,7 +266,9 @@ def test_partitioned_variables_restore_with_ema(tmp_path: Path) -> None:
             prefix = saver.save(session, str(tmp_path / "ckpt" / "model.ckpt"))
     x_value = np.linspace(0, 1, 12, dtype=np.float32).reshape(2, 6)
     for mode, weights in (("auto", averaged), ("off", raw)):
-        result = convert(Path(prefix), ConvertOptions(name=mode, output_dir=tmp_path / "out", source=SourceOptions(ema=mode)))
+        result = convert(
+            Path(prefix), ConvertOptions(name=mode, output_dir=tmp_path / "out", source=SourceOptions(ema=mode))
+        )
         np.testing.assert_allclose(serve(result.version_dir, x=x_value)["y"], x_value @ weights, rtol=1e-5)
 
 
@@ -287,12 +319,14 @@ def test_graph_and_checkpoint_of_different_shapes(regressor, tmp_path: Path) -> 
     tf = tensorflow()
     v1 = tf.compat.v1
     graph = tf.Graph()
-    with graph.as_default():
-        with v1.variable_scope("dense"):
-            v1.get_variable("kernel", [4, 7])  # the regressor's kernel is [3, 5]
-            v1.get_variable("bias", [5])
-            v1.get_variable("head", [5, 1])
+    with graph.as_default(), v1.variable_scope("dense"):
+        v1.get_variable("kernel", [4, 7])  # the regressor's kernel is [3, 5]
+        v1.get_variable("bias", [5])
+        v1.get_variable("head", [5, 1])
     other = tmp_path / "other.pbtxt"
     tf.io.write_graph(graph.as_graph_def(), str(tmp_path), other.name, as_text=True)
     with pytest.raises(SourceError, match=r"variable dense/kernel is float32\[4, 7\].*\[3, 5\]"):
-        convert(other, ConvertOptions(name="r", output_dir=tmp_path / "out", source=SourceOptions(checkpoint=regressor.prefix)))
+        convert(
+            other,
+            ConvertOptions(name="r", output_dir=tmp_path / "out", source=SourceOptions(checkpoint=regressor.prefix)),
+        )

@@ -79,9 +79,12 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_root: Path) -> Iterator[ServerHandle]:
     with running_model_server(
-        [f"--model_config_file={model_root / 'models.config'}", "--max_num_load_retries=0",
-         "--file_system_poll_wait_seconds=0",
-         f"--tfpack_max_request_tensor_bytes={TENSOR_LIMIT}"]
+        [
+            f"--model_config_file={model_root / 'models.config'}",
+            "--max_num_load_retries=0",
+            "--file_system_poll_wait_seconds=0",
+            f"--tfpack_max_request_tensor_bytes={TENSOR_LIMIT}",
+        ]
     ) as handle:
         yield handle
 
@@ -108,8 +111,11 @@ def raw_tensor(dtype: int, dims: list[int], **values: object) -> tensor_pb2.Tens
 
 
 def predict(
-    stub: prediction_service_pb2_grpc.PredictionServiceStub, alias: str,
-    proto: tensor_pb2.TensorProto, signature: str = "", model: str = MODEL,
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    alias: str,
+    proto: tensor_pb2.TensorProto,
+    signature: str = "",
+    model: str = MODEL,
 ) -> tuple[grpc.StatusCode, str]:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -155,7 +161,8 @@ def _content_length(head: bytes) -> int:
 def assert_healthy(server: ServerHandle) -> None:
     assert server.process.poll() is None, server.stderr()
     assert http(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [[2.0]]}') == (
-        200, {"predictions": [[3.0]]}
+        200,
+        {"predictions": [[3.0]]},
     )
     assert "Traceback" not in server.stderr(), server.stderr()
 
@@ -168,12 +175,8 @@ EXPANSIONS = {
     # name: (signature, alias, the tensor); each claims 2^28 x 3 = 805,306,368 elements.
     "one float_val": ("", "x", raw_tensor(types_pb2.DT_FLOAT, [1 << 28, 3], float_val=[1.0])),
     "no values": ("", "x", raw_tensor(types_pb2.DT_FLOAT, [1 << 28, 3])),
-    "short tensor_content": (
-        "", "x", raw_tensor(types_pb2.DT_FLOAT, [1 << 28, 3], tensor_content=b"\0" * 8)
-    ),
-    "one string_val": (
-        "classify_x_to_y", "inputs", raw_tensor(types_pb2.DT_STRING, [1 << 28, 3], string_val=[b"a"])
-    ),
+    "short tensor_content": ("", "x", raw_tensor(types_pb2.DT_FLOAT, [1 << 28, 3], tensor_content=b"\0" * 8)),
+    "one string_val": ("classify_x_to_y", "inputs", raw_tensor(types_pb2.DT_STRING, [1 << 28, 3], string_val=[b"a"])),
 }
 
 
@@ -200,32 +203,66 @@ def test_a_30_byte_request_claiming_gigabytes_is_invalid_and_rss_unchanged(
 @pytest.mark.parametrize(
     ("proto", "code", "detail"),
     [
-        (raw_tensor(types_pb2.DT_RESOURCE, [1]), grpc.StatusCode.INVALID_ARGUMENT,
-         "Expects arg[0] to be float but resource is provided"),
-        (raw_tensor(types_pb2.DT_VARIANT, [1]), grpc.StatusCode.INVALID_ARGUMENT,
-         "Expects arg[0] to be float but variant is provided"),
-        (raw_tensor(999, [1]), grpc.StatusCode.INVALID_ARGUMENT,
-         "Expects arg[0] to be float but unknown dtype 999 is provided"),
-        (raw_tensor(types_pb2.DT_FLOAT, [-1, 1], float_val=[1.0]),
-         grpc.StatusCode.INVALID_ARGUMENT, "dimension -1 of the shape is negative"),
-        (raw_tensor(types_pb2.DT_FLOAT, [1] * 255, float_val=[1.0]),
-         grpc.StatusCode.INVALID_ARGUMENT, "known rank of at most 254"),
-        (raw_tensor(types_pb2.DT_FLOAT, [1 << 62, 4], float_val=[1.0]),
-         grpc.StatusCode.INVALID_ARGUMENT, "more than 2^63-1 elements"),
-        (raw_tensor(types_pb2.DT_FLOAT, [2, 1], float_val=[1.0, 2.0, 3.0]),
-         grpc.StatusCode.INVALID_ARGUMENT, "3 value(s) given for a shape of 2 element(s)"),
+        (
+            raw_tensor(types_pb2.DT_RESOURCE, [1]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but resource is provided",
+        ),
+        (
+            raw_tensor(types_pb2.DT_VARIANT, [1]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but variant is provided",
+        ),
+        (
+            raw_tensor(999, [1]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but unknown dtype 999 is provided",
+        ),
+        (
+            raw_tensor(types_pb2.DT_FLOAT, [-1, 1], float_val=[1.0]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dimension -1 of the shape is negative",
+        ),
+        (
+            raw_tensor(types_pb2.DT_FLOAT, [1] * 255, float_val=[1.0]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "known rank of at most 254",
+        ),
+        (
+            raw_tensor(types_pb2.DT_FLOAT, [1 << 62, 4], float_val=[1.0]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more than 2^63-1 elements",
+        ),
+        (
+            raw_tensor(types_pb2.DT_FLOAT, [2, 1], float_val=[1.0, 2.0, 3.0]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "3 value(s) given for a shape of 2 element(s)",
+        ),
         # Honest values above the cap: refused as gRPC refuses an oversized message.
-        (tf.make_tensor_proto(np.ones([TENSOR_LIMIT // 4 + 1, 1], np.float32)),
-         grpc.StatusCode.RESOURCE_EXHAUSTED,
-         f"Request tensors take {TENSOR_LIMIT + 4} bytes, above the limit of {TENSOR_LIMIT} "
-         "bytes (--tfpack_max_request_tensor_bytes)"),
+        (
+            tf.make_tensor_proto(np.ones([TENSOR_LIMIT // 4 + 1, 1], np.float32)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Request tensors take {TENSOR_LIMIT + 4} bytes, above the limit of {TENSOR_LIMIT} "
+            "bytes (--tfpack_max_request_tensor_bytes)",
+        ),
     ],
-    ids=["resource", "variant", "unknown-dtype", "negative-dim", "rank-255", "int64-overflow",
-         "too-many-values", "above-cap"],
+    ids=[
+        "resource",
+        "variant",
+        "unknown-dtype",
+        "negative-dim",
+        "rank-255",
+        "int64-overflow",
+        "too-many-values",
+        "above-cap",
+    ],
 )
 def test_malformed_tensors_get_their_codes(
-    server: ServerHandle, stub: prediction_service_pb2_grpc.PredictionServiceStub,
-    proto: tensor_pb2.TensorProto, code: grpc.StatusCode, detail: str,
+    server: ServerHandle,
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    proto: tensor_pb2.TensorProto,
+    code: grpc.StatusCode,
+    detail: str,
 ) -> None:
     got_code, details = predict(stub, "x", proto)
     assert got_code == code, details
@@ -244,73 +281,171 @@ def test_a_tensor_at_the_cap_is_served(stub: prediction_service_pb2_grpc.Predict
 DEEP = 100_000
 REST_CASES = [
     # (id, method, path, body, status, the error starts with)
-    ("deep-json", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"instances": ' + b"[" * DEEP + b"]" * DEEP + b"}", 400,
-     f"JSON Parse error: nesting depth {DEEP + 1} exceeds the limit of 256"),
-    ("deep-json-in-a-string-is-fine", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"instances": [[2.0]], "x": "' + b"[" * DEEP + b'"}', 200, None),
-    ("deep-unterminated", "POST", f"/v1/models/{MODEL}:predict", b"[" * DEEP, 400,
-     "JSON Parse error: nesting depth"),
-    ("deep-objects", "POST", f"/v1/models/{MODEL}:predict", b'{"a":' * DEEP + b"1" + b"}" * DEEP,
-     400, "JSON Parse error: nesting depth"),
-    ("rank-200", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"inputs": ' + b"[" * 200 + b"1.0" + b"]" * 200 + b"}", 400, None),
-    ("version-above-int64", "POST", f"/v1/models/{MODEL}/versions/99999999999999999999:predict",
-     b'{"instances": [[1.0]]}', 400,
-     "Failed to convert version: 99999999999999999999 to numeric."),
-    ("status-version-above-int64", "GET", f"/v1/models/{MODEL}/versions/{2**63}", None, 400,
-     f"Failed to convert version: {2**63} to numeric."),
-    ("metadata-version-above-int64", "GET", f"/v1/models/{MODEL}/versions/{'9' * 5000}/metadata",
-     None, 400, "Failed to convert version: 999"),
-    ("version-int64-max-not-found", "GET", f"/v1/models/{MODEL}/versions/{2**63 - 1}", None, 404,
-     f"Could not find version {2**63 - 1} of model {MODEL}"),
-    ("int32-above-range", "POST", f"/v1/models/{INT_MODEL}:predict",
-     b'{"instances": [99999999999]}', 400,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
-     "99999999999 Type: int is not of expected type: int32"),
-    ("int32-columnar-above-range", "POST", f"/v1/models/{INT_MODEL}:predict",
-     b'{"inputs": [1, -2147483649]}', 400, "JSON Value: -2147483649 Type: int"),
-    ("int32-in-range", "POST", f"/v1/models/{INT_MODEL}:predict",
-     b'{"inputs": [2147483646, -2147483648]}', 200, None),
-    ("huge-integer-literal", "POST", f"/v1/models/{INT_MODEL}:predict",
-     b'{"inputs": [' + b"9" * 5000 + b"]}", 400, "JSON Parse error"),
-    ("classify-feature-above-int64", "POST", f"/v1/models/{MODEL}:classify",
-     b'{"signature_name": "classify_x_to_y", "examples": [{"x": 99999999999999999999}]}', 400,
-     "Feature: x has element 99999999999999999999 outside int64. Only int64_t is supported."),
-    ("classify-context-below-int64", "POST", f"/v1/models/{MODEL}:regress",
-     b'{"signature_name": "regress_x_to_y", "context": {"x": [-9223372036854775809]}, '
-     b'"examples": [{}]}', 400, "Feature: x has element -9223372036854775809 outside int64"),
-    ("classify-bad-b64", "POST", f"/v1/models/{MODEL}:classify",
-     b'{"signature_name": "classify_x_to_y", "examples": [{"x": {"b64": "!!not base64"}}]}',
-     400, "Unable to base64 decode"),
-    ("classify-non-ascii-b64", "POST", f"/v1/models/{MODEL}:classify",
-     '{"signature_name": "classify_x_to_y", "examples": [{"x": {"b64": "é"}}]}'.encode(),
-     400, "Unable to base64 decode"),
-    ("lone-surrogate", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"signature_name": "classify_x_to_y", "instances": ["\\ud800"]}', 400,
-     "JSON Parse error: The surrogate pair in string is invalid."),
-    ("not-utf8", "POST", f"/v1/models/{MODEL}:predict", b'{"instances": ["\xff"]}', 400,
-     "JSON Parse error"),
-    ("body-above-cap", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"instances": [[2.0]], "pad": "' + b"x" * TENSOR_LIMIT + b'"}', 413,
-     f"Request body of {TENSOR_LIMIT + 33} bytes exceeds the request tensor limit of "
-     f"{TENSOR_LIMIT} bytes"),
-    ("json-expanding-above-cap", "POST", f"/v1/models/{MODEL}:predict",
-     b'{"instances": [' + b"[]," * 100_000 + b"[]]}", 413, "JSON body of"),
+    (
+        "deep-json",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"instances": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+        400,
+        f"JSON Parse error: nesting depth {DEEP + 1} exceeds the limit of 256",
+    ),
+    (
+        "deep-json-in-a-string-is-fine",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"instances": [[2.0]], "x": "' + b"[" * DEEP + b'"}',
+        200,
+        None,
+    ),
+    ("deep-unterminated", "POST", f"/v1/models/{MODEL}:predict", b"[" * DEEP, 400, "JSON Parse error: nesting depth"),
+    (
+        "deep-objects",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+        400,
+        "JSON Parse error: nesting depth",
+    ),
+    (
+        "rank-200",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"inputs": ' + b"[" * 200 + b"1.0" + b"]" * 200 + b"}",
+        400,
+        None,
+    ),
+    (
+        "version-above-int64",
+        "POST",
+        f"/v1/models/{MODEL}/versions/99999999999999999999:predict",
+        b'{"instances": [[1.0]]}',
+        400,
+        "Failed to convert version: 99999999999999999999 to numeric.",
+    ),
+    (
+        "status-version-above-int64",
+        "GET",
+        f"/v1/models/{MODEL}/versions/{2**63}",
+        None,
+        400,
+        f"Failed to convert version: {2**63} to numeric.",
+    ),
+    (
+        "metadata-version-above-int64",
+        "GET",
+        f"/v1/models/{MODEL}/versions/{'9' * 5000}/metadata",
+        None,
+        400,
+        "Failed to convert version: 999",
+    ),
+    (
+        "version-int64-max-not-found",
+        "GET",
+        f"/v1/models/{MODEL}/versions/{2**63 - 1}",
+        None,
+        404,
+        f"Could not find version {2**63 - 1} of model {MODEL}",
+    ),
+    (
+        "int32-above-range",
+        "POST",
+        f"/v1/models/{INT_MODEL}:predict",
+        b'{"instances": [99999999999]}',
+        400,
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
+        "99999999999 Type: int is not of expected type: int32",
+    ),
+    (
+        "int32-columnar-above-range",
+        "POST",
+        f"/v1/models/{INT_MODEL}:predict",
+        b'{"inputs": [1, -2147483649]}',
+        400,
+        "JSON Value: -2147483649 Type: int",
+    ),
+    ("int32-in-range", "POST", f"/v1/models/{INT_MODEL}:predict", b'{"inputs": [2147483646, -2147483648]}', 200, None),
+    (
+        "huge-integer-literal",
+        "POST",
+        f"/v1/models/{INT_MODEL}:predict",
+        b'{"inputs": [' + b"9" * 5000 + b"]}",
+        400,
+        "JSON Parse error",
+    ),
+    (
+        "classify-feature-above-int64",
+        "POST",
+        f"/v1/models/{MODEL}:classify",
+        b'{"signature_name": "classify_x_to_y", "examples": [{"x": 99999999999999999999}]}',
+        400,
+        "Feature: x has element 99999999999999999999 outside int64. Only int64_t is supported.",
+    ),
+    (
+        "classify-context-below-int64",
+        "POST",
+        f"/v1/models/{MODEL}:regress",
+        b'{"signature_name": "regress_x_to_y", "context": {"x": [-9223372036854775809]}, "examples": [{}]}',
+        400,
+        "Feature: x has element -9223372036854775809 outside int64",
+    ),
+    (
+        "classify-bad-b64",
+        "POST",
+        f"/v1/models/{MODEL}:classify",
+        b'{"signature_name": "classify_x_to_y", "examples": [{"x": {"b64": "!!not base64"}}]}',
+        400,
+        "Unable to base64 decode",
+    ),
+    (
+        "classify-non-ascii-b64",
+        "POST",
+        f"/v1/models/{MODEL}:classify",
+        '{"signature_name": "classify_x_to_y", "examples": [{"x": {"b64": "é"}}]}'.encode(),
+        400,
+        "Unable to base64 decode",
+    ),
+    (
+        "lone-surrogate",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"signature_name": "classify_x_to_y", "instances": ["\\ud800"]}',
+        400,
+        "JSON Parse error: The surrogate pair in string is invalid.",
+    ),
+    ("not-utf8", "POST", f"/v1/models/{MODEL}:predict", b'{"instances": ["\xff"]}', 400, "JSON Parse error"),
+    (
+        "body-above-cap",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"instances": [[2.0]], "pad": "' + b"x" * TENSOR_LIMIT + b'"}',
+        413,
+        f"Request body of {TENSOR_LIMIT + 33} bytes exceeds the request tensor limit of {TENSOR_LIMIT} bytes",
+    ),
+    (
+        "json-expanding-above-cap",
+        "POST",
+        f"/v1/models/{MODEL}:predict",
+        b'{"instances": [' + b"[]," * 100_000 + b"[]]}",
+        413,
+        "JSON body of",
+    ),
     ("outside-v1", "GET", "/v2/models", None, 404, "Not Found"),
-    ("unknown-method", "DELETE", f"/v1/models/{MODEL}", None, 400,
-     f"Malformed request: DELETE /v1/models/{MODEL}"),
-    ("non-ascii-version-digits", "GET", f"/v1/models/{MODEL}/versions/%D9%A1", None, 400,
-     "Malformed request"),
+    ("unknown-method", "DELETE", f"/v1/models/{MODEL}", None, 400, f"Malformed request: DELETE /v1/models/{MODEL}"),
+    ("non-ascii-version-digits", "GET", f"/v1/models/{MODEL}/versions/%D9%A1", None, 400, "Malformed request"),
 ]
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "error"),
-    [case[1:] for case in REST_CASES], ids=[case[0] for case in REST_CASES],
+    [case[1:] for case in REST_CASES],
+    ids=[case[0] for case in REST_CASES],
 )
 def test_rest_errors_answer_json_with_their_status(
-    server: ServerHandle, method: str, path: str, body: bytes | None, status: int,
+    server: ServerHandle,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
     error: str | None,
 ) -> None:
     if "%D9%A1" in path:  # urllib would not send it raw
@@ -337,20 +472,25 @@ def test_rest_errors_answer_json_with_their_status(
         (f"Content-Length: {'9' * 40}", 413, f"Request body of {'9' * 40} bytes exceeds the limit"),
         ("Content-Length: 5\r\nContent-Length: 6", 400, "Conflicting Content-Length headers"),
         ("Transfer-Encoding: gzip", 400, "Unsupported Transfer-Encoding: gzip"),
-        ("Transfer-Encoding: chunked\r\nContent-Length: 3", 400,
-         "Both Transfer-Encoding and Content-Length given"),
+        ("Transfer-Encoding: chunked\r\nContent-Length: 3", 400, "Both Transfer-Encoding and Content-Length given"),
         ("Bad Header: x", 400, "Malformed header line"),
         ("X-Big: " + "a" * (70 << 10), 400, "Request head exceeds 65536 bytes"),
     ],
-    ids=["arabic-indic-digits", "superscript", "negative", "float", "40-digits", "conflicting",
-         "gzip", "te-and-cl", "bad-header", "huge-head"],
+    ids=[
+        "arabic-indic-digits",
+        "superscript",
+        "negative",
+        "float",
+        "40-digits",
+        "conflicting",
+        "gzip",
+        "te-and-cl",
+        "bad-header",
+        "huge-head",
+    ],
 )
-def test_malformed_http_heads_answer_json(
-    server: ServerHandle, head: str, status: int, error: str
-) -> None:
-    request = (
-        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n"
-    ).encode("utf-8")
+def test_malformed_http_heads_answer_json(server: ServerHandle, head: str, status: int, error: str) -> None:
+    request = (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n").encode()
     got_status, answer = raw_http(server, request)
     assert got_status == status, answer
     assert list(answer) == ["error"] and answer["error"].startswith(error), answer
@@ -359,18 +499,19 @@ def test_malformed_http_heads_answer_json(
 
 def test_chunked_bodies_and_100_continue_are_read(server: ServerHandle) -> None:
     body = b'{"instances": [[2.0], [4.0]]}'
-    chunked = b"".join(
-        b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])
-    ) + b"0\r\n\r\n"
-    assert raw_http(server, (
-        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode() + chunked) == (200, {"predictions": [[3.0], [4.0]]})
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n"
+    assert raw_http(
+        server,
+        (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+        + chunked,
+    ) == (200, {"predictions": [[3.0], [4.0]]})
     with socket.create_connection((server.host, server.rest_port), timeout=30) as connection:
-        connection.sendall((
-            f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode())
+        connection.sendall(
+            (
+                f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+        )
         assert connection.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
         connection.sendall(body)
         assert connection.recv(65536).split(b"\r\n", 1)[0] == b"HTTP/1.1 200 OK"
@@ -389,7 +530,8 @@ def rest_latencies(server: ServerHandle, count: int) -> list[float]:
     for _ in range(count):
         started = time.monotonic()
         assert http(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [[2.0]]}') == (
-            200, {"predictions": [[3.0]]}
+            200,
+            {"predictions": [[3.0]]},
         )
         latencies.append(time.monotonic() - started)
     return latencies
@@ -409,16 +551,20 @@ def test_a_thousand_half_sent_requests_neither_hold_threads_nor_slow_others(
             if index % 2:  # a head that never ends
                 connection.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n".encode())
             else:  # a whole head, then a body that never ends
-                connection.sendall((
-                    f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
-                    "Content-Length: 1000\r\n\r\n{\"instances\": "
-                ).encode())
+                connection.sendall(
+                    (
+                        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
+                        'Content-Length: 1000\r\n\r\n{"instances": '
+                    ).encode()
+                )
         opened = time.monotonic()
         during = rest_latencies(server, LATENCY_SAMPLES)
         threads_during = status_field(server, "Threads")
-        print(f"REST latency median {usual * 1000:.1f} ms; with {HALF_SENT} half-sent requests "
-              f"median {statistics.median(during) * 1000:.1f} ms, max {max(during) * 1000:.1f} ms; "
-              f"server threads {threads_before} -> {threads_during}")
+        print(
+            f"REST latency median {usual * 1000:.1f} ms; with {HALF_SENT} half-sent requests "
+            f"median {statistics.median(during) * 1000:.1f} ms, max {max(during) * 1000:.1f} ms; "
+            f"server threads {threads_before} -> {threads_during}"
+        )
         assert statistics.median(during) <= 3 * usual + 0.02
         assert max(during) < 1.0
         assert threads_during <= threads_before + 8  # the worker pool, at most
@@ -431,9 +577,7 @@ def test_a_thousand_half_sent_requests_neither_hold_threads_nor_slow_others(
             response += chunk
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 "), response
-        assert json.loads(body) == {
-            "error": f"Request head not received within {rest.HEADER_TIMEOUT_SECONDS:g} s"
-        }
+        assert json.loads(body) == {"error": f"Request head not received within {rest.HEADER_TIMEOUT_SECONDS:g} s"}
     finally:
         for connection in half_sent:
             connection.close()
@@ -450,9 +594,12 @@ def test_sigterm_stops_a_server_waiting_between_load_retries(tmp_path: Path) -> 
     (version_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
     log = tmp_path / "server.log"
     command = [
-        str(REPO / ".venv" / "bin" / "tfpack-model-server"), f"--port={free_port()}",
-        "--model_name=broken", f"--model_base_path={version_dir.parent}",
-        "--max_num_load_retries=100", "--load_retry_interval_micros=60000000",
+        str(REPO / ".venv" / "bin" / "tfpack-model-server"),
+        f"--port={free_port()}",
+        "--model_name=broken",
+        f"--model_base_path={version_dir.parent}",
+        "--max_num_load_retries=100",
+        "--load_retry_interval_micros=60000000",
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
@@ -480,9 +627,7 @@ def test_version_dirs_above_int64_are_no_versions(tmp_path: Path) -> None:
     for name in ("1", str(MAX_VERSION), str(MAX_VERSION + 1), "9" * 200, "0" * 30 + "7"):
         (tmp_path / name).mkdir()
     versions, problems = find_version_dirs(tmp_path)
-    assert versions == {
-        1: tmp_path / "1", 7: tmp_path / ("0" * 30 + "7"), MAX_VERSION: tmp_path / str(MAX_VERSION)
-    }
+    assert versions == {1: tmp_path / "1", 7: tmp_path / ("0" * 30 + "7"), MAX_VERSION: tmp_path / str(MAX_VERSION)}
     assert len(problems) == 2
     assert all("versions are at most 9223372036854775807 (int64)" in p for p in problems)
 
@@ -494,8 +639,7 @@ def test_a_server_serves_beside_a_version_dir_above_int64(tmp_path: Path) -> Non
     with running_model_server(
         [f"--model_name={MODEL}", f"--model_base_path={base_path}", "--max_num_load_retries=0"]
     ) as handle:
-        assert http(handle, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"][0][
-            "version"] == "1"
+        assert http(handle, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"][0]["version"] == "1"
         assert "versions are at most 9223372036854775807" in handle.stderr()
         assert "Traceback" not in handle.stderr()
 

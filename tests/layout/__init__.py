@@ -1,0 +1,1 @@
+"""Tests of packager.layout, the leaf packager/ and serving/ share."""

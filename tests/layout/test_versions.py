@@ -1,0 +1,29 @@
+"""packager.layout.versions: the one rule for what names a version dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from packager.layout import MAX_VERSION, find_version_dirs, is_version_name
+
+pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
+
+
+@pytest.mark.parametrize("name", ["0", "1", "007", str(MAX_VERSION)])
+def test_ascii_digit_names_are_versions(name: str) -> None:
+    assert is_version_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "1\n", " 1", "1.0", "-1", "²", "١", "1a"])
+def test_anything_else_is_not(name: str) -> None:
+    assert not is_version_name(name)
+
+
+def test_a_dir_named_with_a_trailing_newline_is_not_served(tmp_path: Path) -> None:
+    for name in ("1", "2\n"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    found, _ = find_version_dirs(tmp_path)
+    assert sorted(found) == [1]

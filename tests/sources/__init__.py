@@ -1,0 +1,1 @@
+"""Tests of packager.sources: one loader per source format."""
