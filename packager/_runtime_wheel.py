@@ -1,16 +1,17 @@
-"""The tfpack wheel every serving image installs, packed from the tfpack that is running.
+"""The running tfpack as files: what a serving image runs, and the same packed as a wheel.
 
 A pip-installed tfpack has no source tree to build a wheel from, and a build host may have no
-network for pip's isolated build backend; so the wheel is made from what is already here: the
-files of tfpack's top-level packages (``packager`` and ``serving``, including the Dockerfile and
-k8s templates they carry as package data) and the installed distribution's metadata (METADATA,
-entry_points.txt, which gives the image its ``tfpack-model-server``). One path serves both
-installs: from a wheel install the package dirs are site-packages' copies; from a source checkout
-(an editable install) they are the checkout's dirs, whose ``_assets`` symlinks are followed to
-the top-level Dockerfile and k8s/.
+network for pip's isolated build backend; so tfpack is taken from what is already here: the
+files of its top-level packages (``packager`` and ``serving``, including the Dockerfile and k8s
+templates they carry as package data) and the installed distribution's metadata (METADATA,
+entry_points.txt). One path serves both installs: from a wheel install the package dirs are
+site-packages' copies; from a source checkout (an editable install) they are the checkout's dirs,
+whose ``_assets`` symlinks are followed to the top-level Dockerfile and k8s/.
 
-Entries are sorted and stamped with one fixed time and mode, so the same tfpack gives the same
-wheel bytes, and Docker reuses the image layer that installs it instead of reinstalling it.
+:func:`runtime_files` is the one list of those files: ``tfpack build`` writes them into the
+serving image's code layer (:mod:`packager.image`), so the image runs exactly the tfpack that
+built it, and :func:`build_runtime_wheel` packs them into a wheel. Both are sorted and stamped
+with fixed times and modes, so the same tfpack gives the same bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import re
 import stat
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from packager.errors import ToolError
@@ -43,6 +45,36 @@ _OPTIONAL_METADATA = ("top_level.txt",)
 _WHEEL_FILE = "Wheel-Version: 1.0\nGenerator: tfpack\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 
 
+@dataclass(frozen=True)
+class RuntimeFile:
+    """One file of the running tfpack, as an installer lays it out in site-packages."""
+
+    name: str  # relative to site-packages, "/"-separated: packager/image.py, tfpack-0.1.0.dist-info/METADATA
+    data: bytes
+    mode: int  # 0o755 for an executable file, 0o644 otherwise
+
+
+def runtime_files() -> list[RuntimeFile]:
+    """Every file of the running tfpack as installed: its packages, then its .dist-info, sorted.
+
+    The packages' files (``packager`` and ``serving`` with their package data, no bytecode) and
+    the installed distribution's metadata (METADATA, entry_points.txt, licenses, a WHEEL file);
+    not RECORD, which describes one installation.
+
+    Raises:
+        ToolError: tfpack's distribution metadata or one of its packages cannot be found or read.
+    """
+    distribution = _installed_distribution()
+    dist_info = _dist_info_name(distribution)
+    try:
+        files = [RuntimeFile(arcname, path.read_bytes(), _mode(path)) for arcname, path in _package_files()]
+        files += [RuntimeFile(f"{dist_info}/{file}", data, 0o644) for file, data in _metadata_files(distribution)]
+    except OSError as exc:
+        raise ToolError(f"reading the running tfpack's files failed: {exc}") from None
+    files.append(RuntimeFile(f"{dist_info}/WHEEL", _WHEEL_FILE.encode(), 0o644))
+    return files
+
+
 def build_runtime_wheel(wheel_dir: Path) -> Path:
     """Pack the running tfpack into ``wheel_dir/tfpack-VERSION-py3-none-any.whl``; return its path.
 
@@ -54,14 +86,11 @@ def build_runtime_wheel(wheel_dir: Path) -> Path:
             file cannot be read or written.
     """
     distribution = _installed_distribution()
-    name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"]).lower()
-    dist_info = f"{name}-{distribution.version}.dist-info"
+    dist_info = _dist_info_name(distribution)
+    entries = [(file.name, file.data, file.mode) for file in runtime_files()]
     try:
-        entries = [(arcname, path.read_bytes(), _mode(path)) for arcname, path in _package_files()]
-        entries += [(f"{dist_info}/{file}", data, 0o644) for file, data in _metadata_files(distribution)]
-        entries.append((f"{dist_info}/WHEEL", _WHEEL_FILE.encode(), 0o644))
         wheel_dir.mkdir(parents=True, exist_ok=True)
-        wheel = wheel_dir / f"{name}-{distribution.version}-py3-none-any.whl"
+        wheel = wheel_dir / f"{dist_info.removesuffix('.dist-info')}-py3-none-any.whl"
         partial = wheel.with_name(wheel.name + ".partial")
         with zipfile.ZipFile(partial, "w") as archive:
             for arcname, data, mode in entries:
@@ -71,6 +100,12 @@ def build_runtime_wheel(wheel_dir: Path) -> Path:
     except OSError as exc:
         raise ToolError(f"packing tfpack into a wheel for the image failed: {exc}") from None
     return wheel
+
+
+def _dist_info_name(distribution: importlib.metadata.Distribution) -> str:
+    """``NAME-VERSION.dist-info`` with the name normalised as wheels spell it."""
+    name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"]).lower()
+    return f"{name}-{distribution.version}.dist-info"
 
 
 def _installed_distribution() -> importlib.metadata.Distribution:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -130,6 +132,9 @@ def _run(action: Callable[[], T], as_json: bool = False) -> T:
             _stdout.print(json.dumps(exc.result, indent=2, sort_keys=True), markup=False)
         _stderr.print(f"tfpack: error: {exc}", markup=False)
         sys.exit(exc.exit_code)
+    except Terminated:
+        _stderr.print("tfpack: terminated", markup=False)
+        sys.exit(143)
     except KeyboardInterrupt:
         _stderr.print("tfpack: interrupted", markup=False)
         sys.exit(130)
@@ -569,7 +574,26 @@ def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, .
     help="Let ModelService.HandleReloadConfigRequest change the served models at run time, each "
     "new version dir verified first (embedded base only; otherwise reloads are refused).",
 )
-@click.option("--push", is_flag=True, help="Push the tag after building.")
+@click.option(
+    "--label",
+    "version_labels",
+    multiple=True,
+    metavar="NAME:LABEL=N",
+    help="A version label (e.g. half:stable=2) written into the model config; N must be a version "
+    "of NAME in the image. May repeat.",
+)
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Serve Prometheus metrics at /monitoring/prometheus/metrics on the REST port.",
+)
+@click.option(
+    "--batching",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="A text-format BatchingParameters file: baked into the image, server-side batching on.",
+)
+@click.option("--push", is_flag=True, help="Push the tag after building and print its digest.")
 @json_option
 def build(
     model_dir: Path,
@@ -579,11 +603,14 @@ def build(
     cert_chain: tuple[Path, ...],
     allow_unsigned: bool,
     allow_reload_config: bool,
+    version_labels: tuple[str, ...],
+    monitoring: bool,
+    batching: Path | None,
     push: bool,
     as_json: bool,
 ) -> None:
     """Build the serving image for MODEL_DIR (DIR/NAME with version dirs, or a dir of models)."""
-    from packager.image import build_image
+    from packager.image import BuildResult, build_image, parse_version_labels
 
     if public_key is not None and cert_chain:
         raise click.UsageError("give --public-key or --cert-chain, not both")
@@ -601,11 +628,20 @@ def build(
                 cert_chain=list(cert_chain),
                 allow_unsigned=allow_unsigned,
                 allow_reload_config=allow_reload_config,
+                version_labels=parse_version_labels(version_labels),
+                monitoring=monitoring,
+                batching=batching,
                 push=push,
                 progress=progress,
             )
         )
-    _emit(result, as_json, lambda r: _stdout.print(f"built {r.tag} ({r.image_id})", markup=False))
+
+    def human(r: BuildResult) -> None:
+        _stdout.print(f"built {r.tag} ({r.image_id})", markup=False)
+        if r.repo_digest is not None:
+            _stdout.print(f"pushed {r.repo_digest}", markup=False)
+
+    _emit(result, as_json, human)
 
 
 @cli.command()
@@ -615,7 +651,25 @@ def build(
 @click.option(
     "--version-dir", type=click.Path(path_type=Path), help="The version dir whose goldens to send (with --target)."
 )
-@click.option("--model", required=True, help="Model name to test.")
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    help="Instead of --version-dir: DIR/NAME/N for every model and version the target serves; all are checked.",
+)
+@click.option(
+    "--model",
+    help="Model name to test (required with --version-dir); without it, every model the image or --models-dir has.",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Sequential gRPC Predicts to time (latency_ms p50/p95/p99).",
+)
+@click.option(
+    "--load", "load_text", metavar="C,S", help="Also run C concurrent clients for S seconds; any error fails."
+)
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @click.option(
@@ -631,39 +685,57 @@ def smoke(
     target: str | None,
     rest_target: str | None,
     version_dir: Path | None,
-    model: str,
+    models_dir: Path | None,
+    model: str | None,
+    requests: int,
+    load_text: str | None,
     report_path: Path | None,
     junit_path: Path | None,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Smoke-test IMAGE (or a running server) with the model's golden inputs; exit 4 on failure."""
+    """Smoke-test IMAGE (or a running server) with the models' contracts and goldens; exit 4 on failure."""
     from packager import smoke as smoke_tests
 
     if (image is None) == (target is None):
         raise click.UsageError("give either IMAGE or --target HOST:PORT")
-    if target is not None and version_dir is None:
-        raise click.UsageError("--target needs --version-dir (where the goldens are)")
+    if target is not None and (version_dir is None) == (models_dir is None):
+        raise click.UsageError("--target needs --version-dir or --models-dir (where the goldens are), not both")
+    if image is not None and (version_dir is not None or models_dir is not None):
+        raise click.UsageError("--version-dir and --models-dir go with --target: an image holds its own goldens")
+    if version_dir is not None and model is None:
+        raise click.UsageError("--version-dir needs --model NAME")
+    load = _run(lambda: smoke_tests.parse_load(load_text)) if load_text is not None else None
     with _progress(as_json) as progress:
         if image is not None:
             report = _run(
                 lambda: smoke_tests.smoke_image(
-                    image, model, report_path=report_path, junit_path=junit_path, timeout=timeout, progress=progress
+                    image,
+                    model,
+                    report_path=report_path,
+                    junit_path=junit_path,
+                    timeout=timeout,
+                    requests=requests,
+                    load=load,
+                    progress=progress,
                 ),
                 as_json,
             )
         else:
-            assert target is not None and version_dir is not None  # one of IMAGE or --target, checked above
-            address, goldens_dir = target, version_dir
+            assert target is not None  # one of IMAGE or --target, checked above
+            address = target
             report = _run(
                 lambda: smoke_tests.smoke_target(
                     address,
                     model,
-                    goldens_dir,
+                    version_dir,
+                    models_dir=models_dir,
                     rest_target=rest_target,
                     report_path=report_path,
                     junit_path=junit_path,
                     timeout=timeout,
+                    requests=requests,
+                    load=load,
                     progress=progress,
                 ),
                 as_json,
@@ -689,8 +761,29 @@ def k8s(image: str, model: str, output_dir: Path, gpus: int, replicas: int, as_j
     _emit(result, as_json, lambda r: _stdout.print(f"wrote {len(r.files)} files under {r.output_dir}", markup=False))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, `docker stop`, a Kubernetes Job deleted) raised in the main
+    thread, so that every clean-up that runs on Ctrl-C runs on it too: a smoke test's container
+    is removed, a half-written output is discarded."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="tfpack", standalone_mode=False)
     except click.exceptions.Exit as exc:

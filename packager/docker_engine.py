@@ -4,6 +4,9 @@ What the stages ask of the engine, each as one typed function over docker-py's A
 
     docker_client()            a connection that has answered a ping
     build_from_context()       stream a legacy-builder build, progress per step; the image id
+    inspect_image() / image_history() / image_layer_lists()
+                               what the engine says about images it holds
+    load_image()               stream a ``docker load`` archive; the references it loaded
     push_tag()                 stream a push; the repository digest
     create_container() ─▶ path_exists() / start_container() ─▶ published_port()
         ─▶ exit_code() / log_tail() / get_archive() ─▶ remove_container()
@@ -15,9 +18,11 @@ engine's one-line reason, and the caller says what it was doing.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -83,6 +88,7 @@ def build_from_context(
     buildargs: dict[str, str],
     labels: dict[str, str],
     progress: Progress,
+    building_for: str | None = None,
 ) -> str:
     """Build ``context`` with the legacy builder the SDK drives, one progress line per step.
 
@@ -93,6 +99,8 @@ def build_from_context(
         buildargs: The Dockerfile's ARG values; ``BASE`` names the base image in progress lines.
         labels: Labels to set on the image.
         progress: Receives the build's ``Step N/M`` lines.
+        building_for: The image the user asked for, when ``tag`` is an intermediate one (a
+            cached base): messages name it, since that is what the user knows.
 
     Returns:
         The built image's id.
@@ -102,6 +110,10 @@ def build_from_context(
             the exit code (the machine's setup, not tfpack, needs fixing).
         UsageError: The engine refused to start the build (a bad tag, an unreadable context).
     """
+    subject = building_for or tag
+    # Where the build is not the user's image itself, a failure says which image it was.
+    building = [] if building_for is None else [f"while building its base {tag}"]
+    building_note = "".join(f" ({note})" for note in building)
     progress.step(f"building {tag} on {buildargs['BASE']}")
     step, last_output = "the first step", ""
     try:
@@ -118,10 +130,12 @@ def build_from_context(
             if "error" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message", chunk["error"])
                 exit_status = _NON_ZERO_EXIT.search(detail)
+                notes = [f"exit code {exit_status.group(1)}"] if exit_status else []
+                notes += building
                 raise ToolError(
-                    f"docker build of {tag} failed at {_shorten(step)}: "
+                    f"docker build of {subject} failed at {_shorten(step)}: "
                     + _shorten(last_output or first_line(Exception(detail)), 300)
-                    + (f" (exit code {exit_status.group(1)})" if exit_status else "")
+                    + (f" ({'; '.join(notes)})" if notes else "")
                 )
             for line in _ANSI_ESCAPE.sub("", chunk.get("stream", "")).splitlines():
                 line = line.strip()
@@ -132,10 +146,119 @@ def build_from_context(
                     last_output = line
         image_id: str = client.images.get(tag).id
     except docker.errors.APIError as exc:
-        raise UsageError(f"docker refused to build {tag!r}: {docker_reason(exc)}") from None
+        raise UsageError(f"docker refused to build {subject!r}: {docker_reason(exc)}{building_note}") from None
     except _ENGINE_ERRORS as exc:  # the connection dropped or timed out mid-build
-        raise DockerEngineError(f"the Docker engine failed while building {tag}: {first_line(exc)}") from None
+        raise DockerEngineError(
+            f"the Docker engine failed while building {subject}: {first_line(exc)}{building_note}"
+        ) from None
     return image_id
+
+
+def inspect_image(client: docker.DockerClient, reference: str) -> dict[str, Any]:
+    """``docker image inspect REFERENCE``: the engine's JSON description of an image it holds.
+
+    Raises:
+        ImageNotFound: The engine does not hold it.
+        DockerEngineError: Any other refusal.
+    """
+    try:
+        attrs: dict[str, Any] = client.api.inspect_image(reference)
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(first_line(exc)) from None
+    except _ENGINE_ERRORS as exc:
+        raise DockerEngineError(f"cannot inspect {reference}: {first_line(exc)}") from None
+    return attrs
+
+
+def image_history(client: docker.DockerClient, reference: str) -> list[dict[str, Any]]:
+    """``docker history REFERENCE``: one entry per step that made the image, newest first.
+
+    Raises:
+        ImageNotFound: The engine does not hold it.
+        DockerEngineError: Any other refusal.
+    """
+    try:
+        history: list[dict[str, Any]] = client.api.history(reference)
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(first_line(exc)) from None
+    except _ENGINE_ERRORS as exc:
+        raise DockerEngineError(f"cannot read the history of {reference}: {first_line(exc)}") from None
+    return history
+
+
+def image_layer_lists(client: docker.DockerClient, *, label: str) -> list[list[str]]:
+    """The layers (diff_ids, bottom first) of every image the engine holds with ``label``
+    (``KEY`` or ``KEY=VALUE``).
+
+    Raises:
+        DockerEngineError: The engine could not list or inspect them.
+    """
+    try:
+        ids = {image["Id"] for image in client.api.images(filters={"label": label})}
+        found = []
+        for image_id in sorted(ids):
+            try:
+                found.append(list(client.api.inspect_image(image_id)["RootFS"]["Layers"]))
+            except docker.errors.ImageNotFound:
+                continue  # removed since it was listed
+    except _ENGINE_ERRORS as exc:
+        raise DockerEngineError(f"cannot list the engine's images: {first_line(exc)}") from None
+    return found
+
+
+# `docker load` reads the whole archive before it answers; a model of gigabytes takes a while.
+_LOAD_TIMEOUT_S = 1800
+
+
+def load_image(client: docker.DockerClient, archive: Iterable[bytes]) -> list[str]:
+    """``docker load`` from a stream of tar bytes, sent as it is produced.
+
+    Args:
+        client: The engine to load into.
+        archive: The archive in pieces (manifest.json, config, layer tars).
+
+    Returns:
+        The references the engine reports loading (``NAME:TAG``, or ``sha256:...`` when untagged).
+
+    Raises:
+        DockerEngineError: The engine refused the archive (the message is its reason) or failed.
+    """
+    api = client.api
+    try:
+        response = api.post(
+            f"{api.base_url}/v{api.api_version}/images/load",
+            params={"quiet": "1"},
+            data=iter(archive),
+            headers={"Content-Type": "application/x-tar"},
+            stream=True,
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        with response:
+            if response.status_code != 200:
+                raise DockerEngineError(_load_error(response.text))
+            lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    except ValueError as exc:  # a reply that is not the engine's JSON lines
+        raise DockerEngineError(f"docker load answered something unexpected: {first_line(exc)}") from None
+    except _ENGINE_ERRORS as exc:
+        raise DockerEngineError(f"docker load failed: {first_line(exc)}") from None
+    errors = [line.get("errorDetail", {}).get("message") or line["error"] for line in lines if "error" in line]
+    if errors:
+        raise DockerEngineError(f"docker load failed: {first_line(Exception(errors[0]))}")
+    loaded = []
+    for line in lines:
+        for text in str(line.get("stream", "")).splitlines():
+            for prefix in ("Loaded image: ", "Loaded image ID: "):
+                if text.startswith(prefix):
+                    loaded.append(text.removeprefix(prefix).strip())
+    return loaded
+
+
+def _load_error(body: str) -> str:
+    try:
+        message = str(json.loads(body).get("message", body))
+    except (ValueError, AttributeError):
+        message = body
+    return f"docker load failed: {first_line(Exception(message))}"
 
 
 def push_tag(client: docker.DockerClient, tag: str, progress: Progress) -> str:

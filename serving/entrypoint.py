@@ -4,37 +4,46 @@ Run as ``python -I -m serving.entrypoint [TUNING FLAGS...]``. Everything that de
 served and *whom* to trust was baked into root-owned files by ``tfpack build``; the entrypoint
 reads only those, never the environment:
 
-    /etc/tfpack/serving.json          the models and versions, the server, allow-unsigned,
-                                      allow-reload-config (BakedServing)
-    /etc/tfpack/models.config         the ModelServerConfig: each model pinned to the version
-                                      it serves; must equal the one serving.json implies
+    /etc/tfpack/serving.json          the models and versions, their labels, the server,
+                                      allow-unsigned, allow-reload-config, monitoring, batching
+                                      (BakedServing)
+    /etc/tfpack/models.config         the ModelServerConfig: each model pinned to every version
+                                      baked for it, with its version labels; must equal the one
+                                      serving.json implies
     /etc/tfpack/trust/                public_key.pem, or chain/NN.pem
     /etc/tfpack/session_config.pbtxt  the servers' session ConfigProto
+    /etc/tfpack/monitoring.config     (--monitoring) Prometheus metrics on the REST port
+    /etc/tfpack/batching.config       (--batching) the BatchingParameters the build was given
+
+:func:`baked_etc_files` renders all of them but the trust material, for ``tfpack build``.
 
 It refuses to start (exit 2, naming each offender) when run-time arguments or environment try to
 change any of that: a server flag outside the tuning allowlist (model paths, config files, poll
-settings, ports, trust), TFPACK_* variables, a MODEL_NAME that is not a baked model, a
-MODEL_BASE_PATH other than /models, Python variables that would load code into the server, a mount
-over /etc/tfpack, /opt/tfpack or the server binary, or a file such as models.config dropped into
-/models. Then every numeric version dir of every model dir under /models is verified (exit 3 on
-any failure): the served ones and any others, so nothing unverified sits where a server looks.
+settings, ports, trust) or one the baked config sets, TFPACK_* variables, a MODEL_NAME that is not
+a baked model, a MODEL_BASE_PATH other than /models, Python variables that would load code into
+the server, a mount over /etc/tfpack, /opt/tfpack or the server binary, or a file such as
+models.config dropped into /models. Then every numeric version dir of every model dir under
+/models is verified (exit 3 on any failure): the served ones and any others, so nothing
+unverified sits where a server looks.
 
 The server's command line is built here: the baked config file (versions pinned, so a version
-dir that appears later is never loaded), file-system polling off, and for tfpack-model-server
-config reloads refused (or, in an image built to allow them, each newly loaded dir verified
-against the baked trust first).
+dir that appears later is never loaded), file-system polling off, the baked monitoring and
+batching files, and for tfpack-model-server config reloads refused (or, in an image built to allow
+them, each newly loaded dir verified against the baked trust first).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packager.errors import TfpackError, UsageError, VerificationError
 from packager.layout import (
@@ -51,11 +60,16 @@ from packager.layout import (
 )
 from packager.layout import MODELS_ROOT as MODELS_ROOT_PATH
 
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
 ETC_DIR = Path(IMAGE_ETC_DIR)
 MODELS_ROOT = Path(MODELS_ROOT_PATH)
 SERVING_FILE = "serving.json"
 MODEL_CONFIG_FILE = "models.config"
 SESSION_CONFIG_FILE = "session_config.pbtxt"
+MONITORING_CONFIG_FILE = "monitoring.config"
+BATCHING_CONFIG_FILE = "batching.config"
 MOUNTINFO = Path("/proc/self/mountinfo")
 EMBEDDED_SERVER = "tfpack-model-server"
 TF_SERVING_SERVER = "tensorflow_model_server"
@@ -63,8 +77,19 @@ SERVER_PATHS = {
     EMBEDDED_SERVER: "/opt/tfpack/venv/bin/tfpack-model-server",
     TF_SERVING_SERVER: "/usr/bin/tensorflow_model_server",
 }
-SERVING_FORMAT = 1
+# 2: every baked version is served (format 1 served each model's highest), with labels,
+# monitoring and batching.
+SERVING_FORMAT = 2
 _PREFIX = "tfpack-entrypoint:"
+# Passed to either server as --tensorflow_session_config_file. Soft placement lets a model whose
+# ops are pinned to GPUs (merged towers: /device:*:N) run on whatever devices the host has;
+# tensorflow_model_server places strictly by default and would refuse to load it on a CPU host.
+SESSION_CONFIG = (
+    "# tensorflow.ConfigProto for the model server's sessions (written by tfpack build)\nallow_soft_placement: true\n"
+)
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path, on the REST port
+# Label names end up in REST paths (/v1/models/NAME/labels/LABEL) and image labels: keep them plain.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 # Server flags an operator may pass at run time (`docker run IMAGE --flag=value`, k8s args):
 # performance and behaviour tuning that cannot change which files are served or whom to trust.
@@ -168,31 +193,80 @@ class RefusedOverride(UsageError):
 
 @dataclass(frozen=True)
 class BakedServing:
-    """/etc/tfpack/serving.json: what ``tfpack build`` decided, read back and checked."""
+    """/etc/tfpack/serving.json: what ``tfpack build`` decided, checked when made and when read back.
+
+    Raises:
+        UsageError: a field out of its rules (the message names it): an unknown server, a bad
+            model name, versions that are not ascending int64s, a label that is not
+            ``[A-Za-z0-9_-]+`` or names a version its model was not baked with, no trust without
+            allow-unsigned, config reloads on a server that cannot verify them.
+    """
 
     model_server: str  # EMBEDDED_SERVER or TF_SERVING_SERVER
-    models: dict[str, list[int]]  # name -> the baked versions, ascending
+    models: dict[str, list[int]]  # name -> the baked versions, ascending; every one is served
     allow_unsigned: bool = False
     allow_reload_config: bool = False
     trust: str = "public_key"  # "public_key", "cert_chain" or "none" (allow-unsigned only)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> label -> version
+    monitoring: bool = False  # Prometheus metrics at PROMETHEUS_PATH on the REST port
+    batching: bool = False  # server-side batching with the baked batching.config
+
+    def __post_init__(self) -> None:
+        if self.model_server not in SERVER_PATHS:
+            raise UsageError(f"model_server must be one of {sorted(SERVER_PATHS)}")
+        if not isinstance(self.models, dict) or not self.models:
+            raise UsageError("no models")
+        for name, versions in self.models.items():
+            check_model_name(name, "model")
+            if (
+                not isinstance(versions, list)
+                or not versions
+                or not all(type(v) is int and 0 <= v <= MAX_VERSION for v in versions)
+                or versions != sorted(set(versions))
+            ):
+                raise UsageError(f"model {name}: versions must be ascending int64s")
+        flags = (self.allow_unsigned, self.allow_reload_config, self.monitoring, self.batching)
+        if not all(isinstance(value, bool) for value in flags):
+            raise UsageError("allow_unsigned, allow_reload_config, monitoring and batching must be true or false")
+        if self.trust not in ("public_key", "cert_chain", "none"):
+            raise UsageError("trust must be public_key, cert_chain or none")
+        if self.trust == "none" and not self.allow_unsigned:
+            raise UsageError("no trust material and allow_unsigned false")
+        if self.allow_reload_config and self.model_server != EMBEDDED_SERVER:
+            raise UsageError("only tfpack-model-server can verify reloaded models")
+        if not isinstance(self.labels, dict):
+            raise UsageError("labels must map each model to {label: version}")
+        for name, labels in self.labels.items():
+            if name not in self.models:
+                raise UsageError(f"labels for model {name!r}, which is not baked")
+            if not isinstance(labels, dict):
+                raise UsageError(f"labels of model {name} must map each label to a version")
+            for label, version in labels.items():
+                if not isinstance(label, str) or not _LABEL_NAME.fullmatch(label):
+                    raise UsageError(f"label {label!r} of model {name}: label names are letters, digits, _ and -")
+                if type(version) is not int:
+                    raise UsageError(f"label {name}:{label}: its version must be a number, not {version!r}")
+                if version not in self.models[name]:
+                    baked = ", ".join(map(str, self.models[name]))
+                    raise UsageError(
+                        f"label {name}:{label}={version}: model {name} has no version {version} (it has {baked})"
+                    )
 
     @property
     def server_path(self) -> str:
         return SERVER_PATHS[self.model_server]
-
-    @property
-    def served_versions(self) -> dict[str, int]:
-        """The version each model serves: the highest baked one, as TF Serving's default policy."""
-        return {name: versions[-1] for name, versions in self.models.items()}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": SERVING_FORMAT,
             "model_server": self.model_server,
             "models": self.models,
+            "labels": self.labels,
             "allow_unsigned": self.allow_unsigned,
             "allow_reload_config": self.allow_reload_config,
             "trust": self.trust,
+            "monitoring": self.monitoring,
+            "batching": self.batching,
         }
 
     def dumps(self) -> str:
@@ -213,56 +287,175 @@ class BakedServing:
         def bad(why: str) -> UsageError:
             return UsageError(f"{where} is not a tfpack serving config ({why}): rebuild the image")
 
-        if not isinstance(data, dict) or data.get("format") != SERVING_FORMAT:
+        if not isinstance(data, dict):
+            raise bad("not a JSON object")
+        if data.get("format") == 1:
+            # Not read as format 2: it meant "serve each model's highest version", and its
+            # models.config says so; serving every baked version instead would serve what the
+            # build never meant to. An entrypoint only ever reads its own image's file anyway.
+            raise bad("format 1, written by an older tfpack that served only each model's highest version")
+        if data.get("format") != SERVING_FORMAT:
             raise bad(f"format must be {SERVING_FORMAT}")
-        if data.get("model_server") not in SERVER_PATHS:
-            raise bad(f"model_server must be one of {sorted(SERVER_PATHS)}")
-        models = data.get("models")
-        if not isinstance(models, dict) or not models:
-            raise bad("no models")
-        checked: dict[str, list[int]] = {}
-        for name, versions in models.items():
-            check_model_name(name, "model")
-            if (
-                not isinstance(versions, list)
-                or not versions
-                or not all(type(v) is int and 0 <= v <= MAX_VERSION for v in versions)
-                or versions != sorted(set(versions))
-            ):
-                raise bad(f"model {name}: versions must be ascending int64s")
-            checked[name] = versions
-        flags = {key: data.get(key, False) for key in ("allow_unsigned", "allow_reload_config")}
-        if not all(isinstance(value, bool) for value in flags.values()):
-            raise bad("allow_unsigned and allow_reload_config must be true or false")
-        if data.get("trust") not in ("public_key", "cert_chain", "none"):
-            raise bad("trust must be public_key, cert_chain or none")
-        if data["trust"] == "none" and not flags["allow_unsigned"]:
-            raise bad("no trust material and allow_unsigned false")
-        if flags["allow_reload_config"] and data["model_server"] != EMBEDDED_SERVER:
-            raise bad("only tfpack-model-server can verify reloaded models")
-        return cls(model_server=data["model_server"], models=checked, trust=data["trust"], **flags)
+        optional = ("labels", "allow_unsigned", "allow_reload_config", "monitoring", "batching")
+        try:
+            return cls(
+                model_server=data.get("model_server", ""),
+                models=data.get("models", {}),
+                trust=data.get("trust", ""),
+                **{key: data[key] for key in optional if key in data},
+            )
+        except UsageError as exc:
+            raise bad(str(exc)) from None
 
 
-def model_config_text(served: Mapping[str, int], models_root: str = str(MODELS_ROOT)) -> str:
-    """A text-format ModelServerConfig pinning each model to the one version it serves.
+@functools.cache
+def _model_server_config_class() -> type[Message]:
+    """The part of TF Serving's ModelServerConfig that models.config uses, as a protobuf class.
 
-    ``specific`` rather than TF Serving's default ``latest``: a version dir that appears under a
-    base path later is never aspired to, whatever the server's polling does.
+    The verifier in a tensorflow/serving base has protobuf (model-signing needs it) but not
+    tensorflow-serving-api, which would pull in TensorFlow: the messages are described here with
+    tensorflow_serving/config/model_server_config.proto's names and field numbers, so text_format
+    prints what it prints for the real ones (tests compare the two).
     """
-    entries = "".join(
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{models_root}/{name}"\n'
-        '    model_platform: "tensorflow"\n'
-        "    model_version_policy {\n"
-        "      specific {\n"
-        f"        versions: {version}\n"
-        "      }\n"
-        "    }\n"
-        "  }\n"
-        for name, version in served.items()
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    kind = descriptor_pb2.FieldDescriptorProto
+    one, many = kind.LABEL_OPTIONAL, kind.LABEL_REPEATED
+    package = "tensorflow.serving"
+    file = descriptor_pb2.FileDescriptorProto(name="tfpack/model_server_config.proto", package=package, syntax="proto3")
+    specific = file.message_type.add(name="Specific")  # ServableVersionPolicy.Specific
+    specific.field.add(name="versions", number=1, type=kind.TYPE_INT64, label=many)
+    policy = file.message_type.add(name="ServableVersionPolicy")
+    policy.field.add(name="specific", number=102, type=kind.TYPE_MESSAGE, label=one, type_name=f".{package}.Specific")
+    model = file.message_type.add(name="ModelConfig")
+    entry = model.nested_type.add(name="VersionLabelsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=kind.TYPE_STRING, label=one)
+    entry.field.add(name="value", number=2, type=kind.TYPE_INT64, label=one)
+    model.field.add(name="name", number=1, type=kind.TYPE_STRING, label=one)
+    model.field.add(name="base_path", number=2, type=kind.TYPE_STRING, label=one)
+    model.field.add(name="model_platform", number=4, type=kind.TYPE_STRING, label=one)
+    model.field.add(
+        name="model_version_policy",
+        number=7,
+        type=kind.TYPE_MESSAGE,
+        label=one,
+        type_name=f".{package}.ServableVersionPolicy",
     )
-    return "model_config_list {\n" + entries + "}\n"
+    model.field.add(
+        name="version_labels",
+        number=8,
+        type=kind.TYPE_MESSAGE,
+        label=many,
+        type_name=f".{package}.ModelConfig.VersionLabelsEntry",
+    )
+    config_list = file.message_type.add(name="ModelConfigList")
+    config_list.field.add(
+        name="config", number=1, type=kind.TYPE_MESSAGE, label=many, type_name=f".{package}.ModelConfig"
+    )
+    server = file.message_type.add(name="ModelServerConfig")
+    server.field.add(
+        name="model_config_list", number=1, type=kind.TYPE_MESSAGE, label=one, type_name=f".{package}.ModelConfigList"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.ModelServerConfig"))
+
+
+def _model_server_config(baked: BakedServing, models_root: str) -> Message:
+    config = _model_server_config_class()()
+    for name, versions in baked.models.items():
+        model = config.model_config_list.config.add(
+            name=name, base_path=f"{models_root}/{name}", model_platform="tensorflow"
+        )
+        model.model_version_policy.specific.versions.extend(versions)
+        model.version_labels.update(baked.labels.get(name, {}))
+    return config
+
+
+def model_config_text(baked: BakedServing, models_root: str = str(MODELS_ROOT)) -> str:
+    """The text-format ModelServerConfig serving every baked version of every model, with its labels.
+
+    ``specific`` rather than TF Serving's default ``latest``: every baked version is served, and
+    a version dir that appears under a base path later is never aspired to, whatever the
+    server's polling does.
+    """
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(_model_server_config(baked, models_root))
+
+
+def _monitoring_config() -> Message:
+    from serving.metrics import MonitoringConfig
+
+    config = MonitoringConfig()
+    config.prometheus_config.enable = True
+    config.prometheus_config.path = PROMETHEUS_PATH
+    return config
+
+
+def monitoring_config_text() -> str:
+    """The text-format MonitoringConfig turning on Prometheus metrics at PROMETHEUS_PATH."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(_monitoring_config())
+
+
+def _same_text_proto(text: str, expected: Message) -> bool:
+    """Whether ``text`` parses into a message equal to ``expected`` (whatever its formatting:
+    the build's protobuf and the image's may print differently)."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, type(expected)()) == expected
+    except text_format.ParseError:
+        return False
+
+
+def check_batching_parameters(text: str) -> None:
+    """Check a text-format BatchingParameters the way tfpack-model-server reads its file.
+
+    Raises:
+        UsageError: it does not parse, or a value is out of range (the message names the field).
+    """
+    from google.protobuf import text_format
+
+    from serving.batching import BatchingParameters, batching_options
+
+    try:
+        batching_options(text_format.Parse(text, BatchingParameters()))
+    except text_format.ParseError as exc:
+        raise UsageError(f"the batching parameters are not a text-format BatchingParameters: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"the batching parameters are out of range: {exc}") from None
+
+
+def baked_etc_files(baked: BakedServing, *, batching_parameters: str | None) -> dict[str, str]:
+    """Every file of /etc/tfpack but the trust material, by file name, as ``tfpack build`` bakes them.
+
+    Args:
+        baked: what the image serves; ``baked.batching`` must say whether
+            ``batching_parameters`` is given.
+        batching_parameters: the text-format BatchingParameters for batching.config (the
+            build's --batching file), checked as tfpack-model-server would.
+
+    Raises:
+        UsageError: the batching parameters do not parse or are out of range.
+        ValueError: ``baked.batching`` and ``batching_parameters`` disagree (a bug).
+    """
+    if baked.batching != (batching_parameters is not None):
+        raise ValueError("baked.batching must be true exactly when batching_parameters are given")
+    files = {
+        SERVING_FILE: baked.dumps(),
+        MODEL_CONFIG_FILE: model_config_text(baked),
+        SESSION_CONFIG_FILE: SESSION_CONFIG,
+    }
+    if baked.monitoring:
+        files[MONITORING_CONFIG_FILE] = monitoring_config_text()
+    if batching_parameters is not None:
+        check_batching_parameters(batching_parameters)
+        files[BATCHING_CONFIG_FILE] = batching_parameters
+    return files
 
 
 @dataclass(frozen=True)
@@ -285,6 +478,14 @@ class ImageLayout:
     @property
     def session_config(self) -> Path:
         return self.etc_dir / SESSION_CONFIG_FILE
+
+    @property
+    def monitoring_config(self) -> Path:
+        return self.etc_dir / MONITORING_CONFIG_FILE
+
+    @property
+    def batching_config(self) -> Path:
+        return self.etc_dir / BATCHING_CONFIG_FILE
 
     @property
     def trust_dir(self) -> Path:
@@ -322,11 +523,22 @@ def check_environment(environ: Mapping[str, str], baked: BakedServing) -> list[s
     return problems
 
 
-def check_arguments(argv: Sequence[str], model_server: str = EMBEDDED_SERVER) -> tuple[list[str], list[str]]:
-    """(the tuning flags to pass on, one line per refused argument)."""
+def check_arguments(
+    argv: Sequence[str], model_server: str = EMBEDDED_SERVER, *, baked: BakedServing | None = None
+) -> tuple[list[str], list[str]]:
+    """(the tuning flags to pass on, one line per refused argument).
+
+    Args:
+        baked: the image's serving.json: the flags its options set (:func:`baked_flags`) are
+            refused too, even tuning ones such as --enable_batching.
+    """
     from serving.flags import TF_SERVING_FLAGS, TFPACK_FLAGS, FlagError, _convert
 
     allowed = TUNING_FLAGS | (EMBEDDED_TUNING_FLAGS if model_server == EMBEDDED_SERVER else frozenset())
+    fixed = {
+        name: f"the image sets {argument} itself (built with tfpack build {option})"
+        for name, (argument, option) in (baked_flags(ImageLayout(), baked) if baked else {}).items()
+    }
     kinds = {**TF_SERVING_FLAGS, **TFPACK_FLAGS}
     passed: list[str] = []
     problems: list[str] = []
@@ -334,6 +546,9 @@ def check_arguments(argv: Sequence[str], model_server: str = EMBEDDED_SERVER) ->
         name, has_value, value = argument.lstrip("-").partition("=")
         if not argument.startswith("-") or not name:
             problems.append(f"{argument!r}: only --flag=value server flags are taken at run time")
+            continue
+        if name in fixed:
+            problems.append(f"{argument}: {fixed[name]}")
             continue
         if name not in allowed:
             reason = _REFUSED_FLAG_REASONS.get(name) or (
@@ -456,8 +671,8 @@ def load_baked(layout: ImageLayout) -> BakedServing:
 
     Raises:
         UsageError: serving.json missing or malformed, or baked files not root-owned.
-        VerificationError: models.config differs from what serving.json implies, or the trust
-            material serving.json names is missing.
+        VerificationError: models.config or monitoring.config differs from what serving.json
+            implies, or batching.config is missing when serving.json says it is baked.
     """
     try:
         text = layout.serving_file.read_text()
@@ -468,21 +683,27 @@ def load_baked(layout: ImageLayout) -> BakedServing:
         ) from None
     baked = BakedServing.loads(text, str(layout.serving_file))
     if layout.require_root_owned:
-        owned = [layout.etc_dir, layout.serving_file, layout.model_config, layout.trust_dir]
+        owned = [layout.etc_dir, layout.serving_file, layout.model_config, layout.session_config]
+        owned += [layout.monitoring_config, layout.batching_config, layout.trust_dir]
         owned += sorted(layout.trust_dir.rglob("*")) if layout.trust_dir.is_dir() else []
         problems = _check_root_owned([p for p in owned if p.exists() or p.is_symlink()])
         if problems:
             raise UsageError("; ".join(problems))
-    expected = model_config_text(baked.served_versions, str(layout.models_root))
-    try:
-        actual = layout.model_config.read_text()
-    except OSError as exc:
-        raise VerificationError(f"cannot read {layout.model_config}: {exc.strerror}") from None
-    if actual != expected:
-        raise VerificationError(
-            f"{layout.model_config} is not the model config {layout.serving_file} implies: "
-            "it was changed after the build"
-        )
+    expected = [("model config", layout.model_config, _model_server_config(baked, str(layout.models_root)))]
+    if baked.monitoring:
+        expected.append(("monitoring config", layout.monitoring_config, _monitoring_config()))
+    for what, path, message in expected:
+        try:
+            actual = path.read_text()
+        except OSError as exc:
+            raise VerificationError(f"cannot read {path}: {exc.strerror}") from None
+        if not _same_text_proto(actual, message):
+            raise VerificationError(
+                f"{path} is not the {what} {layout.serving_file} implies: it was changed after the build"
+            )
+    # Its text is the build's --batching file: the server parses it and refuses what is wrong.
+    if baked.batching and not layout.batching_config.is_file():
+        raise VerificationError(f"{layout.batching_config} is missing: {layout.serving_file} says batching is baked")
     return baked
 
 
@@ -533,13 +754,38 @@ def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path],
         except TfpackError as exc:
             failures.append(str(exc))
     checked = set(verified) | set(unsigned)
-    for name, version in baked.served_versions.items():
-        served = version_dirs(layout.models_root / name).get(version)
-        if served is None or served not in checked:
-            failures.append(f"{layout.models_root / name}/{version} (the version this image serves) is missing")
+    for name, versions in baked.models.items():
+        on_disk = version_dirs(layout.models_root / name)
+        for version in versions:
+            served = on_disk.get(version)
+            if served is None or served not in checked:
+                failures.append(f"{layout.models_root / name}/{version} (a version this image serves) is missing")
     if failures:
         raise VerificationError(" | ".join(failures))
     return verified, unsigned
+
+
+def baked_flags(layout: ImageLayout, baked: BakedServing) -> dict[str, tuple[str, str]]:
+    """The server flags serving.json's options add: flag name -> (argument, the build option).
+
+    Run-time arguments may not override them (:func:`check_arguments`).
+    """
+    flags: dict[str, tuple[str, str]] = {}
+    if baked.monitoring:
+        flags["monitoring_config_file"] = (f"--monitoring_config_file={layout.monitoring_config}", "--monitoring")
+    if baked.batching:
+        flags["enable_batching"] = ("--enable_batching", "--batching")
+        flags["batching_parameters_file"] = (f"--batching_parameters_file={layout.batching_config}", "--batching")
+    if baked.labels and baked.model_server == TF_SERVING_SERVER:
+        # tensorflow_model_server assigns its first config's labels before it loads any version
+        # (ServerCore::ReloadConfig runs UpdateModelVersionLabelMap first) and without this flag
+        # refuses to start: FAILED_PRECONDITION, version not available. tfpack-model-server
+        # assigns them once every version has loaded and needs no flag.
+        flags["allow_version_labels_for_unavailable_models"] = (
+            "--allow_version_labels_for_unavailable_models=true",
+            "--label",
+        )
+    return flags
 
 
 def server_command(layout: ImageLayout, baked: BakedServing, tuning: Sequence[str]) -> list[str]:
@@ -552,9 +798,14 @@ def server_command(layout: ImageLayout, baked: BakedServing, tuning: Sequence[st
         # TF Serving: 0 polls the base paths once, at start-up; the pinned versions are loaded
         # from what the entrypoint just verified.
         "--file_system_poll_wait_seconds=0",
+        # The baked version dirs are read-only and were just verified: a load that fails fails
+        # the same way every time, so the server exits at once with the load error in its log
+        # instead of retrying for five minutes (TF Serving's default: 5 retries, 60 s apart).
+        "--max_num_load_retries=0",
     ]
     if layout.session_config.is_file():
         command.append(f"--tensorflow_session_config_file={layout.session_config}")
+    command += [argument for argument, _ in baked_flags(layout, baked).values()]
     if baked.model_server == EMBEDDED_SERVER:
         if baked.allow_reload_config:
             command += ["--tfpack_allow_reload_config=true", f"--tfpack_trust_dir={layout.trust_dir}"]
@@ -579,7 +830,7 @@ def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout
     if mounted:
         raise RefusedOverride(" | ".join(mounted))
     baked = load_baked(layout)
-    tuning, problems = check_arguments(argv, baked.model_server)
+    tuning, problems = check_arguments(argv, baked.model_server, baked=baked)
     problems += check_mounts(layout, scope="models" if baked.allow_reload_config else "all")
     problems = check_environment(environ, baked) + problems + check_models_root(layout)
     if problems:

@@ -122,7 +122,7 @@ def shared_testdata() -> Path:
 
 
 # Fixtures that start or reach a Docker engine or a model server: a `fast` test must use none.
-_SLOW_FIXTURES = frozenset({"docker_client", "image_tags", "served"})
+_SLOW_FIXTURES = frozenset({"docker_client", "image_tags", "served", "fleet"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

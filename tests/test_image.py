@@ -2,20 +2,25 @@
 
 The docker tests build the embedded base on first use (cached afterwards under ~/.cache/tfpack
 and as the image tfpack-runtime:KEY), one serving image per module, and a few images derived from
-it; every image and container they create is removed again.
+it; every image and container they create is removed again. The images are assembled by tfpack
+(packager.image_assembly): the tests at the end check what that buys on a real engine: the same
+image ID after `docker rmi` and a pruned build cache, a model-only rebuild that sends one layer,
+two models with two versions and labels each answering, and a HEALTHCHECK that waits for them.
+(Pushing to a registry: tests/test_image_registry.py.)
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -32,23 +37,27 @@ from factories.image_layout import baked_layout
 from google.protobuf import text_format
 from tensorflow_serving.apis import (
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from packager import _runtime_base
+from packager import _runtime_base, _runtime_wheel, _serving_base
 from packager.errors import UsageError, VerificationError
 from packager.image import (
     EMBEDDED_MODEL_SERVER,
+    ENTRYPOINT,
+    HEALTHCHECK,
     TF_SERVING_MODEL_SERVER,
     BuildResult,
     build_image,
     find_models,
-    render_context,
+    image_layers,
     verify_signatures,
 )
+from packager.image_assembly import rfc3339
 from packager.layout import SIGNATURE_FILE
 from packager.progress import SILENT
 from packager.signing import sign, signed_digest
@@ -64,20 +73,21 @@ EXIT_DEADLINE_S = 120
 
 
 class _HalfPlusTwo(tf.Module):
-    """y = 0.5 * x + 2, TF Serving's classic test model, in TF2 form."""
+    """y = 0.5 * x + 2, TF Serving's classic test model, in TF2 form (another offset tells
+    versions apart)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: float = 2.0) -> None:
         super().__init__()
         self.slope = tf.Variable(0.5)
-        self.offset = tf.Variable(2.0)
+        self.offset = tf.Variable(offset)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
     def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"y": self.slope * x + self.offset}
 
 
-def _write_model(version_dir: Path) -> Path:
-    module = _HalfPlusTwo()
+def _write_model(version_dir: Path, offset: float = 2.0) -> Path:
+    module = _HalfPlusTwo(offset)
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
     return version_dir
 
@@ -184,42 +194,70 @@ def test_verify_signatures_names_unsigned_and_tampered_dirs(
         verify_signatures(find_models(tampered), keys[1], allow_unsigned=True)
 
 
-def test_model_config_pins_each_model_to_the_version_it_serves() -> None:
-    config = text_format.Parse(model_config_text({MODEL: 2, "twin": 7}), model_server_config_pb2.ModelServerConfig())
+def test_model_config_pins_each_model_to_every_version_it_serves() -> None:
+    baked = BakedServing(model_server=TF_SERVING_MODEL_SERVER, models={MODEL: [2], "twin": [3, 7]}, trust="public_key")
+    config = text_format.Parse(model_config_text(baked), model_server_config_pb2.ModelServerConfig())
     assert [
         (c.name, c.base_path, c.model_platform, list(c.model_version_policy.specific.versions))
         for c in config.model_config_list.config
-    ] == [(MODEL, "/models/half", "tensorflow", [2]), ("twin", "/models/twin", "tensorflow", [7])]
+    ] == [(MODEL, "/models/half", "tensorflow", [2]), ("twin", "/models/twin", "tensorflow", [3, 7])]
 
 
-def test_build_context_holds_models_public_key_and_wheel_but_no_private_key(
-    tmp_path: Path, two_models: Path, keys
-) -> None:
+def _layer_archives(two_models: Path, public_pem: bytes, serving: BakedServing) -> dict[str, bytes]:
+    models = find_models(two_models)
+    return {
+        layer.description: b"".join(layer.chunks())
+        for layer in image_layers(models, serving, public_key_pem=public_pem)
+    }
+
+
+def _tar_members(archive: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return {member.name: member for member in tar.getmembers()}
+
+
+def _read_member(archive: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        handle = tar.extractfile(name)
+        assert handle is not None, name
+        return handle.read()
+
+
+def test_image_layers_hold_models_public_key_and_code_but_no_private_key(two_models: Path, keys) -> None:
+    """What tfpack build writes over the serving base (the Dockerfile only makes that base)."""
     public_pem = keys[1].read_bytes()
-    context = tmp_path / "context"
-    render_context(context, find_models(two_models), public_key_pem=public_pem)
+    serving = BakedServing(model_server=EMBEDDED_MODEL_SERVER, models={MODEL: [1, 2], "twin": [1, 2]})
+    layers = _layer_archives(two_models, public_pem, serving)
+    members = {description: _tar_members(data) for description, data in layers.items()}
 
-    dockerfile = (context / "Dockerfile").read_text()
+    dockerfile = _serving_base.DOCKERFILE.read_text()
     assert "ARG BASE=tensorflow/serving:2.21.0\nFROM ${BASE}" in dockerfile
-    assert "USER 10001:10001" in dockerfile and "EXPOSE 8500 8501" in dockerfile
-    assert '"-I", "-m", "serving.entrypoint"' in dockerfile
     assert not [line for line in dockerfile.splitlines() if "TFPACK_" in line and not line.startswith("#")]
+    assert "tfpack.pth" in dockerfile and "useradd --uid 10001" in dockerfile
+    # What the Dockerfile used to say is now the assembled config's: user and entrypoint.
+    assert _serving_base.SERVER_USER == "10001:10001"
+    assert ENTRYPOINT == ("/opt/tfpack/venv/bin/python", "-I", "-m", "serving.entrypoint")
+
     for name in (MODEL, "twin"):
+        model_layer = members[f"model {name} (versions 1,2) in /models/{name}"]
         for version in ("1", "2"):
-            assert (context / "models" / name / version / SIGNATURE_FILE).is_file()
-    assert not (context / "models" / "models.config").exists()
-    assert (context / "etc" / "models.config").read_text() == model_config_text({MODEL: 2, "twin": 2})
-    baked = BakedServing.loads((context / "etc" / "serving.json").read_text())
+            assert f"models/{name}/{version}/{SIGNATURE_FILE}" in model_layer
+    assert "models/models.config" not in {name for layer in members.values() for name in layer}
+    etc = layers["/etc/tfpack"]
+    assert _read_member(etc, "etc/tfpack/models.config").decode() == model_config_text(serving)
+    baked = BakedServing.loads(_read_member(etc, "etc/tfpack/serving.json").decode())
     assert baked.models == {MODEL: [1, 2], "twin": [1, 2]}
     assert (baked.trust, baked.allow_unsigned, baked.allow_reload_config) == ("public_key", False, False)
-    assert (context / "etc" / "trust" / "public_key.pem").read_bytes() == public_pem
-    for path in (context / "etc").rglob("*"):
-        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
-    assert [w.name for w in (context / "wheels").iterdir()] == ["tfpack-0.1.0-py3-none-any.whl"]
-    assert "model-signing" in (context / "verifier-requirements.txt").read_text()
-    for path in context.rglob("*"):
-        if path.is_file():
-            assert b"PRIVATE KEY" not in path.read_bytes(), path
+    assert _read_member(etc, "etc/tfpack/trust/public_key.pem") == public_pem
+    for name, member in members["/etc/tfpack"].items():
+        assert (member.uid, member.gid) == (0, 0), name
+        assert member.mode == (0o755 if member.isdir() else 0o644), name
+    code = members["tfpack 0.1.0 in /opt/tfpack/lib"]
+    assert "opt/tfpack/lib/serving/entrypoint.py" in code and "opt/tfpack/venv/bin/tfpack-model-server" in code
+    for description, data in layers.items():
+        if not description.startswith("tfpack "):  # tfpack's code names PEM headers in its key checks
+            assert b"PRIVATE KEY" not in data, description
+    assert keys[0].read_bytes() not in b"".join(layers.values())
 
 
 def test_build_refuses_a_private_key_as_public_key(signed_model: Path, keys) -> None:
@@ -250,6 +288,7 @@ def test_entrypoint_verifies_every_version_before_building_the_command_line(
         "--rest_api_port=8501",
         f"--model_config_file={layout.model_config}",
         "--file_system_poll_wait_seconds=0",
+        "--max_num_load_retries=0",
         "--enable_batching",
     ]
 
@@ -364,8 +403,17 @@ def test_image_labels_name_models_versions_and_signed_digests(
     assert labels.items() >= embedded_image.labels.items()  # plus the base's own
     assert embedded_image.models == {MODEL: [1, 2]}
     assert embedded_image.model_server == EMBEDDED_MODEL_SERVER
-    for key in ("title", "version", "created", "base.name", "revision"):
+    for key in ("title", "version", "created", "base.name", "base.digest", "revision"):
         assert labels[f"org.opencontainers.image.{key}"]
+    # The image's one time (its newest model file's, SOURCE_DATE_EPOCH unset), not the build's.
+    newest = max(int(path.stat().st_mtime) for path in signed_model.rglob("*") if path.is_file())
+    assert labels["org.opencontainers.image.created"] == embedded_image.created == rfc3339(newest)
+    assert client.images.get(embedded_image.tag).attrs["Created"].startswith(embedded_image.created[:-1])
+    base = client.images.get(embedded_image.base).attrs
+    assert labels["org.opencontainers.image.base.digest"] in [
+        base["Id"],
+        *(d.split("@")[1] for d in base["RepoDigests"]),
+    ]
     assert labels["dev.tfpack.models"] == MODEL
     assert labels["dev.tfpack.model.half.versions"] == "1,2"
     for version in ("1", "2"):
@@ -386,6 +434,14 @@ def test_image_config_matches_tf_serving_conventions(
     assert set(config["ExposedPorts"]) == {"8500/tcp", "8501/tcp"}
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.entrypoint"]
+    assert not config["Cmd"]
+    assert config["Healthcheck"] == {
+        "Test": ["CMD", "/opt/tfpack/venv/bin/python", "-I", "-m", "serving.healthcheck"],
+        "Interval": HEALTHCHECK.interval_s * 10**9,
+        "Timeout": HEALTHCHECK.timeout_s * 10**9,
+        "StartPeriod": HEALTHCHECK.start_period_s * 10**9,
+        "Retries": HEALTHCHECK.retries,
+    }
     baked_key = client.containers.run(
         embedded_image.tag, entrypoint=["cat", "/etc/tfpack/trust/public_key.pem"], remove=True
     )
@@ -532,6 +588,8 @@ def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
     image_tags: list[str],
 ) -> None:
     result = build_image(two_models, new_image_tag(image_tags, "two"), base=stand_in_tf_serving, public_key=keys[1])
+    image_tags.append(result.serving_base)  # built from the Dockerfile for this stand-in only
+    assert result.serving_base.startswith(f"{_serving_base.REPOSITORY}:")
     assert result.model_server == TF_SERVING_MODEL_SERVER
     assert result.models == {MODEL: [1, 2], "twin": [1, 2]}
     assert result.labels["dev.tfpack.models"] == "half,twin"
@@ -545,6 +603,7 @@ def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
     assert (
         "tensorflow_model_server --port=8500 --rest_api_port=8501 "
         "--model_config_file=/etc/tfpack/models.config --file_system_poll_wait_seconds=0 "
+        "--max_num_load_retries=0 "
         "--tensorflow_session_config_file=/etc/tfpack/session_config.pbtxt --enable_batching"
     ) in logs
     assert "--tfpack_" not in logs  # tensorflow_model_server has no such flags
@@ -553,73 +612,7 @@ def test_non_embedded_base_execs_tensorflow_model_server_with_a_model_config(
     served_config = client.containers.run(
         result.tag, entrypoint=["cat", "/etc/tfpack/models.config"], remove=True
     ).decode()
-    assert served_config == model_config_text({MODEL: 2, "twin": 2})
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry serving on a free loopback port (Docker needs no TLS there)."""
-    registry = shutil.which("docker-registry")
-    if registry is None:
-        pytest.fail("no local registry: 'make setup' installs Debian's docker-registry")
-    directory = tmp_path_factory.mktemp("registry")
-    address = f"127.0.0.1:{_free_port()}"
-    config = directory / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\nhttp:\n  addr: {address}\n"
-    )
-    log = (directory / "registry.log").open("wb")
-    process = subprocess.Popen([registry, "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://{address}/v2/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log_text = (directory / "registry.log").read_text()
-                pytest.fail(f"docker-registry did not start: {log_text}")
-            time.sleep(0.2)
-        yield address
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-@pytest.mark.docker
-def test_push_to_a_registry_returns_the_digest_it_serves(
-    signed_model: Path, keys, local_registry: str, image_tags: list[str]
-) -> None:
-    tag = new_image_tag(image_tags, "pushed").replace("tfpack-test/", f"{local_registry}/tfpack-test/")
-    image_tags[-1] = tag
-    result = build_image(signed_model, tag, public_key=keys[1], push=True)
-    repository, _, version = tag.rpartition(":")
-    assert result.repo_digest is not None and result.repo_digest.startswith(f"{repository}@sha256:")
-    manifest = requests.head(
-        f"http://{local_registry}/v2/{repository.split('/', 1)[1]}/manifests/{version}",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-        timeout=30,
-    )
-    assert manifest.status_code == 200
-    assert manifest.headers["Docker-Content-Digest"] == result.repo_digest.split("@")[1]
-    assert result.to_json()["pushed"] is True
-
-
-@pytest.mark.docker
-def test_push_to_an_unreachable_registry_is_a_usage_error(signed_model: Path, keys, image_tags: list[str]) -> None:
-    tag = f"127.0.0.1:{_free_port()}/tfpack-test/unreachable:{uuid.uuid4().hex[:10]}"
-    image_tags.append(tag)
-    with pytest.raises(UsageError, match=r"push of .* failed"):
-        build_image(signed_model, tag, public_key=keys[1], push=True)
+    assert result.serving is not None and served_config == model_config_text(result.serving)
 
 
 @pytest.mark.docker
@@ -635,8 +628,10 @@ def test_allow_unsigned_is_recorded_and_lets_an_unsigned_model_start(
         base=stand_in_tf_serving,
         allow_unsigned=True,
     )
+    image_tags.append(result.serving_base)  # built from the Dockerfile for this stand-in only
     assert result.labels["dev.tfpack.allow-unsigned"] == "true"
-    assert not any(key.endswith(".digest") for key in result.labels)
+    # No model digest: nothing was signed (the base's digest is still named).
+    assert not any(key.startswith("dev.tfpack.model.") and key.endswith(".digest") for key in result.labels)
     assert result.serving is not None and result.serving.allow_unsigned
     assert result.serving.trust == "none"
     env = client.images.get(result.tag).attrs["Config"]["Env"]
@@ -669,3 +664,327 @@ def test_a_failing_docker_build_is_exit_2_in_one_line(
     assert len(error) == 1 and f"docker build of {tag} failed at Step" in error[0], result.stderr
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(tag)
+
+
+# --- issue 13: assembled images: reproducible, rebuilt per model, labelled, healthy -------------------
+
+# Each version answers y = 0.5 * x + OFFSET: the offset says which model and version answered.
+OFFSETS = {(MODEL, 1): 1.0, (MODEL, 2): 2.0, ("twin", 1): 11.0, ("twin", 2): 12.0}
+VERSION_LABELS = {MODEL: {"stable": 1}, "twin": {"stable": 2, "canary": 1}}
+AVAILABLE_STATE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+@pytest.fixture(scope="module")
+def frozen_tfpack() -> Iterator[None]:
+    """tfpack's own files read once for the module: the code layer is an input like the models,
+    and these tests build the same inputs twice (someone editing the checkout meanwhile must not
+    make them differ)."""
+    files = _runtime_wheel.runtime_files()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_runtime_wheel, "runtime_files", lambda: files)
+        yield
+
+
+@pytest.fixture(scope="module")
+def versioned_models(tmp_path_factory: pytest.TempPathFactory, keys) -> Path:
+    """Two models with two signed versions each, every version a different function (OFFSETS)."""
+    root = tmp_path_factory.mktemp("versioned") / "models"
+    for (name, version), offset in OFFSETS.items():
+        sign(_write_model(root / name / str(version), offset), keys[0])
+    return root
+
+
+BATCHING_PARAMETERS = "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1000 }\n"
+
+
+@pytest.fixture(scope="module")
+def labelled_image(
+    tmp_path_factory: pytest.TempPathFactory, versioned_models: Path, keys, image_tags: list[str], frozen_tfpack: None
+) -> BuildResult:
+    """Both models with labels, Prometheus monitoring and server-side batching."""
+    batching = tmp_path_factory.mktemp("batching") / "batching.pbtxt"
+    batching.write_text(BATCHING_PARAMETERS)
+    return build_image(
+        versioned_models,
+        new_image_tag(image_tags, "labelled"),
+        public_key=keys[1],
+        version_labels=VERSION_LABELS,
+        monitoring=True,
+        batching=batching,
+    )
+
+
+@dataclass
+class HealthTimeline:
+    """What `docker inspect` said about the container's health while its models loaded."""
+
+    started: float
+    available_at: float | None = None  # when every version of every model first answered AVAILABLE
+    healthy_at: float | None = None
+    samples: list[tuple[float, str, bool]] = field(default_factory=list)  # (time, health, all AVAILABLE)
+
+
+def _all_available(channel: grpc.Channel) -> bool:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    for name in (MODEL, "twin"):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            reply = stub.GetModelStatus(request, timeout=5)
+        except grpc.RpcError:
+            return False
+        states = {s.version: s.state for s in reply.model_version_status}
+        if states != {1: AVAILABLE_STATE, 2: AVAILABLE_STATE}:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def labelled_served(client: docker.DockerClient, labelled_image: BuildResult) -> Iterator[tuple]:
+    """The labelled image running: (container, gRPC channel, REST port, its health timeline),
+    once every model is AVAILABLE and the HEALTHCHECK has said healthy."""
+    container = _run(client, labelled_image.tag)
+    try:
+        container.reload()
+        channel = grpc.insecure_channel(f"127.0.0.1:{container.ports['8500/tcp'][0]['HostPort']}")
+        timeline = HealthTimeline(started=time.monotonic())
+        deadline = timeline.started + SERVER_START_DEADLINE_S + HEALTHCHECK.interval_s * 2
+        while timeline.healthy_at is None:
+            container.reload()
+            if container.status == "exited":
+                pytest.fail(f"the server exited: {container.logs().decode(errors='replace')}")
+            health = container.attrs["State"]["Health"]["Status"]
+            available = _all_available(channel)
+            now = time.monotonic()
+            timeline.samples.append((now, health, available))
+            if available and timeline.available_at is None:
+                timeline.available_at = now
+            if health == "healthy":
+                timeline.healthy_at = now
+            if now > deadline:
+                pytest.fail(f"not healthy in time: {timeline} {container.attrs['State']['Health']}")
+            time.sleep(0.5)
+        yield container, channel, int(container.ports["8501/tcp"][0]["HostPort"]), timeline
+        channel.close()
+    finally:
+        container.remove(force=True)
+
+
+def _predict_version(
+    channel: grpc.Channel, name: str, *, version: int | None = None, label: str = ""
+) -> tuple[float, int]:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([4.0], np.float32)))
+    reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    return float(tf.make_ndarray(reply.outputs["y"])[0]), reply.model_spec.version.value
+
+
+@pytest.mark.docker
+def test_two_models_serve_every_version_and_every_label(labelled_served, labelled_image: BuildResult) -> None:
+    _, channel, rest_port, _ = labelled_served
+    rest = f"http://127.0.0.1:{rest_port}/v1/models"
+    for (name, version), offset in OFFSETS.items():
+        assert _predict_version(channel, name, version=version) == (2.0 + offset, version)
+        reply = requests.post(f"{rest}/{name}/versions/{version}:predict", json={"instances": [4.0]}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["predictions"] == [2.0 + offset], reply.text
+    for name, labels in VERSION_LABELS.items():
+        for label, version in labels.items():
+            assert _predict_version(channel, name, label=label) == (2.0 + OFFSETS[name, version], version)
+            reply = requests.post(f"{rest}/{name}/labels/{label}:predict", json={"instances": [4.0]}, timeout=30)
+            assert reply.json()["predictions"] == [2.0 + OFFSETS[name, version]], reply.text
+    # No version given: the highest, as TF Serving answers.
+    assert _predict_version(channel, MODEL) == (4.0, 2)
+    assert labelled_image.serving is not None and labelled_image.serving.labels == VERSION_LABELS
+    assert labelled_image.labels["dev.tfpack.model.twin.label.canary"] == "1"
+    assert labelled_image.labels["dev.tfpack.model.twin.label.stable"] == "2"
+    assert labelled_image.labels["dev.tfpack.model.half.label.stable"] == "1"
+
+
+@pytest.mark.docker
+def test_monitoring_and_batching_are_baked_into_the_servers_flags(
+    client: docker.DockerClient, labelled_served, labelled_image: BuildResult
+) -> None:
+    container, _, rest_port, _ = labelled_served
+    exec_line = next(line for line in container.logs().decode().splitlines() if "tfpack-entrypoint: exec " in line)
+    for flag in (
+        "--monitoring_config_file=/etc/tfpack/monitoring.config",
+        "--enable_batching",
+        "--batching_parameters_file=/etc/tfpack/batching.config",
+    ):
+        assert f" {flag}" in exec_line, exec_line
+    metrics = requests.get(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30)
+    assert metrics.status_code == 200 and ":tensorflow:" in metrics.text, metrics.text[:500]
+    baked = client.containers.run(labelled_image.tag, entrypoint=["cat", "/etc/tfpack/batching.config"], remove=True)
+    assert baked.decode() == BATCHING_PARAMETERS
+    assert labelled_image.labels["dev.tfpack.monitoring"] == "/monitoring/prometheus/metrics"
+    assert labelled_image.labels["dev.tfpack.batching"] == "true"
+
+
+@pytest.mark.docker
+def test_the_healthcheck_turns_healthy_only_once_every_model_is_available(
+    client: docker.DockerClient, labelled_served
+) -> None:
+    container, _, _, timeline = labelled_served
+    assert timeline.available_at is not None and timeline.healthy_at is not None
+    # Healthy never while a model was not AVAILABLE, and first seen starting, not healthy.
+    assert [health for _, health, available in timeline.samples if not available and health == "healthy"] == []
+    assert timeline.samples[0][1] == "starting"
+    assert timeline.healthy_at >= timeline.available_at
+    # Each probe says why: a failing one before the models loaded, a passing one naming them all.
+    container.reload()
+    probes = container.attrs["State"]["Health"]["Log"]
+    passing = [probe for probe in probes if probe["ExitCode"] == 0]
+    assert passing and all("half v1,2" in p["Output"] and "twin v1,2" in p["Output"] for p in passing), probes
+    assert all(probe["ExitCode"] == 1 for probe in probes[: probes.index(passing[0])]), probes
+
+
+@pytest.mark.docker
+def test_the_same_inputs_give_the_same_image_id_after_rmi_and_a_pruned_build_cache(
+    client: docker.DockerClient,
+    versioned_models: Path,
+    keys,
+    image_tags: list[str],
+    frozen_tfpack: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tag = new_image_tag(image_tags, "reproducible")
+    first = build_image(versioned_models, tag, public_key=keys[1], version_labels=VERSION_LABELS)
+    assert client.images.get(tag).id == first.image_id
+    client.images.remove(tag)
+    pruned = subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, text=True, timeout=300)
+    assert pruned.returncode == 0, pruned.stderr
+    second = build_image(versioned_models, tag, public_key=keys[1], version_labels=VERSION_LABELS)
+    assert (second.image_id, second.layers, second.labels) == (first.image_id, first.layers, first.labels)
+    assert client.images.get(tag).id == first.image_id
+
+    # SOURCE_DATE_EPOCH fixes every time: touching the model files then changes nothing.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    pinned = build_image(versioned_models, tag, public_key=keys[1], version_labels=VERSION_LABELS)
+    for path in versioned_models.rglob("*"):
+        os.utime(path)
+    assert build_image(versioned_models, tag, public_key=keys[1], version_labels=VERSION_LABELS).image_id == (
+        pinned.image_id
+    )
+    attrs = client.images.get(tag).attrs
+    assert attrs["Created"].startswith("2023-11-14T22:13:20")
+    assert attrs["Config"]["Labels"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    image_tags.append(first.image_id)  # now untagged: removed with the module's images
+
+
+@pytest.mark.docker
+def test_a_change_of_one_model_rewrites_only_its_layer_in_seconds(
+    client: docker.DockerClient,
+    tmp_path: Path,
+    versioned_models: Path,
+    keys,
+    image_tags: list[str],
+    frozen_tfpack: None,
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(versioned_models, models)
+    tag = new_image_tag(image_tags, "rebuilt")
+    before = build_image(models, tag, public_key=keys[1])
+    image_tags.append(before.image_id)  # untagged by the rebuild: removed with the module's images
+
+    shutil.rmtree(models / "twin" / "2")
+    sign(_write_model(models / "twin" / "2", offset=99.0), keys[0])
+    started = time.monotonic()
+    after = build_image(models, tag, public_key=keys[1])
+    elapsed = time.monotonic() - started
+
+    # Code, /etc/tfpack and half are the same layers; twin's alone is new, and alone was sent.
+    assert after.layers[:3] == before.layers[:3] and after.layers[3] != before.layers[3]
+    assert after.loaded_layers == 1
+    assert elapsed < 20, f"the model-only rebuild took {elapsed:.1f} s"
+    base_layers = client.images.get(after.serving_base).attrs["RootFS"]["Layers"]
+    assert client.images.get(tag).attrs["RootFS"]["Layers"] == [*base_layers, *after.layers]
+    # docker history (newest first): one new step on top of the same ones.
+    history_before = [(step["CreatedBy"], step["Size"]) for step in client.api.history(before.image_id)]
+    history_after = [(step["CreatedBy"], step["Size"]) for step in client.api.history(after.image_id)]
+    assert history_after[1:] == history_before[1:]
+    assert history_after[0][0] == "model twin (versions 1,2) in /models/twin"
+    assert [created_by for created_by, _ in history_after[1:4]] == [
+        "model half (versions 1,2) in /models/half",
+        "/etc/tfpack",
+        "tfpack 0.1.0 in /opt/tfpack/lib",
+    ]
+
+
+@pytest.mark.docker
+def test_the_healthcheck_fails_while_the_ports_answer_but_a_model_is_gone(
+    client: docker.DockerClient, versioned_models: Path, keys, image_tags: list[str], frozen_tfpack: None
+) -> None:
+    """Not an open port: a server that answers but no longer serves a baked model is unhealthy.
+
+    The image allows verified config reloads, which is how a model is unloaded here (such an
+    image is healthy with one AVAILABLE version per model: reloads may change the versions).
+    """
+    result = build_image(
+        versioned_models, new_image_tag(image_tags, "reloadable"), public_key=keys[1], allow_reload_config=True
+    )
+    assert result.serving is not None
+    container = _run(client, result.tag)
+    probe_command = list(HEALTHCHECK.test[1:])
+    try:
+        container.reload()
+        with grpc.insecure_channel(f"127.0.0.1:{container.ports['8500/tcp'][0]['HostPort']}") as channel:
+            deadline = time.monotonic() + SERVER_START_DEADLINE_S
+            while not _all_available(channel):
+                container.reload()
+                assert container.status != "exited", container.logs().decode(errors="replace")
+                assert time.monotonic() < deadline, container.logs().decode(errors="replace")
+                time.sleep(0.5)
+            ready = container.exec_run(probe_command)
+            assert ready.exit_code == 0, ready.output
+
+            config = model_server_config_pb2.ModelServerConfig()
+            model = config.model_config_list.config.add(
+                name=MODEL, base_path=f"/models/{MODEL}", model_platform="tensorflow"
+            )
+            model.model_version_policy.specific.versions.extend([1, 2])
+            request = model_management_pb2.ReloadConfigRequest(config=config)
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=120)
+            deadline = time.monotonic() + EXIT_DEADLINE_S
+            while _all_available(channel):  # the unload may finish after the reply
+                assert time.monotonic() < deadline, "twin was never unloaded"
+                time.sleep(0.2)
+
+            unready = container.exec_run(probe_command)
+            assert unready.exit_code == 1, unready.output
+            assert "twin" in unready.output.decode(), unready.output
+            # The ports still answer, and the other model still serves.
+            assert _predict_version(channel, MODEL, version=1) == (2.0 + OFFSETS[MODEL, 1], 1)
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_an_embedded_base_without_the_tfpack_user_and_path_gets_them_from_the_dockerfile(
+    client: docker.DockerClient, embedded_image: BuildResult, image_tags: list[str]
+) -> None:
+    """A runtime base built before it held the user 10001 and tfpack.pth: the Dockerfile adds
+    them, once (the serving base is cached), and nothing else (the code layer brings the server)."""
+    assert embedded_image.serving_base == embedded_image.base  # today's base holds them itself
+    older = new_image_tag(image_tags, "older-runtime")
+    dockerfile = f"FROM {embedded_image.base}\nUSER root\nRUN rm {_serving_base.EMBEDDED_PTH} && userdel tfpack\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=older, rm=True, forcerm=True)
+
+    def ensure() -> str:
+        return _serving_base.ensure_serving_base(
+            client, older, model_server_path=None, building_for="tfpack-test/x:1", progress=SILENT
+        )
+
+    serving_base = ensure()
+    image_tags.append(serving_base)
+    assert serving_base.startswith(f"{_serving_base.REPOSITORY}:") and ensure() == serving_base
+    probe = client.containers.run(
+        serving_base,
+        entrypoint=["sh", "-c", f"cat {_serving_base.EMBEDDED_PTH}; id -u tfpack; id -g tfpack"],
+        remove=True,
+    )
+    assert probe.decode().split() == ["/opt/tfpack/lib", "10001", "10001"]

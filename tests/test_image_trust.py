@@ -63,6 +63,8 @@ START_DEADLINE_S = 180
 EXIT_DEADLINE_S = 120
 # Longer than both servers' default poll interval (1 s), several times over.
 POLL_WAIT_S = 6
+# What the image serves: every version it baked (and nothing that appears later).
+BAKED_STATUSES = [(1, AVAILABLE), (2, AVAILABLE)]
 
 
 # --- models and keys ---------------------------------------------------------------------------
@@ -451,7 +453,7 @@ def client(docker_client: docker.DockerClient) -> docker.DockerClient:
 
 @pytest.fixture(scope="module")
 def image(signed_model: Path, keys: dict[str, Path], image_tags: list[str]) -> BuildResult:
-    """The embedded image serving half (versions 1, 2; 2 served), trusting the release key."""
+    """The embedded image serving half (versions 1 and 2, both served), trusting the release key."""
     return build_image(signed_model, new_image_tag(image_tags, "trust"), public_key=keys["public"])
 
 
@@ -669,7 +671,7 @@ def test_reload_config_over_grpc_is_permission_denied(served, image: BuildResult
     denied = _denied(lambda: _reload(channel, _config(half="/models/half", evil="/evil/simple")))
     assert "HandleReloadConfigRequest is refused" in denied.details()
     _denied(lambda: _reload(channel, "model_config_list {}"))  # used to unload every model
-    assert _statuses(channel, MODEL) == [(2, AVAILABLE)]
+    assert _statuses(channel, MODEL) == BAKED_STATUSES
     assert _predict(channel, MODEL) == (4.0, 2)
 
 
@@ -685,7 +687,7 @@ def test_version_dir_added_after_start_is_never_loaded(served) -> None:
         code, output = container.exec_run(["sh", "-c", command], user="0")
         assert code == 0, output
     time.sleep(POLL_WAIT_S)
-    assert _statuses(channel, MODEL) == [(2, AVAILABLE)]
+    assert _statuses(channel, MODEL) == BAKED_STATUSES
     assert _predict(channel, MODEL) == (4.0, 2)
     for version in (3, 4):
         with pytest.raises(grpc.RpcError) as missing:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from packager.errors import UsageError
+
+if TYPE_CHECKING:  # numpy loads only where goldens are read or written: the image's health
+    import numpy as np  # check imports this package every 10 s and reads none
 from packager.layout.paths import DEFAULT_SIGNATURE, STATEMENT_FILE
 
 # Keys inside the goldens archive: "input/<signature input key>", "output/<signature output key>".
@@ -35,6 +36,8 @@ class Goldens:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
             # allow_pickle named so the array keys cannot be taken for it (numpy's own default).
+            import numpy as np
+
             np.savez(handle, allow_pickle=True, **arrays)
 
     @classmethod
@@ -45,6 +48,8 @@ class Goldens:
             UsageError: the file is absent or unreadable.
         """
         try:
+            import numpy as np
+
             with np.load(path, allow_pickle=False) as archive:
                 inputs = {
                     k[len(_GOLDEN_INPUT_PREFIX) :]: archive[k]

@@ -2,38 +2,51 @@
 
 Every target has the same lifecycle, which run_smoke drives through ``running()``:
 
-    start ──▶ endpoints ──▶ expectations ──▶ logs ──▶ stop
-    (create,   (gRPC and     (per version     (under     (remove the container: on every path,
-     start)     REST          AVAILABLE:       failed     a failed check, an error, Ctrl-C; a
-                HOST:PORT)    goldens and      checks)    start that fails part-way cleans up
-                              signature)                  after itself)
+    start ──▶ endpoints, plan ──▶ expectations ──▶ logs ──▶ stop
+    (create,   (gRPC and REST     (per version     (under     (remove the container: on every path,
+     start)     HOST:PORT; which   AVAILABLE:       failed     a failed check, an error, Ctrl-C; a
+                models, versions   contract and     checks)    start that fails part-way cleans up
+                and labels)        goldens)                    after itself)
 
-    StartedImage    runs IMAGE in a container on free loopback ports (packager.docker_engine)
-                    and reads the goldens from inside it
+    StartedImage    runs IMAGE in a container on free loopback ports (packager.docker_engine);
+                    the plan is the image's own /etc/tfpack (serving.json, models.config) and the
+                    expectations are read from inside it
     RunningServer   a HOST:PORT the caller started, checked against a local version dir
+                    (DIR/NAME/N) or a local models dir (DIR/NAME/N for every NAME and N)
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
 
 from packager import docker_engine, layout
 from packager.docker_engine import DockerEngineError, ImageNotFound, PathNotFound
 from packager.errors import TfpackError, UsageError
 from packager.progress import Progress
-from packager.smoke.checks import Expectation
+from packager.smoke.expectation import SAVED_MODEL_FILE, Expectation
+from packager.tf_runtime import tensorflow
+
+tensorflow()  # imported quietly, before tensorflow_serving imports it noisily
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 LOG_TAIL_LINES = 40
 # Lets a test (or an operator) find every container a smoke test started.
 CONTAINER_LABEL = "org.tfpack.smoke"
+# What tfpack build bakes into an image (serving.entrypoint reads the same files).
+SERVING_FILE = f"{layout.IMAGE_ETC_DIR}/serving.json"
+MODEL_CONFIG_FILE = f"{layout.IMAGE_ETC_DIR}/models.config"
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,20 @@ class Endpoints:
 
     grpc: str
     rest: str | None
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What a target serves, so what to check.
+
+    Attributes:
+        models: Each model to check, and the versions that must all become AVAILABLE; None: the
+            highest version the server makes AVAILABLE (what the server serves is not known).
+        labels: Per model, each version label and the version it must resolve to.
+    """
+
+    models: dict[str, tuple[int, ...] | None]
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class SmokeTarget(ABC):
@@ -85,8 +112,8 @@ class SmokeTarget(ABC):
         """
 
     @abstractmethod
-    def pinned_version(self) -> int | None:
-        """The version to check, or None for the highest one AVAILABLE (after start)."""
+    def plan(self) -> ServingPlan:
+        """The models, versions and labels to check (after start)."""
 
     @abstractmethod
     def expectation(self, model: str, version: int) -> Expectation:
@@ -115,25 +142,30 @@ class SmokeTarget(ABC):
 class StartedImage(SmokeTarget):
     """IMAGE run in a container, its gRPC and REST ports published to free ports on 127.0.0.1.
 
-    The goldens and provenance come from the image itself, from /models/MODEL/N/assets.extra
-    where N is the highest version the server reports AVAILABLE (with TF Serving's default
-    "latest" policy, the highest version in the image). Reading N from the server rather than
-    listing the image's model dir avoids copying the whole model out of the container.
+    The plan is the image's own: the models and versions its /etc/tfpack/models.config serves
+    (the server's config, so exactly what it loads), the labels of /etc/tfpack/serving.json
+    (``labels``: model -> label -> version; else the config's version_labels). An image without
+    them (not built by tfpack) is checked for --model's highest AVAILABLE version. Each version's
+    contract and goldens are copied out of /models/MODEL/N (saved_model.pb and assets.extra).
     """
 
-    def __init__(self, image: str, model: str) -> None:
+    def __init__(self, image: str, model: str | None) -> None:
         """Describe the target; nothing starts before ``start``.
 
         Args:
             image: An image reference the local Docker engine has (tfpack build's tag).
-            model: The model the image must serve: /models/MODEL must exist in it.
+            model: The model to check (/models/MODEL must exist in the image); None: every
+                model the image serves.
         """
         self.image = image
         self._image = image
         self._model = model
         self._container: docker_engine.Container | None = None
+        self._plan: ServingPlan | None = None
 
     def start(self, progress: Progress) -> Endpoints:
+        if self._model is not None:
+            layout.check_model_name(self._model, "--model")
         client = docker_engine.docker_client()
         progress.step(f"creating a container from {self._image}")
         try:
@@ -141,7 +173,7 @@ class StartedImage(SmokeTarget):
                 client,
                 self._image,
                 loopback_ports=(layout.GRPC_PORT, layout.REST_PORT),
-                labels={CONTAINER_LABEL: self._model},
+                labels={CONTAINER_LABEL: self._model or "*"},
             )
         except ImageNotFound:
             raise UsageError(
@@ -156,38 +188,61 @@ class StartedImage(SmokeTarget):
             raise
 
     def _start(self, container: docker_engine.Container, progress: Progress) -> Endpoints:
-        model_dir = f"{layout.MODELS_ROOT}/{self._model}"
         try:
             # Asked before starting, to fail fast and without server logs to read.
-            has_model = docker_engine.path_exists(container, model_dir)
-            if has_model:
-                progress.step(f"starting {self._image}")
-                docker_engine.start_container(container)
+            self._plan = self._read_plan(container)
+            progress.step(f"starting {self._image}")
+            docker_engine.start_container(container)
         except DockerEngineError as exc:
             raise UsageError(f"cannot start {self._image}: {exc}") from None
-        if not has_model:
-            raise UsageError(
-                f"image {self._image} has no {model_dir}: check --model, or build the image from "
-                f"the model's base path with 'tfpack build'"
-            )
         return Endpoints(
             grpc=f"127.0.0.1:{docker_engine.published_port(container, layout.GRPC_PORT)}",
             rest=f"127.0.0.1:{docker_engine.published_port(container, layout.REST_PORT)}",
         )
 
-    def pinned_version(self) -> int | None:
-        return None
+    def _read_plan(self, container: docker_engine.Container) -> ServingPlan:
+        if self._model is not None:
+            model_dir = f"{layout.MODELS_ROOT}/{self._model}"
+            if not docker_engine.path_exists(container, model_dir):
+                raise UsageError(
+                    f"image {self._image} has no {model_dir}: check --model, or build the image from "
+                    f"the model's base path with 'tfpack build'"
+                )
+        baked = _read_json(_file_in_container(container, SERVING_FILE), SERVING_FILE)
+        config_text = _file_in_container(container, MODEL_CONFIG_FILE)
+        config = model_server_config_pb2.ModelServerConfig()
+        if config_text is not None:
+            try:
+                text_format.Parse(config_text.decode(), config)
+            except (text_format.ParseError, UnicodeDecodeError) as exc:
+                raise UsageError(f"image {self._image} has an unreadable {MODEL_CONFIG_FILE}: {exc}") from None
+        served = served_versions(config, _baked_versions(baked))
+        labels = _baked_labels(baked, config)
+        if self._model is not None:
+            return ServingPlan({self._model: served.get(self._model)}, {self._model: labels.get(self._model, {})})
+        if not served:
+            raise UsageError(
+                f"image {self._image} has no {SERVING_FILE} or {MODEL_CONFIG_FILE} naming its models: give --model NAME"
+            )
+        return ServingPlan(dict(served), {name: labels.get(name, {}) for name in served})
+
+    def plan(self) -> ServingPlan:
+        if self._plan is None:
+            raise RuntimeError(f"{self._image} is not started")
+        return self._plan
 
     def expectation(self, model: str, version: int) -> Expectation:
-        """Copy assets.extra of /models/MODEL/VERSION out of the container and read it."""
+        """Copy saved_model.pb and assets.extra of /models/MODEL/VERSION out of the container and read them."""
         container = self._started()
-        source = f"{layout.MODELS_ROOT}/{model}/{version}/{layout.ASSETS_EXTRA}"
+        version_path = f"{layout.MODELS_ROOT}/{model}/{version}"
+        source = f"{version_path}/{layout.ASSETS_EXTRA}"
         try:
             archive = docker_engine.get_archive(container, source)
         except PathNotFound:
             raise UsageError(
                 f"image {self._image} has no {source}: build it from a version dir written by 'tfpack convert'"
             ) from None
+        saved_model = _file_in_container(container, f"{version_path}/{SAVED_MODEL_FILE}")
         wanted = {layout.GOLDENS_FILE, layout.PROVENANCE_FILE}
         with tempfile.TemporaryDirectory(prefix="tfpack-smoke-") as scratch:
             version_dir = Path(scratch) / str(version)
@@ -201,10 +256,12 @@ class StartedImage(SmokeTarget):
                         target.write_bytes(extracted.read())
             missing = [name for name in sorted(wanted) if not (version_dir / name).is_file()]
             if missing:
-                where = ", ".join(f"{layout.MODELS_ROOT}/{model}/{version}/{name}" for name in missing)
+                where = ", ".join(f"{version_path}/{name}" for name in missing)
                 raise UsageError(
                     f"image {self._image} lacks {where}: build it from a version dir written by 'tfpack convert'"
                 )
+            if saved_model is not None:
+                (version_dir / SAVED_MODEL_FILE).write_bytes(saved_model)
             return Expectation.from_version_dir(version_dir)
 
     def exit_status(self) -> str | None:
@@ -212,7 +269,8 @@ class StartedImage(SmokeTarget):
         code = docker_engine.exit_code(self._started())
         if code is None:
             return None
-        # The entrypoint's last line says why (e.g. which file failed verification).
+        # The entrypoint's (or the server's) last line says why: which file failed
+        # verification, or the load error that stopped the server.
         last_line = self._log_tail().splitlines()[-1:]
         return f"the container exited with code {code}" + (f": {last_line[0]}" if last_line else "")
 
@@ -239,45 +297,189 @@ class StartedImage(SmokeTarget):
         return logs or "(the container logged nothing)"
 
 
+def _file_in_container(container: docker_engine.Container, path: str) -> bytes | None:
+    """The regular file at ``path`` in the container; None when nothing is there.
+
+    Raises:
+        DockerEngineError: The engine refused, or ``path`` is no regular file.
+    """
+    try:
+        archive = docker_engine.get_archive(container, path)
+    except PathNotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = tar.getmembers()
+        extracted = tar.extractfile(members[0]) if len(members) == 1 and members[0].isfile() else None
+        if extracted is None:
+            raise DockerEngineError(f"{path} in the container is not a regular file")
+        return extracted.read()
+
+
+def _read_json(data: bytes | None, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise UsageError(f"{where} in the image is not JSON: {exc}") from None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _baked_versions(baked: Mapping[str, Any]) -> dict[str, list[int]]:
+    """serving.json's models: name -> the versions baked into the image."""
+    models = baked.get("models")
+    if not isinstance(models, dict):
+        return {}
+    return {
+        str(name): sorted(v for v in versions if type(v) is int)
+        for name, versions in models.items()
+        if isinstance(versions, list)
+    }
+
+
+def _baked_labels(baked: Mapping[str, Any], config: Any) -> dict[str, dict[str, int]]:
+    """serving.json's labels (model -> label -> version); else the server config's version_labels."""
+    labels = baked.get("labels")
+    if isinstance(labels, dict):
+        return {
+            str(model): {str(label): version for label, version in per_model.items() if type(version) is int}
+            for model, per_model in labels.items()
+            if isinstance(per_model, dict)
+        }
+    return {entry.name: dict(entry.version_labels) for entry in config.model_config_list.config if entry.version_labels}
+
+
+def served_versions(config: Any, baked: Mapping[str, list[int]]) -> dict[str, tuple[int, ...] | None]:
+    """The versions a ModelServerConfig makes the server load, per model, as TF Serving reads it.
+
+    ``specific``: those versions; ``all``: every baked version; ``latest`` (TF Serving's default,
+    one version unless num_versions says more): the highest baked ones. None where the versions
+    cannot be told (no config, or no baked versions to pick from).
+
+    Args:
+        config: A ModelServerConfig (tensorflow_serving.config) with a model_config_list.
+        baked: serving.json's versions per model.
+    """
+    served: dict[str, tuple[int, ...] | None] = {}
+    for entry in config.model_config_list.config:
+        policy = entry.model_version_policy
+        versions = baked.get(entry.name, [])
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "specific":
+            served[entry.name] = tuple(sorted(policy.specific.versions))
+        elif choice == "all":
+            served[entry.name] = tuple(versions) or None
+        else:
+            count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
+            served[entry.name] = tuple(versions[-count:]) or None
+    for name in baked:
+        served.setdefault(name, tuple(baked[name][-1:]) or None)  # no config entry: TF Serving's "latest"
+    return served
+
+
 # --- a server already running ------------------------------------------------------------------
 
 
 class RunningServer(SmokeTarget):
-    """A model server the caller runs, checked against a local version dir DIR/NAME/N."""
+    """A model server the caller runs, checked against local version dirs.
 
-    def __init__(self, target: str, version_dir: Path, *, rest_target: str | None = None) -> None:
+    Either one version dir DIR/NAME/N (served as version N of ``model``), or a models dir DIR
+    holding NAME/N for every model and version the server must serve (all of them are checked;
+    with ``model``, only DIR/MODEL).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model: str | None,
+        *,
+        version_dir: Path | None = None,
+        models_dir: Path | None = None,
+        rest_target: str | None = None,
+        labels: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
         """Describe the target; the arguments are checked by ``start``.
 
         Args:
             target: The server's gRPC address, HOST:PORT.
-            version_dir: The version dir the server should be serving as version N; its goldens
-                and provenance are what the server's answers are checked against.
+            model: The model name (required with ``version_dir``; with ``models_dir``, the one
+                model to check, or None for every one).
+            version_dir: The version dir the server should be serving as version N; its
+                contract, goldens and provenance are what the server's answers are checked
+                against.
+            models_dir: Instead of ``version_dir``: DIR/NAME/N for every model and version.
             rest_target: The server's REST address, HOST:PORT; the REST checks run only with it.
+            labels: Per model, version labels the server must resolve, and their versions.
         """
+        if (version_dir is None) == (models_dir is None):
+            raise ValueError("give version_dir or models_dir")
+        if version_dir is not None and model is None:
+            raise ValueError("a version dir needs the model name")
         self._target = target
         self._rest_target = rest_target
+        self._model = model
         self._version_dir = version_dir
-        self._expectation: Expectation | None = None
+        self._models_dir = models_dir
+        self._labels = {name: dict(per_model) for name, per_model in (labels or {}).items()}
+        self._expectations: dict[str, dict[int, Expectation]] = {}
 
     def start(self, progress: Progress) -> Endpoints:
+        if self._model is not None:
+            layout.check_model_name(self._model, "--model")
         _check_address(self._target, "--target")
         if self._rest_target is not None:
             _check_address(self._rest_target, "--rest-target")
-        if not layout.is_version_name(self._version_dir.name):
-            raise UsageError(
-                f"{self._version_dir} is not a version dir: its name must be the version number (DIR/NAME/N)"
-            )
+        version_dirs = self._version_dirs()
         # Read before any request, so a version dir without goldens is a usage error up front.
-        self._expectation = Expectation.from_version_dir(self._version_dir)
+        progress.step(f"reading {sum(len(v) for v in version_dirs.values())} version dirs")
+        self._expectations = {
+            model: {version: Expectation.from_version_dir(path) for version, path in versions.items()}
+            for model, versions in version_dirs.items()
+        }
         return Endpoints(grpc=self._target, rest=self._rest_target)
 
-    def pinned_version(self) -> int | None:
-        return int(self._version_dir.name)
+    def _version_dirs(self) -> dict[str, dict[int, Path]]:
+        if self._version_dir is not None:
+            assert self._model is not None  # checked in __init__
+            if not layout.is_version_name(self._version_dir.name):
+                raise UsageError(
+                    f"{self._version_dir} is not a version dir: its name must be the version number (DIR/NAME/N)"
+                )
+            return {self._model: {int(self._version_dir.name): self._version_dir}}
+        assert self._models_dir is not None  # one of the two, checked in __init__
+        if not self._models_dir.is_dir():
+            raise UsageError(f"--models-dir {self._models_dir} is not a directory (DIR/NAME/N)")
+        names = [self._model] if self._model is not None else sorted(p.name for p in self._models_dir.iterdir())
+        found: dict[str, dict[int, Path]] = {}
+        for name in names:
+            base_path = self._models_dir / name
+            if not base_path.is_dir():
+                if self._model is not None:
+                    raise UsageError(f"--models-dir {self._models_dir} has no {name}/")
+                continue
+            versions, problems = layout.find_version_dirs(base_path)
+            if problems:
+                raise UsageError(f"{base_path}: {problems[0]}")
+            if versions:
+                layout.check_model_name(name, "model dir")
+                found[name] = dict(sorted(versions.items()))
+        if not found:
+            raise UsageError(f"--models-dir {self._models_dir} holds no version dirs (DIR/NAME/N)")
+        return found
+
+    def plan(self) -> ServingPlan:
+        if not self._expectations:
+            raise RuntimeError(f"{self._target} is not started")
+        return ServingPlan(
+            {model: tuple(sorted(versions)) for model, versions in self._expectations.items()},
+            {model: self._labels.get(model, {}) for model in self._expectations},
+        )
 
     def expectation(self, model: str, version: int) -> Expectation:
-        if self._expectation is None:
-            raise RuntimeError(f"{self._target} is not started")
-        return self._expectation
+        try:
+            return self._expectations[model][version]
+        except KeyError:
+            raise RuntimeError(f"no version dir for {model} version {version} (is {self._target} started?)") from None
 
 
 def _check_address(address: str, flag: str) -> None:

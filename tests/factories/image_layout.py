@@ -7,16 +7,27 @@ import os
 import shutil
 from pathlib import Path
 
-from serving.entrypoint import BakedServing, ImageLayout, model_config_text
+from serving.entrypoint import (
+    MODEL_CONFIG_FILE,
+    SESSION_CONFIG_FILE,
+    BakedServing,
+    ImageLayout,
+    baked_etc_files,
+    model_config_text,
+)
 
 
-def baked_layout(root: Path, public_key: Path | None, model_server: str, **serving: object) -> ImageLayout:
+def baked_layout(
+    root: Path, public_key: Path | None, model_server: str, *, batching_parameters: str = "", **serving: object
+) -> ImageLayout:
     """Bake ``root/etc`` for the model dirs already under ``root/models``.
 
     Args:
         public_key: the trust baked into etc/trust (None: an unsigned image).
         model_server: the server recorded in serving.json.
-        serving: further BakedServing fields (allow_unsigned, allow_reload_config).
+        batching_parameters: batching.config's text when ``serving`` turns batching on.
+        serving: further BakedServing fields (allow_unsigned, allow_reload_config, labels,
+            monitoring, batching).
     """
     models = root / "models"
     baked = BakedServing(
@@ -28,8 +39,13 @@ def baked_layout(root: Path, public_key: Path | None, model_server: str, **servi
     (root / "etc" / "trust").mkdir(parents=True)
     if public_key is not None:
         shutil.copyfile(public_key, root / "etc" / "trust" / "public_key.pem")
-    (root / "etc" / "serving.json").write_text(baked.dumps())
-    (root / "etc" / "models.config").write_text(model_config_text(baked.served_versions, str(models)))
+    files = baked_etc_files(baked, batching_parameters=batching_parameters if baked.batching else None)
+    # The image's models.config names /models; here the models are under root/models.
+    files[MODEL_CONFIG_FILE] = model_config_text(baked, str(models))
+    # No session config: the command lines tests expect are the ones without it.
+    del files[SESSION_CONFIG_FILE]
+    for name, text in files.items():
+        (root / "etc" / name).write_text(text)
     # No mountinfo file: nothing is mounted (tests that need mounts write one).
     return ImageLayout(
         etc_dir=root / "etc", models_root=models, mountinfo=root / "mountinfo", require_root_owned=os.geteuid() == 0

@@ -3,9 +3,10 @@
 The signing key sits where a release engineer might keep it, beside the version dirs in the model
 base path and in the directory above it (one plain, one encrypted). Every layer of the saved image
 is scanned, file by file, for the key's PEM bytes, its base64 body, its DER encoding and its raw
-private scalar; the layers tfpack's build adds on top of the runtime base must hold no PEM private
-key block at all. (The base's own layers legitimately contain such header strings in library code,
-e.g. cryptography's ssh.py and libgnutls, so the header check is limited to tfpack's layers.)
+private scalar; the layers tfpack's build writes on top of its serving base (its code, /etc/tfpack,
+the models) must hold no PEM private key block at all. (The base's own layers legitimately contain
+such header strings in library code, e.g. cryptography's ssh.py and libgnutls, so the header check
+is limited to tfpack's layers.)
 """
 
 from __future__ import annotations
@@ -168,9 +169,10 @@ def test_docker_save_holds_no_private_key_material(
     tag = f"tfpack-test/secrets:{uuid.uuid4().hex[:10]}"
     try:
         result = build_image(model_dir, tag, public_key=model_dir.parent.parent / "public.pem")
-        base_layers = len(docker_client.images.get(result.base).attrs["RootFS"]["Layers"])
+        base_layers = len(docker_client.images.get(result.serving_base).attrs["RootFS"]["Layers"])
         scan = scan_saved_image(docker_client, tag, _needles(key, model_dir))
-        assert len(scan.layers) > base_layers, "the build added no layers on top of its base"
+        # tfpack's code, /etc/tfpack, then one layer per model (here one).
+        assert len(scan.layers) == base_layers + 3, "the build did not write its three layers on its base"
         assert scan.findings == []
         added = scan.layers[base_layers:]
         assert {layer: hits for layer, hits in scan.header_hits.items() if layer in added} == {}

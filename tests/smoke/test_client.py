@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from packager.smoke.client import (
+    Deadline,
     GrpcClient,
     ModelNotAvailable,
     ModelSpec,
@@ -19,7 +20,7 @@ from packager.smoke.client import (
     TensorSpec,
 )
 from serving import rest_json
-from tests.smoke.support import GOLDEN_X, MODEL, VERSION, Served, golden_y
+from tests.smoke.support import GOLDEN_X, MODEL, VERSION, Served, golden_y, silent_port
 
 
 @pytest.fixture(params=["grpc", "rest"])
@@ -83,13 +84,52 @@ def test_a_refused_predict_is_not_a_not_ready(client: ServingClient) -> None:
 
 
 def test_wait_until_available_returns_the_highest_version(client: ServingClient) -> None:
-    availability = client.wait_until_available(MODEL, None, deadline=time.monotonic() + 10, exited=lambda: None)
-    assert availability.version == VERSION
+    availability = client.wait_until_available(MODEL, None, deadline=Deadline.after(10), exited=lambda: None)
+    assert availability.versions == [VERSION]
+    assert availability.attempts == 1
+
+
+def test_wait_for_versions_names_the_deadline_and_the_last_answer(client: ServingClient) -> None:
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailable) as excinfo:
+        client.wait_until_available(MODEL, [VERSION, VERSION + 1], deadline=Deadline.after(1.0), exited=lambda: None)
+    assert time.monotonic() - started < 5
+    message = str(excinfo.value)
+    assert message.startswith(
+        f"versions {VERSION}, {VERSION + 1} of {MODEL} did not become AVAILABLE before the 1s deadline"
+    )
+    assert f"last answer: {client.model_status(MODEL).call}: version {VERSION} AVAILABLE" in message
 
 
 def test_wait_ends_when_the_server_exits(client: ServingClient) -> None:
     with pytest.raises(ModelNotAvailable, match=r"^it crashed before half_plus_two became AVAILABLE$"):
-        client.wait_until_available(MODEL, VERSION, deadline=time.monotonic() + 10, exited=lambda: "it crashed")
+        client.wait_until_available(MODEL, [VERSION], deadline=Deadline.after(10), exited=lambda: "it crashed")
+
+
+def test_rest_row_form_answers_the_goldens(served: Served) -> None:
+    with RestClient(served.rest_target) as rest:
+        prediction = rest.predict_rows(ModelSpec(MODEL, VERSION), {"x": GOLDEN_X}, {"y": np.dtype(np.float32)})
+    np.testing.assert_array_equal(prediction.outputs["y"], golden_y())
+
+
+def test_rest_row_form_needs_a_common_batch_dimension(served: Served) -> None:
+    with RestClient(served.rest_target) as rest, pytest.raises(ServingRequestError, match="batched alike"):
+        rest.predict_rows(ModelSpec(MODEL, VERSION), {"x": np.float32(1.0)}, {"y": np.dtype(np.float32)})
+
+
+@pytest.mark.parametrize("client_type", [GrpcClient, RestClient])
+def test_a_server_that_never_answers_is_not_ready(client_type: type[ServingClient]) -> None:
+    """Connections accepted, nothing answered: the request ends at its timeout, worth retrying."""
+    with silent_port() as target, client_type(target) as client:
+        started = time.monotonic()
+        with pytest.raises(ServingRequestError) as excinfo:
+            client.model_status(MODEL, timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert excinfo.value.not_ready
+    if client_type is GrpcClient:
+        assert excinfo.value.grpc_code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    else:
+        assert excinfo.value.unreachable and excinfo.value.answered_code == "no answer"
 
 
 def test_nothing_listening_is_not_ready_over_rest() -> None:
