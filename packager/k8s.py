@@ -144,7 +144,6 @@ def render_manifests(
         "name": json.dumps(name),
         "image": json.dumps(image),
         "model": json.dumps(model),
-        "readiness_path": json.dumps(f"/v1/models/{model}"),
         "min_replicas": str(replicas),
         "max_replicas": str(replicas * MAX_REPLICAS_FACTOR),
         "gpus": str(max(gpus, 1)),

@@ -1,7 +1,8 @@
 """The image's health check: ready only when every baked version of every model is AVAILABLE.
 
-Run as ``python -I -m serving.healthcheck [--serving-config PATH] [--rest-port N] [--timeout S]``
-(the image's HEALTHCHECK, every 10 s on both bases; also usable as a Kubernetes exec probe). It
+Run as ``python -I -m serving.healthcheck [--serving-config PATH] [--rest-port N] [--timeout S]
+[--live]`` (the image's HEALTHCHECK, every 10 s on both bases, and the Kubernetes startup and
+readiness exec probes; with ``--live`` the liveness probe: the server answers at all). It
 asks the model server in the same container, over REST on 127.0.0.1,
 ``GET /v1/models/NAME`` for each model /etc/tfpack/serving.json lists, and reads TF Serving's
 answer (``model_version_status[].state``, and ``status.error_message`` when a load failed).
@@ -127,6 +128,21 @@ def check(baked: BakedServing, rest_port: int = REST_PORT, timeout: float = DEFA
     return Verdict(True, f"ready: {served} AVAILABLE")
 
 
+def check_alive(baked: BakedServing, rest_port: int = REST_PORT, timeout: float = DEFAULT_TIMEOUT_S) -> Verdict:
+    """Whether the server answers at all (``--live``): any HTTP answer about a baked model.
+
+    A Kubernetes liveness probe restarts the container when it fails, so it must not depend on
+    what a restart cannot fix or what is still in progress: a version LOADING or failed is for
+    readiness to report; a server that no longer answers HTTP is what a restart is for.
+    """
+    name = next(iter(baked.models))
+    try:
+        status, _ = _get(f"http://{HOST}:{rest_port}/v1/models/{name}", timeout)
+    except _NoAnswer as error:
+        return Verdict(False, f"not alive: no answer from the model server at {HOST}:{rest_port} ({error})")
+    return Verdict(True, f"alive: the model server answers (HTTP {status} for {name})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the verdict in one line; 0 when ready, 1 when not (2 for a bad command line)."""
     parser = argparse.ArgumentParser(
@@ -148,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds for all requests together (default {DEFAULT_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="only check that the server answers (a liveness probe), not that every version is AVAILABLE",
+    )
     options = parser.parse_args(argv)
     try:
         baked = BakedServing.loads(options.serving_config.read_text(), str(options.serving_config))
@@ -157,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"not ready: {error}", flush=True)
         return EXIT_NOT_READY
-    verdict = check(baked, options.rest_port, options.timeout)
+    verdict = (check_alive if options.live else check)(baked, options.rest_port, options.timeout)
     print(verdict.line, flush=True)
     return EXIT_READY if verdict.ready else EXIT_NOT_READY
 

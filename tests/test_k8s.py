@@ -143,12 +143,17 @@ def test_container_serves_the_model_from_the_pinned_image(cpu_tree: Path) -> Non
         {"name": "grpc", "containerPort": 8500, "protocol": "TCP"},
         {"name": "http", "containerPort": 8501, "protocol": "TCP"},
     ]
-    assert container["readinessProbe"]["httpGet"] == {
-        "path": "/v1/models/half_plus_two",
-        "port": "http",
-    }
-    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
-    assert container["startupProbe"]["tcpSocket"] == {"port": "grpc"}
+    # Ready and started only when every baked version is AVAILABLE (the image's own health
+    # check), alive when the server answers; never a bare port or TF Serving's status URL.
+    check = ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.healthcheck"]
+    assert container["startupProbe"]["exec"]["command"] == check
+    assert container["readinessProbe"]["exec"]["command"] == check
+    assert container["livenessProbe"]["exec"]["command"] == [*check, "--live"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(container[probe]) & {"httpGet", "tcpSocket", "grpc"} == set()
+    startup = container["startupProbe"]
+    # A slow first load never gets the pod killed: liveness only starts once startup passed.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     service = by_kind(objects)["Service"]
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("grpc", 8500, "grpc"),

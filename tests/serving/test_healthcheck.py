@@ -21,7 +21,7 @@ import pytest
 from factories.image_layout import baked_layout
 
 from serving.entrypoint import EMBEDDED_SERVER, BakedServing, ImageLayout, load_baked, server_command
-from serving.healthcheck import check, main
+from serving.healthcheck import check, check_alive, main
 from tests.factories.half_plus_two import write_half_plus_two_tf1
 from tests.servers import REPO, ServerHandle, free_port, running_model_server
 
@@ -97,6 +97,21 @@ def test_ready_only_when_every_baked_version_is_available(answers) -> None:
         "not ready: half: version 1 not loaded; twin: the server does not serve it "
         "(HTTP 404: Could not find any versions of model /v1/models/twin)"
     )
+
+
+@pytest.mark.fast
+def test_live_while_a_version_is_loading_or_failed_and_not_live_when_nothing_answers(answers) -> None:
+    """The liveness probe restarts the pod when it fails: a slow or failed load is readiness's
+    to report (a restart would not fix it), a server that answers nothing is liveness's."""
+    port, table = answers
+    error = "Failed to load: Could not find SavedModel .pb or .pbtxt at supplied export directory path"
+    table["/v1/models/half"] = (200, _status((2, "LOADING", ""), (1, "END", error)))
+    assert not check(BAKED, port).ready
+    assert check_alive(BAKED, port) == (True, "alive: the model server answers (HTTP 200 for half)")
+    del table["/v1/models/half"]
+    assert check_alive(BAKED, port).ready  # a 404 is still an answer
+    alive, line = check_alive(BAKED, free_port(), timeout=1)
+    assert not alive and line.startswith("not alive: no answer from the model server at 127.0.0.1:")
 
 
 @pytest.mark.fast
