@@ -290,12 +290,13 @@ def test_baked_files_are_checked_before_anything_is_trusted(
 ) -> None:
     layout = _layout(tmp_path, signed_model, keys["public"])
     good_config = layout.model_config.read_text()
-    assert prepare([], {"MODEL_NAME": MODEL, "MODEL_BASE_PATH": "/models"}, layout)[:6] == [
+    assert prepare([], {"MODEL_NAME": MODEL, "MODEL_BASE_PATH": "/models"}, layout)[:7] == [
         "/opt/tfpack/venv/bin/tfpack-model-server",
         "--port=8500",
         "--rest_api_port=8501",
         f"--model_config_file={layout.model_config}",
         "--file_system_poll_wait_seconds=0",
+        "--max_num_load_retries=0",
         "--tfpack_allow_reload_config=false",
     ]
 
@@ -657,7 +658,7 @@ def test_tuning_flags_pass_and_the_entrypoint_builds_the_rest_of_the_command_lin
     assert (
         "tfpack-entrypoint: exec /opt/tfpack/venv/bin/tfpack-model-server --port=8500 --rest_api_port=8501 "
         "--model_config_file=/etc/tfpack/models.config --file_system_poll_wait_seconds=0 "
-        "--tensorflow_session_config_file=/etc/tfpack/session_config.pbtxt "
+        "--max_num_load_retries=0 --tensorflow_session_config_file=/etc/tfpack/session_config.pbtxt "
         "--tfpack_allow_reload_config=false " + " ".join(TUNING)
     ) in logs, logs
     assert "signatures verified: /models/half/1, /models/half/2" in logs
