@@ -749,14 +749,19 @@ def smoke(
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path), help="Writes a kustomize tree here.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True, help="GPUs per replica.")
 @click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="Replicas.")
+@click.option("--namespace", default=None, help="Namespace for every object (default: kubectl's context).")
 @json_option
-def k8s(image: str, model: str, output_dir: Path, gpus: int, replicas: int, as_json: bool) -> None:
+def k8s(
+    image: str, model: str, output_dir: Path, gpus: int, replicas: int, namespace: str | None, as_json: bool
+) -> None:
     """Render Kubernetes manifests (kustomize base + cpu/gpu overlays) for IMAGE."""
     from packager.k8s import render_manifests
 
     with _progress(as_json) as progress:
         result = _run(
-            lambda: render_manifests(image, model, output_dir, gpus=gpus, replicas=replicas, progress=progress)
+            lambda: render_manifests(
+                image, model, output_dir, gpus=gpus, replicas=replicas, namespace=namespace, progress=progress
+            )
         )
     _emit(result, as_json, lambda r: _stdout.print(f"wrote {len(r.files)} files under {r.output_dir}", markup=False))
 

@@ -42,6 +42,7 @@ MARKER_FILE = ".tfpack-k8s.json"
 MAX_REPLICAS_FACTOR = 3
 
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_1123_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class K8sResult:
     model: str
     gpus: int
     replicas: int
+    namespace: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class K8sResult:
             "model": self.model,
             "gpus": self.gpus,
             "replicas": self.replicas,
+            "namespace": self.namespace,
         }
 
 
@@ -107,6 +110,7 @@ def render_manifests(
     *,
     gpus: int = 0,
     replicas: int = 2,
+    namespace: str | None = None,
     progress: Progress = SILENT,
 ) -> K8sResult:
     """Render the kustomize tree for serving MODEL from IMAGE into OUTPUT_DIR.
@@ -122,6 +126,7 @@ def render_manifests(
         gpus: GPUs per replica. With 0 the root kustomization deploys overlays/cpu and
             overlays/gpu asks for one GPU; otherwise it deploys overlays/gpu with this many.
         replicas: The minimum replica count (the autoscaler may add more).
+        namespace: The namespace every object goes to; None leaves it to kubectl's context.
         progress: Receives a line per step.
 
     Returns:
@@ -137,6 +142,11 @@ def render_manifests(
         raise UsageError(f"--gpus {gpus} is negative: give 0 for CPU serving or the GPUs per replica")
     if replicas < 1:
         raise UsageError(f"--replicas {replicas} must be at least 1")
+    if namespace is not None and not _DNS_1123_LABEL.fullmatch(namespace):
+        raise UsageError(
+            f"--namespace {namespace!r} is not a Kubernetes namespace name: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
     _check_replaceable(output_dir)
 
     variant = "gpu" if gpus > 0 else "cpu"
@@ -148,6 +158,8 @@ def render_manifests(
         "max_replicas": str(replicas * MAX_REPLICAS_FACTOR),
         "gpus": str(max(gpus, 1)),
         "variant": variant,
+        # kustomize's namespace transformer sets it on every object of the base, overlays included.
+        "namespace_field": f"namespace: {json.dumps(namespace)}" if namespace else "",
     }
     progress.step(f"rendering the {variant} kustomize tree for {model}")
     rendered = _render_templates(values)
@@ -159,6 +171,7 @@ def render_manifests(
                 "model": model,
                 "gpus": gpus,
                 "replicas": replicas,
+                "namespace": namespace,
             },
             indent=2,
         )
@@ -178,6 +191,7 @@ def render_manifests(
         model=model,
         gpus=gpus,
         replicas=replicas,
+        namespace=namespace,
     )
 
 

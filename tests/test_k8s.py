@@ -256,3 +256,33 @@ def test_bad_arguments_are_usage_errors_and_write_nothing(tmp_path: Path, kwargs
     with pytest.raises(UsageError, match=message):
         render_manifests(output_dir=tmp_path / "out", **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_namespace_goes_to_every_object_of_every_variant(tmp_path: Path) -> None:
+    tree = render_manifests(IMAGE, "half_plus_two", tmp_path / "k8s", namespace="ml-serving").output_dir
+    for overlay in ("", "overlays/cpu", "overlays/gpu"):
+        objects = kustomize(tree / overlay)
+        assert objects and {o["metadata"].get("namespace") for o in objects} == {"ml-serving"}, overlay
+        for document in objects:
+            kubernetes_validate.validate(document, "1.30", strict=True)
+    assert json.loads((tree / MARKER_FILE).read_text())["namespace"] == "ml-serving"
+    # Without --namespace no object names one: kubectl's context decides.
+    assert all(
+        "namespace" not in o["metadata"] for o in kustomize(render_manifests(IMAGE, "m", tmp_path / "plain").output_dir)
+    )
+
+
+@pytest.mark.parametrize("namespace", ["ML", "-ml", "ml_serving", "a" * 64, ""])
+def test_a_namespace_kubernetes_would_refuse_is_a_usage_error(tmp_path: Path, namespace: str) -> None:
+    with pytest.raises(UsageError, match="is not a Kubernetes namespace name"):
+        render_manifests(IMAGE, "half_plus_two", tmp_path / "k8s", namespace=namespace)
+    assert not (tmp_path / "k8s").exists()
+
+
+def test_a_terminating_pod_keeps_answering_then_drains(cpu_tree: Path) -> None:
+    objects = kustomize(cpu_tree)
+    pod = by_kind(objects)["Deployment"]["spec"]["template"]["spec"]
+    container = model_server_container(objects)
+    pause = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "/bin/sleep" and int(pause[1]) >= 5
+    assert pod["terminationGracePeriodSeconds"] > int(pause[1]) + 15
