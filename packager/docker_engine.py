@@ -439,3 +439,20 @@ def remove_container(container: Container) -> None:
         pass
     except _ENGINE_ERRORS as exc:
         raise DockerEngineError(first_line(exc)) from None
+
+
+def remove_labelled_containers(client: docker.DockerClient, label: str, value: str) -> None:
+    """Remove every container labelled ``label=value``, running or not.
+
+    For a create that was interrupted (Ctrl-C, SIGTERM) after the engine made the container but
+    before its id reached the caller: the label is the only handle left.
+
+    Raises:
+        DockerEngineError: The engine refused.
+    """
+    try:
+        found = client.containers.list(all=True, filters={"label": f"{label}={value}"})
+    except _ENGINE_ERRORS as exc:
+        raise DockerEngineError(first_line(exc)) from None
+    for container in found:
+        remove_container(container)

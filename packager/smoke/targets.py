@@ -17,11 +17,13 @@ Every target has the same lifecycle, which run_smoke drives through ``running()`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import tarfile
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +46,8 @@ from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 LOG_TAIL_LINES = 40
 # Lets a test (or an operator) find every container a smoke test started.
 CONTAINER_LABEL = "org.tfpack.smoke"
+# One smoke run's containers: the handle on a container whose create was interrupted.
+RUN_LABEL = "org.tfpack.smoke.run"
 # What tfpack build bakes into an image (serving.entrypoint reads the same files).
 SERVING_FILE = f"{layout.IMAGE_ETC_DIR}/serving.json"
 MODEL_CONFIG_FILE = f"{layout.IMAGE_ETC_DIR}/models.config"
@@ -168,19 +172,26 @@ class StartedImage(SmokeTarget):
             layout.check_model_name(self._model, "--model")
         client = docker_engine.docker_client()
         progress.step(f"creating a container from {self._image}")
+        run = uuid.uuid4().hex
         try:
             self._container = docker_engine.create_container(
                 client,
                 self._image,
                 loopback_ports=(layout.GRPC_PORT, layout.REST_PORT),
-                labels={CONTAINER_LABEL: self._model or "*"},
+                labels={CONTAINER_LABEL: self._model or "*", RUN_LABEL: run},
             )
-        except ImageNotFound:
-            raise UsageError(
-                f"image {self._image} is not in the local Docker engine: build it with 'tfpack build' or pull it first"
-            ) from None
-        except DockerEngineError as exc:
-            raise UsageError(f"cannot create a container from {self._image}: {exc}") from None
+        except BaseException as interrupted:
+            # Interrupted after the engine made the container but before its id came back: it
+            # is found by this run's label and removed, Ctrl-C and SIGTERM included.
+            with contextlib.suppress(DockerEngineError):
+                docker_engine.remove_labelled_containers(client, RUN_LABEL, run)
+            if isinstance(interrupted, ImageNotFound):
+                raise UsageError(
+                    f"image {self._image} is not in the local Docker engine: build it with 'tfpack build' or pull it first"
+                ) from None
+            if isinstance(interrupted, DockerEngineError):
+                raise UsageError(f"cannot create a container from {self._image}: {interrupted}") from None
+            raise
         try:
             return self._start(self._container, progress)
         except BaseException:  # Ctrl-C included: the container must not outlive the run
