@@ -30,7 +30,7 @@ import docker.utils
 import requests
 from docker.models.containers import Container
 
-from packager.errors import ToolError, UsageError, first_line
+from packager.errors import ToolError, UsageError, first_line, shorten
 from packager.progress import Progress
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -69,10 +69,6 @@ def docker_reason(exc: docker.errors.APIError) -> str:
 
 
 # --- images: build and push streams -----------------------------------------------------------
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # What an engine request (build, push, containers) can raise besides the SDK's own errors: the engine's HTTP connection
@@ -133,8 +129,8 @@ def build_from_context(
                 notes = [f"exit code {exit_status.group(1)}"] if exit_status else []
                 notes += building
                 raise ToolError(
-                    f"docker build of {subject} failed at {_shorten(step)}: "
-                    + _shorten(last_output or first_line(Exception(detail)), 300)
+                    f"docker build of {subject} failed at {shorten(step, 80)}: "
+                    + shorten(last_output or first_line(Exception(detail)), 300)
                     + (f" ({'; '.join(notes)})" if notes else "")
                 )
             for line in _ANSI_ESCAPE.sub("", chunk.get("stream", "")).splitlines():

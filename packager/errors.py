@@ -80,3 +80,8 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     ]
     chosen = (informative or [line.strip() for line in lines] or [type(exc).__name__])[0]
     return chosen[:limit]
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to at most ``limit`` characters, "..." marking a cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from packager import layout
+from packager.errors import shorten
 from packager.tf_runtime import tensorflow
 
 tf = tensorflow()  # imported quietly, before tensorflow_serving and serving/ import it noisily
@@ -641,9 +642,9 @@ class GrpcClient(ServingClient):
 # --- REST -------------------------------------------------------------------------------------
 
 
-def _shorten(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shorten(text: str) -> str:
+    """A server's answer on one short line: whitespace runs squeezed, then cut."""
+    return shorten(" ".join(text.split()))
 
 
 def _json_feature(values: np.ndarray) -> list[Any]:
