@@ -11,7 +11,9 @@
 #   /etc/tfpack/                      what is served and trusted: serving.json, models.config,
 #                                     trust/ (the public key or certificate chain, never a
 #                                     private key), the session config, monitoring and batching
-#   /models/NAME/                     one layer per model, its signed version dirs N/
+#   /models/NAME/                     one layer per model, its signed version dirs N/ (with
+#                                     --models-from-volume: an empty /models instead, where one
+#                                     read-only volume of models is mounted and verified at start)
 # and the image config: the entrypoint `python -I -m serving.entrypoint` (it verifies every
 # signature before it execs the server, and refuses run-time arguments, TFPACK_* variables or
 # mounts that would change what is served or trusted), user 10001:10001, ports 8500 and 8501,

@@ -593,6 +593,12 @@ def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, .
     metavar="FILE",
     help="A text-format BatchingParameters file: baked into the image, server-side batching on.",
 )
+@click.option(
+    "--models-from-volume",
+    is_flag=True,
+    help="Bake no model: the image serves the verified versions from one read-only volume mounted at "
+    "/models, which it verifies at every start (tfpack k8s --models-from-volume PVC).",
+)
 @click.option("--push", is_flag=True, help="Push the tag after building and print its digest.")
 @json_option
 def build(
@@ -606,6 +612,7 @@ def build(
     version_labels: tuple[str, ...],
     monitoring: bool,
     batching: Path | None,
+    models_from_volume: bool,
     push: bool,
     as_json: bool,
 ) -> None:
@@ -631,6 +638,7 @@ def build(
                 version_labels=parse_version_labels(version_labels),
                 monitoring=monitoring,
                 batching=batching,
+                models_from_volume=models_from_volume,
                 push=push,
                 progress=progress,
             )
@@ -701,8 +709,8 @@ def smoke(
         raise click.UsageError("give either IMAGE or --target HOST:PORT")
     if target is not None and (version_dir is None) == (models_dir is None):
         raise click.UsageError("--target needs --version-dir or --models-dir (where the goldens are), not both")
-    if image is not None and (version_dir is not None or models_dir is not None):
-        raise click.UsageError("--version-dir and --models-dir go with --target: an image holds its own goldens")
+    if image is not None and version_dir is not None:
+        raise click.UsageError("--version-dir goes with --target: an image holds its own goldens")
     if version_dir is not None and model is None:
         raise click.UsageError("--version-dir needs --model NAME")
     load = _run(lambda: smoke_tests.parse_load(load_text)) if load_text is not None else None
@@ -717,6 +725,7 @@ def smoke(
                     timeout=timeout,
                     requests=requests,
                     load=load,
+                    models_dir=models_dir,
                     progress=progress,
                 ),
                 as_json,
@@ -744,26 +753,66 @@ def smoke(
 
 
 @cli.command()
-@click.option("--image", required=True, help="The image to deploy (pin it by digest in production).")
+@click.option("--image", required=True, help="The image to deploy (a tag is pinned to its digest).")
 @click.option("--model", required=True, help="Model name.")
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path), help="Writes a kustomize tree here.")
-@click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True, help="GPUs per replica.")
-@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="Replicas.")
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=0),
+    default=None,
+    help="GPUs per replica [default: the tower count of a merged tower model, else 0].",
+)
+@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True, help="Minimum replicas.")
 @click.option("--namespace", default=None, help="Namespace for every object (default: kubectl's context).")
+@click.option("--canary", "canary", default=None, metavar="IMAGE", help="A canary Deployment of this image.")
+@click.option(
+    "--canary-weight",
+    type=click.IntRange(min=1, max=99),
+    default=None,
+    metavar="P",
+    help="The canary's share of the pods, in percent.",
+)
+@click.option(
+    "--models-from-volume",
+    default=None,
+    metavar="PVC",
+    help="Serve the version dirs on this PersistentVolumeClaim (an image built with --models-from-volume).",
+)
+@click.option("--allow-tag", is_flag=True, help="Deploy the image tag as given instead of pinning its digest.")
 @json_option
 def k8s(
-    image: str, model: str, output_dir: Path, gpus: int, replicas: int, namespace: str | None, as_json: bool
+    image: str,
+    model: str,
+    output_dir: Path,
+    gpus: int | None,
+    replicas: int,
+    namespace: str | None,
+    canary: str | None,
+    canary_weight: int | None,
+    models_from_volume: str | None,
+    allow_tag: bool,
+    as_json: bool,
 ) -> None:
-    """Render Kubernetes manifests (kustomize base + cpu/gpu overlays) for IMAGE."""
+    """Render Kubernetes manifests (kustomize base, components and cpu/gpu/canary overlays) for IMAGE."""
     from packager.k8s import render_manifests
 
     with _progress(as_json) as progress:
         result = _run(
             lambda: render_manifests(
-                image, model, output_dir, gpus=gpus, replicas=replicas, namespace=namespace, progress=progress
+                image,
+                model,
+                output_dir,
+                gpus=gpus,
+                replicas=replicas,
+                namespace=namespace,
+                canary=canary,
+                canary_weight=canary_weight,
+                models_from_volume=models_from_volume,
+                allow_tag=allow_tag,
+                progress=progress,
             )
         )
-    _emit(result, as_json, lambda r: _stdout.print(f"wrote {len(r.files)} files under {r.output_dir}", markup=False))
+    _emit(result, as_json, lambda r: _stdout.print(r.summary(), markup=False))
 
 
 class Terminated(KeyboardInterrupt):

@@ -301,6 +301,7 @@ def create_container(
     *,
     loopback_ports: Sequence[int],
     labels: Mapping[str, str],
+    read_only_binds: Mapping[Path, str] | None = None,
 ) -> Container:
     """Create (not start) a container of ``image``.
 
@@ -310,6 +311,7 @@ def create_container(
         loopback_ports: Container TCP ports to publish, each to a free port on 127.0.0.1 (see
             published_port once started).
         labels: Labels that find the container again (cleanup, tests).
+        read_only_binds: Host directories to mount read-only, by the container path they appear at.
 
     Returns:
         The created container.
@@ -324,6 +326,7 @@ def create_container(
             detach=True,
             ports={f"{port}/tcp": ("127.0.0.1", None) for port in loopback_ports},
             labels=dict(labels),
+            volumes={str(host): {"bind": path, "mode": "ro"} for host, path in (read_only_binds or {}).items()},
         )
     except docker.errors.ImageNotFound as exc:
         raise ImageNotFound(first_line(exc)) from None

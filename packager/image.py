@@ -7,7 +7,9 @@ writes itself with :mod:`packager.image_assembly`, loaded into the engine with `
 1. tfpack's code: the running tfpack's files (:func:`packager._runtime_wheel.runtime_files`)
    under /opt/tfpack/lib, and on the embedded base the tfpack-model-server script;
 2. /etc/tfpack: what is served and whom to trust (below);
-3. one layer per model: /models/NAME with its version dirs.
+3. one layer per model: /models/NAME with its version dirs; or, for an image built with
+   ``models_from_volume``, only an empty /models: the mount point of a read-only volume holding
+   the models, which the entrypoint verifies at every start as it would baked ones.
 
 ``docker build`` cannot make these reproducible (it stamps every step with the time it ran), so
 the same models gave a new image ID every time. Here every layer is a sorted tar of root-owned,
@@ -81,9 +83,11 @@ from packager.layout import (
     GRPC_PORT,
     IMAGE_ETC_DIR,
     MODELS_ROOT,
+    PROVENANCE_FILE,
     PUBLIC_KEY_FILE,
     REST_PORT,
     TRUST_DIR,
+    Provenance,
     Trust,
     check_image_reference,
     check_model_name,
@@ -157,6 +161,7 @@ class BuildResult:
     created: str = ""  # the image's fixed time (RFC 3339)
     layers: tuple[str, ...] = ()  # the diff_ids of the layers tfpack wrote, bottom first
     loaded_layers: int = 0  # how many of them the engine did not hold yet
+    models_from_volume: bool = False  # the image holds no model: a read-only volume at /models does
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +177,7 @@ class BuildResult:
             "loaded_layers": self.loaded_layers,
             "pushed": self.repo_digest is not None,
             "repo_digest": self.repo_digest,
+            "models_from_volume": self.models_from_volume,
         }
 
 
@@ -361,6 +367,7 @@ def build_image(
     version_labels: dict[str, dict[str, int]] | None = None,
     monitoring: bool = False,
     batching: Path | None = None,
+    models_from_volume: bool = False,
     push: bool = False,
     progress: Progress = SILENT,
 ) -> BuildResult:
@@ -383,6 +390,11 @@ def build_image(
             into models.config; each version must be one baked for the model.
         monitoring: bake a Prometheus monitoring config (metrics at PROMETHEUS_PATH on the REST port).
         batching: a text-format BatchingParameters file; baked, and batching turned on.
+        models_from_volume: bake no model: the image serves the versions verified here from
+            exactly one read-only volume mounted at /models, which its entrypoint (and
+            ``serving.verify``, a Kubernetes initContainer) verifies at every start; /models is
+            an empty root-owned dir. Recorded in serving.json and the label
+            ``dev.tfpack.models-from-volume``.
         push: push ``tag`` after loading it.
         progress: receives every long step.
 
@@ -424,6 +436,7 @@ def build_image(
         labels=version_labels,
         monitoring=monitoring,
         batching=batching_parameters is not None,
+        models_from_volume=models_from_volume,
     )
     layers = image_layers(
         models,
@@ -434,8 +447,13 @@ def build_image(
         epoch=epoch,
     )
     # The image's time: SOURCE_DATE_EPOCH, else its newest model file (the newest model layer's
-    # time; image_layers gives the code, /etc/tfpack, then the models).
-    created = epoch if epoch is not None else max(layer.mtime for layer in layers[2:])
+    # time; image_layers gives the code, /etc/tfpack, then the models), baked or not.
+    if epoch is not None:
+        created = epoch
+    elif models_from_volume:
+        created = max(_newest_file_time(dirs) or CODE_EPOCH for dirs in models.values())
+    else:
+        created = max(layer.mtime for layer in layers[2:])
 
     client = docker_client()
     base_image = ensure_embedded_base(progress) if embedded else _require_base(client, base, progress)
@@ -491,6 +509,7 @@ def build_image(
         created=rfc3339(created),
         layers=tuple(digest.diff_id for _, digest in measured),
         loaded_layers=loaded,
+        models_from_volume=models_from_volume,
     )
 
 
@@ -532,7 +551,9 @@ def image_layers(
     epoch: int | None = None,
 ) -> list[Layer]:
     """The layers tfpack writes over the serving base, bottom first: tfpack's code, /etc/tfpack,
-    then one per model (in ``models``' order), so that a model's change rewrites its layer only.
+    then one per model (in ``models``' order), so that a model's change rewrites its layer only;
+    or, when ``serving.models_from_volume``, an empty /models instead of the model layers (the
+    version dirs are still checked as a model layer would: real files only).
 
     Args:
         models: ``{name: version dirs}`` (see :func:`find_models`).
@@ -548,6 +569,12 @@ def image_layers(
         ToolError: tfpack's own files cannot be read.
     """
     fixed = CODE_EPOCH if epoch is None else epoch
+    if serving.models_from_volume:
+        for dirs in models.values():
+            _check_servable(dirs)
+        model_layers = [models_mount_point_layer(mtime=fixed)]
+    else:
+        model_layers = [model_layer(name, dirs, epoch=epoch) for name, dirs in models.items()]
     return [
         code_layer(serving.model_server, mtime=fixed),
         etc_layer(
@@ -557,7 +584,7 @@ def image_layers(
             batching_parameters=batching_parameters,
             mtime=fixed,
         ),
-        *(model_layer(name, dirs, epoch=epoch) for name, dirs in models.items()),
+        *model_layers,
     ]
 
 
@@ -636,6 +663,73 @@ def model_layer(name: str, dirs: Sequence[Path], *, epoch: int | None = None) ->
         mtime=epoch if epoch is not None else newest or CODE_EPOCH,
         directories=tuple(directories),
     )
+
+
+def models_mount_point_layer(*, mtime: int) -> Layer:
+    """/models as an empty root-owned 0755 dir: where an image built with --models-from-volume
+    takes its read-only volume of models (a base such as tensorflow/serving may have none)."""
+    return Layer(
+        description=f"{MODELS_ROOT}: the mount point of the read-only models volume",
+        files=(),
+        mtime=mtime,
+        directories=(MODELS_ROOT.lstrip("/"),),
+    )
+
+
+def _check_servable(dirs: Sequence[Path]) -> None:
+    """Refuse what :func:`model_layer` would refuse in ``dirs``, without reading any file.
+
+    Raises:
+        UsageError: as :func:`_refuse_unservable_entry`.
+    """
+    for version_dir in dirs:
+        for directory, subdirs, names in os.walk(version_dir):
+            subdirs.sort()
+            for entry in sorted([*subdirs, *names]):
+                _refuse_unservable_entry(Path(directory) / entry)
+
+
+def _newest_file_time(dirs: Sequence[Path]) -> int:
+    """The newest modification time (whole seconds) of the regular files in ``dirs``, 0 for none."""
+    return max(
+        (int(path.stat().st_mtime) for version_dir in dirs for path in version_dir.rglob("*") if path.is_file()),
+        default=0,
+    )
+
+
+def version_dir_bytes(version_dir: Path) -> int:
+    """The size of the regular files of ``version_dir`` (model.sig included): what a pod holds of it.
+
+    Raises:
+        UsageError: a file cannot be read.
+    """
+    total = 0
+    for directory, _, names in os.walk(version_dir):
+        for name in names:
+            path = Path(directory) / name
+            try:
+                info = path.lstat()
+            except OSError as exc:  # a file gone meanwhile
+                raise UsageError(f"{path}: cannot read it for the image ({exc.strerror or exc})") from None
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
+def merged_towers(version_dir: Path) -> int | None:
+    """The tower count ``tfpack convert`` recorded for a merged-towers version dir (2 or more), else None.
+
+    Read from its provenance record (``"towers": {"mode": "merge", "count": N}``); a dir without
+    one, or with one that cannot be read, has none: it only sizes GPUs, never decides trust.
+    """
+    try:
+        towers = Provenance.load(version_dir / PROVENANCE_FILE).extra.get("towers")
+    except UsageError:
+        return None
+    if not isinstance(towers, dict) or towers.get("mode") != "merge":
+        return None
+    count = towers.get("count")
+    return count if type(count) is int and count >= 2 else None
 
 
 def _refuse_unservable_entry(path: Path) -> None:
@@ -748,6 +842,12 @@ def image_labels(
 ) -> dict[str, str]:
     """OCI annotations plus dev.tfpack.* labels naming every model, version, label and signed digest.
 
+    What Kubernetes sizes pods and picks GPUs from is here too: each version dir's bytes
+    (``dev.tfpack.model.NAME.N.bytes``), the tower count of a merged-towers version
+    (``dev.tfpack.model.NAME.N.towers``, from its provenance record) and
+    ``dev.tfpack.models-from-volume`` for an image that holds no model. The same dirs and options
+    give the same labels (so the same image ID).
+
     Args:
         created: the image's fixed time (RFC 3339) for org.opencontainers.image.created.
         base_digest: the base's digest for org.opencontainers.image.base.digest.
@@ -775,6 +875,10 @@ def image_labels(
             if version_dir in digests:
                 key = f"{LABEL_PREFIX}.model.{name}.{version_dir.name}.digest"
                 labels[key] = digests[version_dir]
+            labels[f"{LABEL_PREFIX}.model.{name}.{version_dir.name}.bytes"] = str(version_dir_bytes(version_dir))
+            towers = merged_towers(version_dir)
+            if towers is not None:
+                labels[f"{LABEL_PREFIX}.model.{name}.{version_dir.name}.towers"] = str(towers)
     if public_key_pem is not None:
         labels[f"{LABEL_PREFIX}.public-key.sha256"] = hashlib.sha256(public_key_pem).hexdigest()
     if chain_pems:
@@ -789,6 +893,8 @@ def image_labels(
             labels[f"{LABEL_PREFIX}.monitoring"] = PROMETHEUS_PATH
         if serving.batching:
             labels[f"{LABEL_PREFIX}.batching"] = "true"
+        if serving.models_from_volume:
+            labels[f"{LABEL_PREFIX}.models-from-volume"] = "true"
         labels[f"{LABEL_PREFIX}.serving.sha256"] = hashlib.sha256(serving.dumps().encode()).hexdigest()
         labels[f"{LABEL_PREFIX}.reload-config"] = (
             "verified"

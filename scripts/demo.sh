@@ -29,8 +29,10 @@ $tfpack build "$out/models/fraud-scorer" --tag "$image" --base embedded --public
 step "tfpack smoke $image -> $out/smoke.json, $out/smoke.xml"
 $tfpack smoke "$image" --model fraud-scorer --report "$out/smoke.json" --junit "$out/smoke.xml"
 
+# The demo image was built here and never pushed, so it has no registry digest to pin: --allow-tag
+# deploys the tag (a release pushes with 'tfpack build --push' and lets tfpack k8s pin the digest).
 step "tfpack k8s -> $out/k8s"
-$tfpack k8s --image "$image" --model fraud-scorer --output-dir "$out/k8s"
+$tfpack k8s --image "$image" --model fraud-scorer --output-dir "$out/k8s" --allow-tag
 if command -v kubectl >/dev/null; then
   kubectl kustomize "$out/k8s/overlays/cpu" > "$out/k8s/rendered-cpu.yaml"
   echo "kubectl kustomize $out/k8s/overlays/cpu -> $out/k8s/rendered-cpu.yaml"

@@ -26,6 +26,15 @@ models.config dropped into /models. Then every numeric version dir of every mode
 /models is verified (exit 3 on any failure): the served ones and any others, so nothing
 unverified sits where a server looks.
 
+An image built with ``--models-from-volume`` bakes no model: it takes exactly one read-only mount
+at /models (a writable one, one below /models or none at all is refused) and verifies it as it
+would baked dirs. In either kind of image a Kubernetes deployment may mount its ConfigMap,
+read-only, at /etc/tfpack-deployment: its models.config must be the one this image serves
+(:func:`deployment_model_config_text` renders it), else the image refuses to serve (exit 3).
+
+:func:`verify_image` is all of that; ``serving.verify`` (a Kubernetes initContainer) runs it
+and exits, this module runs it and then execs the server.
+
 The server's command line is built here: the baked config file (versions pinned, so a version
 dir that appears later is never loaded), file-system polling off, the baked monitoring and
 batching files, and for tfpack-model-server config reloads refused (or, in an image built to allow
@@ -48,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from packager.errors import TfpackError, UsageError, VerificationError
 from packager.layout import (
     CHAIN_DIR,
+    DEPLOYMENT_CONFIG_DIR,
     GRPC_PORT,
     IMAGE_ETC_DIR,
     MAX_VERSION,
@@ -65,6 +75,7 @@ if TYPE_CHECKING:
 
 ETC_DIR = Path(IMAGE_ETC_DIR)
 MODELS_ROOT = Path(MODELS_ROOT_PATH)
+DEPLOYMENT_DIR = Path(DEPLOYMENT_CONFIG_DIR)
 SERVING_FILE = "serving.json"
 MODEL_CONFIG_FILE = "models.config"
 SESSION_CONFIG_FILE = "session_config.pbtxt"
@@ -210,6 +221,8 @@ class BakedServing:
     labels: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> label -> version
     monitoring: bool = False  # Prometheus metrics at PROMETHEUS_PATH on the REST port
     batching: bool = False  # server-side batching with the baked batching.config
+    # No model baked: exactly one read-only volume at /models holds them (checked at start-up).
+    models_from_volume: bool = False
 
     def __post_init__(self) -> None:
         if self.model_server not in SERVER_PATHS:
@@ -228,6 +241,8 @@ class BakedServing:
         flags = (self.allow_unsigned, self.allow_reload_config, self.monitoring, self.batching)
         if not all(isinstance(value, bool) for value in flags):
             raise UsageError("allow_unsigned, allow_reload_config, monitoring and batching must be true or false")
+        if not isinstance(self.models_from_volume, bool):
+            raise UsageError("models_from_volume must be true or false")
         if self.trust not in ("public_key", "cert_chain", "none"):
             raise UsageError("trust must be public_key, cert_chain or none")
         if self.trust == "none" and not self.allow_unsigned:
@@ -267,6 +282,7 @@ class BakedServing:
             "trust": self.trust,
             "monitoring": self.monitoring,
             "batching": self.batching,
+            "models_from_volume": self.models_from_volume,
         }
 
     def dumps(self) -> str:
@@ -296,7 +312,7 @@ class BakedServing:
             raise bad("format 1, written by an older tfpack that served only each model's highest version")
         if data.get("format") != SERVING_FORMAT:
             raise bad(f"format must be {SERVING_FORMAT}")
-        optional = ("labels", "allow_unsigned", "allow_reload_config", "monitoring", "batching")
+        optional = ("labels", "allow_unsigned", "allow_reload_config", "monitoring", "batching", "models_from_volume")
         try:
             return cls(
                 model_server=data.get("model_server", ""),
@@ -385,6 +401,34 @@ def model_config_text(baked: BakedServing, models_root: str = str(MODELS_ROOT)) 
     return text_format.MessageToString(_model_server_config(baked, models_root))
 
 
+def deployment_model_config_text(models: dict[str, list[int]], labels: dict[str, dict[str, int]]) -> str:
+    """The models.config a deployment's ConfigMap at /etc/tfpack-deployment must hold for an image.
+
+    ``tfpack k8s`` renders it from the image's labels (``dev.tfpack.model.NAME.versions`` and
+    ``dev.tfpack.model.NAME.label.LABEL``); the image's entrypoint refuses to serve when the
+    mounted file does not parse to the config it bakes, so a ConfigMap rendered for another image
+    (other models, versions or labels) cannot go unnoticed.
+
+    Args:
+        models: every model the image serves, with every version it serves.
+        labels: ``{model: {label: version}}``; models without labels may be left out.
+
+    Raises:
+        UsageError: a model name, version or label out of :class:`BakedServing`'s rules.
+    """
+    # BakedServing checks names, versions and labels; its server and trust do not enter
+    # models.config. Sorted by name: serving.json (sort_keys) gives the image its models in
+    # that order, and the config's model list is compared in order.
+    served = BakedServing(
+        model_server=EMBEDDED_SERVER,
+        models=dict(sorted(models.items())),
+        labels=labels,
+        allow_unsigned=True,
+        trust="none",
+    )
+    return model_config_text(served)
+
+
 def _monitoring_config() -> Message:
     from serving.metrics import MonitoringConfig
 
@@ -466,6 +510,7 @@ class ImageLayout:
     models_root: Path = MODELS_ROOT
     mountinfo: Path = MOUNTINFO
     require_root_owned: bool = True
+    deployment_dir: Path = DEPLOYMENT_DIR
 
     @property
     def serving_file(self) -> Path:
@@ -490,6 +535,10 @@ class ImageLayout:
     @property
     def trust_dir(self) -> Path:
         return self.etc_dir / TRUST_DIR
+
+    @property
+    def deployment_model_config(self) -> Path:
+        return self.deployment_dir / MODEL_CONFIG_FILE
 
 
 # --- what run time may and may not change ------------------------------------------------------
@@ -586,56 +635,104 @@ def _unescape_mount_point(field: str) -> str:
     return "".join(out)
 
 
-def check_mounts(layout: ImageLayout, *, scope: str = "all") -> list[str]:
-    """One line per run-time mount other than the container engine's own and /tmp: over (or
-    above) the baked files, the entrypoint or a server, under /models, or anywhere else.
+@dataclass(frozen=True)
+class Mount:
+    """One mount of the container (a line of /proc/self/mountinfo)."""
 
-    Args:
-        scope: "baked" names only mounts over the baked files, the entrypoint and the servers
-            (checked before the baked files are read); "models" adds /models (an image built to
-            allow config reloads takes models from other mounts, each verified by the server
-            right before it loads); "all" adds every other mount.
-    """
+    point: str  # where it is mounted, unescaped
+    read_only: bool  # its per-mount options (field 6) hold "ro"
+
+
+def read_mounts(layout: ImageLayout) -> list[Mount]:
+    """Every mount /proc/self/mountinfo lists, in its order; none when it cannot be read."""
     try:
         lines = layout.mountinfo.read_text().splitlines()
     except OSError:
         return []  # no /proc: nothing mounted over anything either
-    protected = [str(layout.etc_dir), "/opt/tfpack", *SERVER_PATHS.values()]
-    problems: list[str] = []
+    mounts = []
     for line in lines:
         fields = line.split(" ")
-        if len(fields) < 5:
+        if len(fields) < 6:
             continue
-        mount_point = _unescape_mount_point(fields[4])
+        mounts.append(Mount(point=_unescape_mount_point(fields[4]), read_only="ro" in fields[5].split(",")))
+    return mounts
+
+
+def _is_mounted(layout: ImageLayout, path: Path) -> bool:
+    return any(mount.point == str(path) for mount in read_mounts(layout))
+
+
+def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume: bool = False) -> list[str]:
+    """One line per run-time mount other than the container engine's own and /tmp: over (or
+    above) the baked files, the entrypoint or a server, under /models, or anywhere else.
+
+    Two mounts are accepted, each only read-only: exactly one at /models itself when
+    ``models_from_volume`` (the image's models), and the deployment's ConfigMap at
+    /etc/tfpack-deployment (its models.config is checked by :func:`check_deployment_config`).
+
+    Args:
+        scope: "baked" names only mounts over the baked files, the entrypoint and the servers
+            (checked before the baked files are read); "models" adds /models and the
+            deployment dir (an image built to allow config reloads takes models from other
+            mounts, each verified by the server right before it loads); "all" adds every other
+            mount.
+        models_from_volume: the image was built with --models-from-volume (serving.json says so).
+    """
+    protected = [str(layout.etc_dir), "/opt/tfpack", *SERVER_PATHS.values()]
+    models_root = str(layout.models_root)
+    problems: list[str] = []
+    volumes = 0
+    for mount in read_mounts(layout):
+        point = mount.point
         if (
-            mount_point == "/"
-            or mount_point in _ENGINE_FILES
-            or any(mount_point == root or mount_point.startswith(root + "/") for root in _ENGINE_MOUNTS)
+            point == "/"
+            or point in _ENGINE_FILES
+            or any(point == root or point.startswith(root + "/") for root in _ENGINE_MOUNTS)
         ):
             continue
         replaced = next(
             (
                 path
                 for path in protected
-                if mount_point == path or mount_point.startswith(path + "/") or path.startswith(mount_point + "/")
+                if point == path or point.startswith(path + "/") or path.startswith(point + "/")
             ),
             None,
         )
         if replaced is not None:
             problems.append(
-                f"{mount_point} is mounted at run time: it would replace {replaced}, which the "
+                f"{point} is mounted at run time: it would replace {replaced}, which the "
                 "image baked (trust, serving config, entrypoint or server)"
             )
         elif scope == "baked":
             continue
-        elif mount_point == str(layout.models_root) or mount_point.startswith(str(layout.models_root) + "/"):
+        elif point == models_root and models_from_volume:
+            volumes += 1
+            if not mount.read_only:
+                problems.append(
+                    f"{point} is mounted writable: mount it read-only (readOnly: true in Kubernetes, :ro with "
+                    "docker run); the image verifies the models on it once, before the server loads them"
+                )
+            elif volumes > 1:
+                problems.append(f"{point} is mounted more than once: mount exactly one volume of models there")
+        elif models_from_volume and point.startswith(models_root + "/"):
             problems.append(
-                f"{mount_point} is mounted at run time: the image serves the version dirs it baked; "
+                f"{point} is mounted at run time below {models_root}: mount one read-only volume holding "
+                f"NAME/N at {models_root} itself (a mount below it could be swapped between verification and loading)"
+            )
+        elif point == models_root or point.startswith(models_root + "/"):
+            problems.append(
+                f"{point} is mounted at run time: the image serves the version dirs it baked; "
                 "a mounted one could be swapped between verification and loading"
             )
+        elif point == str(layout.deployment_dir):
+            if not mount.read_only:
+                problems.append(
+                    f"{point} is mounted writable: mount the deployment's ConfigMap read-only there "
+                    "(Kubernetes mounts ConfigMaps read-only)"
+                )
         elif scope == "all":
             problems.append(
-                f"{mount_point} is mounted at run time: only the engine's own mounts and /tmp are "
+                f"{point} is mounted at run time: only the engine's own mounts and /tmp are "
                 "accepted (a mount could replace code the entrypoint or the server loads)"
             )
     return problems
@@ -725,15 +822,21 @@ def every_version_dir(models_root: Path) -> list[Path]:
     """Every version dir (layout's rule) of every model dir directly under ``models_root``.
 
     Raises:
-        UsageError: two dirs name one version of a model.
+        UsageError: two dirs name one version of a model, or a dir cannot be read (a volume's
+            root-only lost+found, say): what is in it could not be verified.
     """
     if not models_root.is_dir():
         return []
-    return [
-        version_dir
-        for model_dir in sorted(p for p in models_root.iterdir() if p.is_dir())
-        for version_dir in version_dirs(model_dir).values()
-    ]
+    found: list[Path] = []
+    for model_dir in sorted(p for p in models_root.iterdir() if p.is_dir()):
+        try:
+            found += version_dirs(model_dir).values()
+        except OSError as exc:
+            raise UsageError(
+                f"{model_dir} cannot be read ({exc.strerror or exc}): every dir under {models_root} must be "
+                "readable by the image's user, so that what is in it can be verified"
+            ) from None
+    return found
 
 
 def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path], list[Path]]:
@@ -816,14 +919,56 @@ def server_command(layout: ImageLayout, baked: BakedServing, tuning: Sequence[st
     return command + list(tuning)
 
 
-def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> list[str]:
-    """Check everything and verify every model; return the server's argv.
+def check_deployment_config(layout: ImageLayout, baked: BakedServing) -> None:
+    """When the deployment's ConfigMap is mounted, its models.config must be the one baked.
+
+    Kubernetes mounts a ConfigMap as a dir whose files are symlinks into a ``..data`` dir: they
+    are followed, and the files need not be root-owned (the mount is read-only, checked by
+    :func:`check_mounts`, and only compared here, never used).
+
+    Raises:
+        RefusedOverride: the dir is mounted without a readable models.config.
+        VerificationError: its models.config is not the model server config this image serves.
+    """
+    if not _is_mounted(layout, layout.deployment_dir):
+        return
+    path = layout.deployment_model_config
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RefusedOverride(
+            f"{layout.deployment_dir} is mounted (the deployment's ConfigMap) but {path} cannot be read "
+            f"({reason}): render the manifests again with 'tfpack k8s' for this image"
+        ) from None
+    if not _same_text_proto(text, _model_server_config(baked, str(layout.models_root))):
+        raise VerificationError(
+            f"{path} (the deployment's ConfigMap) is not the model server config this image serves: "
+            "render the manifests again with 'tfpack k8s' for this image"
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    """What :func:`verify_image` checked: the baked config, the run-time flags to pass on, and
+    the version dirs verified (and those unsigned but allowed)."""
+
+    baked: BakedServing
+    tuning: list[str]
+    verified: list[Path]
+    unsigned: list[Path]
+
+
+def verify_image(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> VerifiedImage:
+    """Every check the image makes before it serves: the entrypoint's, and serving.verify's.
 
     Raises:
         RefusedOverride: run-time arguments, environment, mounts or files that would change
-            what is served or trusted (all named, one line).
+            what is served or trusted (all named, one line); no models volume in an image
+            built to take one; a deployment ConfigMap without models.config.
         UsageError: the baked files are unusable.
-        VerificationError: a model or a baked file fails verification.
+        VerificationError: a model, a baked file or the deployment's models.config fails
+            verification.
     """
     # First: what is mounted over the baked files decides whether they can be read at all.
     mounted = check_mounts(layout, scope="baked")
@@ -831,21 +976,42 @@ def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout
         raise RefusedOverride(" | ".join(mounted))
     baked = load_baked(layout)
     tuning, problems = check_arguments(argv, baked.model_server, baked=baked)
-    problems += check_mounts(layout, scope="models" if baked.allow_reload_config else "all")
+    problems += check_mounts(
+        layout, scope="models" if baked.allow_reload_config else "all", models_from_volume=baked.models_from_volume
+    )
+    if baked.models_from_volume and not _is_mounted(layout, layout.models_root):
+        problems.append(
+            f"this image serves its models from a volume mounted read-only at {layout.models_root} "
+            "(built with --models-from-volume); none is mounted"
+        )
     problems = check_environment(environ, baked) + problems + check_models_root(layout)
     if problems:
         raise RefusedOverride(" | ".join(problems))
+    check_deployment_config(layout, baked)
     verified, unsigned = verify_models(layout, baked)
-    for version_dir in unsigned:
+    return VerifiedImage(baked=baked, tuning=tuning, verified=verified, unsigned=unsigned)
+
+
+def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> list[str]:
+    """Check everything and verify every model (:func:`verify_image`); return the server's argv.
+
+    Raises:
+        RefusedOverride: run-time arguments, environment, mounts or files that would change
+            what is served or trusted (all named, one line).
+        UsageError: the baked files are unusable.
+        VerificationError: a model or a baked file fails verification.
+    """
+    image = verify_image(argv, environ, layout)
+    for version_dir in image.unsigned:
         _say(f"warning: {version_dir} is unsigned; serving it because the image was built with allow-unsigned")
-    if verified:
-        _say(f"signatures verified: {', '.join(str(d) for d in verified)}")
-    if baked.model_server == TF_SERVING_SERVER:
+    if image.verified:
+        _say(f"signatures verified: {', '.join(str(d) for d in image.verified)}")
+    if image.baked.model_server == TF_SERVING_SERVER:
         _say(
             "note: tensorflow_model_server always answers ModelService.HandleReloadConfigRequest "
             f"on port {GRPC_PORT}; expose that port to trusted clients only"
         )
-    return server_command(layout, baked, tuning)
+    return server_command(layout, image.baked, image.tuning)
 
 
 def main(

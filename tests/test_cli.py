@@ -171,9 +171,11 @@ def test_usage_errors_are_one_line_in_a_real_process(tmp_path: Path) -> None:
 
 def test_names_that_look_like_emoji_codes_are_printed_as_written(tfpack_cli, tmp_path: Path) -> None:
     out = tmp_path / "x:thumbs_up:y"
+    out.mkdir()
+    (out / "mine.txt").write_text("not tfpack's\n")
     result = tfpack_cli("k8s", "--image", "registry.example/m:1", "--model", "m", "--output-dir", out, "--json")
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["output_dir"] == str(out)
+    assert result.exit_code == 2
+    assert f"--output-dir {out} is not empty" in result.stderr
 
 
 def test_repeated_constant_and_ema_on_a_frozen_graph_are_refused(good, tfpack_cli, tmp_path: Path) -> None:

@@ -139,3 +139,52 @@ def test_push_to_an_unreachable_registry_is_a_usage_error(
     image_tags.append(tag)
     with pytest.raises(UsageError, match=r"push of .* failed"):
         build_image(classifier, tag, public_key=signing_keys["public"], push=True)
+
+
+@pytest.mark.docker
+def test_k8s_pins_the_digest_of_a_pushed_tag_and_refuses_one_it_cannot_pin(
+    docker_client: docker.DockerClient,
+    classifier: Path,
+    signing_keys: dict[str, Path],
+    local_registry: str,
+    image_tags: list[str],
+    tfpack_cli,
+    tmp_path: Path,
+) -> None:
+    repository = f"{local_registry}/tfpack-test/deployed"
+    version = uuid.uuid4().hex[:10]
+    tag = f"{repository}:{version}"
+    image_tags.append(tag)
+    build = ("build", classifier, "--tag", tag, "--public-key", signing_keys["public"], "--json")
+
+    def k8s(image: str, name: str, *options: str):  # type: ignore[no-untyped-def]
+        return tfpack_cli("k8s", "--image", image, "--model", MODEL, "--output-dir", tmp_path / name, *options)
+
+    assert tfpack_cli(*build).exit_code == 0
+    # Built here, never pushed: no digest a cluster could pull, so refused (nothing written)...
+    never_pushed = k8s(tag, "never-pushed")
+    assert never_pushed.exit_code == 2
+    assert "never pushed" in never_pushed.stderr and "--allow-tag" in never_pushed.stderr
+    assert not (tmp_path / "never-pushed").exists()
+    # ...unless the tag is allowed as it is.
+    allowed = json.loads(k8s(tag, "allowed", "--allow-tag", "--json").stdout)
+    assert (allowed["image"], allowed["pinned"]) == (tag, False)
+
+    pushed = json.loads(tfpack_cli(*build, "--push").stdout)["repo_digest"]
+    image_tags.append(pushed)
+    held = json.loads(k8s(tag, "held", "--json").stdout)
+    assert (held["image"], held["pinned"]) == (pushed, True)
+    assert pushed in (tmp_path / "held" / "base" / "deployment.yaml").read_text()
+
+    # Not held by the engine: the registry's digest for the tag, pulled to read its labels.
+    docker_client.images.remove(tag, force=True)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(pushed)
+    from_registry = json.loads(k8s(tag, "from-registry", "--json").stdout)
+    assert from_registry["image"] == pushed
+    assert docker_client.images.get(pushed).labels["dev.tfpack.models"] == MODEL
+
+    # A tag the registry does not have cannot be pinned.
+    missing = k8s(f"{repository}:no-such-tag", "missing")
+    assert missing.exit_code == 2 and "cannot resolve --image" in missing.stderr, missing.stderr
+    assert len([line for line in missing.stderr.splitlines() if line.startswith("tfpack: error:")]) == 1

@@ -143,7 +143,9 @@ def test_container_serves_the_keras_models_numbers(running_container: str) -> No
 
 
 def test_k8s_manifests_for_the_image(pipeline, tmp_path: Path) -> None:
-    result = tfpack_ok("k8s", "--image", pipeline["tag"], "--model", "classifier", "--output-dir", tmp_path / "k8s")
+    result = tfpack_ok(
+        "k8s", "--image", pipeline["tag"], "--model", "classifier", "--output-dir", tmp_path / "k8s", "--allow-tag"
+    )
     assert result["files"]
     assert (tmp_path / "k8s" / "overlays" / "cpu").is_dir()
 

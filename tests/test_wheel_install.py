@@ -216,7 +216,7 @@ def test_convert_sign_build_smoke_and_k8s_from_the_installed_tfpack(
     assert report["passed"] is True
 
     manifests = installed.work / "k8s"
-    rendered = _tfpack(installed, "k8s", "--image", tag, "--model", MODEL, "--output-dir", manifests)
+    rendered = _tfpack(installed, "k8s", "--image", tag, "--model", MODEL, "--output-dir", manifests, "--allow-tag")
     assert rendered["files"]
     assert (manifests / "kustomization.yaml").is_file()
     assert (manifests / "overlays" / "cpu" / "kustomization.yaml").is_file()

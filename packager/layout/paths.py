@@ -25,6 +25,9 @@ DEFAULT_SIGNATURE = "serving_default"
 # build, its entrypoint, the smoke test and the Kubernetes manifests.
 MODELS_ROOT = "/models"
 IMAGE_ETC_DIR = "/etc/tfpack"
+# Where `tfpack k8s` mounts the deployment's ConfigMap (read-only) holding the models.config it
+# rendered; the entrypoint refuses to serve when that config is not the one the image bakes.
+DEPLOYMENT_CONFIG_DIR = "/etc/tfpack-deployment"
 GRPC_PORT = 8500
 REST_PORT = 8501
 

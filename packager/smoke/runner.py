@@ -32,6 +32,7 @@ def smoke_image(
     timeout: float = 120,
     requests: int = DEFAULT_REQUESTS,
     load: LoadSpec | None = None,
+    models_dir: Path | None = None,
     progress: Progress = SILENT,
 ) -> SmokeReport:
     """Start IMAGE in a container, run every check against it, and remove the container.
@@ -49,6 +50,8 @@ def smoke_image(
             AVAILABLE. Each request afterwards has its own bound (client.REQUEST_TIMEOUT_S).
         requests: How many sequential gRPC Predicts to time (p50/p95/p99).
         load: Concurrent clients and seconds of load to apply, if any.
+        models_dir: The models root to mount read-only at /models, for an image built with
+            --models-from-volume (required for one, refused for any other).
         progress: Receives a line per step.
 
     Returns:
@@ -61,7 +64,7 @@ def smoke_image(
             carrying the container's last log lines).
     """
     return run_smoke(
-        StartedImage(image, model),
+        StartedImage(image, model, models_dir),
         report_path=report_path,
         junit_path=junit_path,
         timeout=timeout,

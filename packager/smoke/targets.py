@@ -153,17 +153,20 @@ class StartedImage(SmokeTarget):
     contract and goldens are copied out of /models/MODEL/N (saved_model.pb and assets.extra).
     """
 
-    def __init__(self, image: str, model: str | None) -> None:
+    def __init__(self, image: str, model: str | None, models_dir: Path | None = None) -> None:
         """Describe the target; nothing starts before ``start``.
 
         Args:
             image: An image reference the local Docker engine has (tfpack build's tag).
             model: The model to check (/models/MODEL must exist in the image); None: every
                 model the image serves.
+            models_dir: For an image built with --models-from-volume (and only for one): the
+                models root mounted read-only at /models, where its version dirs and goldens are.
         """
         self.image = image
         self._image = image
         self._model = model
+        self._models_dir = models_dir.resolve() if models_dir is not None else None
         self._container: docker_engine.Container | None = None
         self._plan: ServingPlan | None = None
 
@@ -179,6 +182,7 @@ class StartedImage(SmokeTarget):
                 self._image,
                 loopback_ports=(layout.GRPC_PORT, layout.REST_PORT),
                 labels={CONTAINER_LABEL: self._model or "*", RUN_LABEL: run},
+                read_only_binds={self._models_dir: layout.MODELS_ROOT} if self._models_dir else None,
             )
         except BaseException as interrupted:
             # Interrupted after the engine made the container but before its id came back: it
@@ -212,14 +216,28 @@ class StartedImage(SmokeTarget):
         )
 
     def _read_plan(self, container: docker_engine.Container) -> ServingPlan:
+        baked = _read_json(_file_in_container(container, SERVING_FILE), SERVING_FILE)
+        from_volume = baked.get("models_from_volume") is True
+        if from_volume and self._models_dir is None:
+            raise UsageError(
+                f"image {self._image} holds no model: it serves them from a read-only volume at "
+                f"{layout.MODELS_ROOT} (built with --models-from-volume): give --models-dir DIR, the models root "
+                "to mount there"
+            )
+        if self._models_dir is not None and not from_volume:
+            raise UsageError(
+                f"image {self._image} serves the models baked into it: --models-dir goes with --target, or with "
+                "an image built with --models-from-volume"
+            )
         if self._model is not None:
             model_dir = f"{layout.MODELS_ROOT}/{self._model}"
-            if not docker_engine.path_exists(container, model_dir):
+            if self._models_dir is not None and not (self._models_dir / self._model).is_dir():
+                raise UsageError(f"--models-dir {self._models_dir} has no {self._model}/: check --model and the dir")
+            if self._models_dir is None and not docker_engine.path_exists(container, model_dir):
                 raise UsageError(
                     f"image {self._image} has no {model_dir}: check --model, or build the image from "
                     f"the model's base path with 'tfpack build'"
                 )
-        baked = _read_json(_file_in_container(container, SERVING_FILE), SERVING_FILE)
         config_text = _file_in_container(container, MODEL_CONFIG_FILE)
         config = model_server_config_pb2.ModelServerConfig()
         if config_text is not None:
@@ -243,8 +261,13 @@ class StartedImage(SmokeTarget):
         return self._plan
 
     def expectation(self, model: str, version: int) -> Expectation:
-        """Copy saved_model.pb and assets.extra of /models/MODEL/VERSION out of the container and read them."""
+        """Copy saved_model.pb and assets.extra of /models/MODEL/VERSION out of the container and read them.
+
+        With a models dir mounted, they are read from it: the same files, verified by the entrypoint.
+        """
         container = self._started()
+        if self._models_dir is not None:
+            return Expectation.from_version_dir(self._models_dir / model / str(version))
         version_path = f"{layout.MODELS_ROOT}/{model}/{version}"
         source = f"{version_path}/{layout.ASSETS_EXTRA}"
         try:

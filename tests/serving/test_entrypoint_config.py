@@ -8,8 +8,11 @@ is checked field by field. No Docker and no model server: the files are laid out
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,14 @@ from serving.entrypoint import (
     ImageLayout,
     baked_etc_files,
     check_arguments,
+    check_mounts,
+    deployment_model_config_text,
     load_baked,
     main,
     model_config_text,
     prepare,
     server_command,
+    verify_image,
     verify_models,
 )
 from serving.metrics import read_prometheus_path
@@ -329,3 +335,274 @@ def test_the_entrypoint_needs_no_tensorflow_serving_api(tmp_path: Path) -> None:
     assert started.returncode == 0, started.stderr
     assert "--allow_version_labels_for_unavailable_models=true" in started.stdout
     assert f"--monitoring_config_file={tmp_path / 'etc' / MONITORING_CONFIG_FILE}" in started.stdout
+
+
+# --- issue 14: images that take their models from a read-only volume, the deployment's ConfigMap -----
+
+
+def test_serving_json_round_trips_models_from_volume() -> None:
+    volume = _baked(models_from_volume=True)
+    assert json.loads(volume.dumps())["models_from_volume"] is True
+    assert BakedServing.loads(volume.dumps()) == volume
+    assert json.loads(_baked().dumps())["models_from_volume"] is False
+    # Optional like the other booleans: a serving.json without it is an image with baked models.
+    without = {k: v for k, v in _baked().to_json().items() if k != "models_from_volume"}
+    assert BakedServing.loads(json.dumps(without)).models_from_volume is False
+    with pytest.raises(UsageError, match=r"models_from_volume must be true or false"):
+        BakedServing.loads(json.dumps({**_baked().to_json(), "models_from_volume": "yes"}))
+
+
+def _mountinfo(path: Path, *mounts: str) -> Path:
+    """A mountinfo file with the root, the engine's /tmp and each "POINT OPTIONS" mount."""
+    lines = ["1 0 0:1 / / ro,relatime - overlay overlay rw", "2 1 0:2 / /tmp rw,nosuid - tmpfs tmpfs rw"]
+    lines += [
+        f"{n} 1 0:{n} / {mount.split()[0]} {mount.split()[1]} - ext4 /dev/sda rw" for n, mount in enumerate(mounts, 3)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mounts", "volume", "named"),
+    [
+        (["/models ro,relatime"], True, []),
+        (
+            ["/models rw,relatime"],
+            True,
+            ["/models is mounted writable: mount it read-only (readOnly: true in Kubernetes, :ro with docker run)"],
+        ),
+        (["/models ro", "/models ro"], True, ["/models is mounted more than once"]),
+        (["/models ro", "/models/half ro"], True, ["/models/half is mounted at run time below /models"]),
+        (["/models/half ro"], True, ["/models/half is mounted at run time below /models"]),
+        (["/models ro"], False, ["/models is mounted at run time: the image serves the version dirs it baked"]),
+        (["/etc/tfpack-deployment ro,nosuid"], False, []),
+        (["/etc/tfpack-deployment ro"], True, []),
+        (
+            ["/etc/tfpack-deployment rw"],
+            False,
+            ["/etc/tfpack-deployment is mounted writable: mount the deployment's ConfigMap read-only"],
+        ),
+        (
+            ["/etc/tfpack-deployment/models.config ro"],
+            False,
+            ["/etc/tfpack-deployment/models.config is mounted at run time: only the engine's own mounts"],
+        ),
+        # A volume never replaces what the image baked: still refused first.
+        (["/models ro", "/etc/tfpack ro"], True, ["/etc/tfpack is mounted at run time: it would replace /etc/tfpack"]),
+    ],
+)
+def test_a_volume_image_takes_one_read_only_mount_at_models_and_any_image_a_read_only_config_map(
+    tmp_path: Path, mounts: list[str], volume: bool, named: list[str]
+) -> None:
+    layout = ImageLayout(
+        etc_dir=Path("/etc/tfpack"), models_root=Path("/models"), mountinfo=_mountinfo(tmp_path / "mountinfo", *mounts)
+    )
+    problems = check_mounts(layout, models_from_volume=volume)
+    assert len(problems) == len(named), problems
+    for problem, start in zip(problems, named):
+        assert problem.startswith(start), problem
+    # Before the baked files are read, only mounts over them count.
+    baked_only = check_mounts(layout, scope="baked", models_from_volume=volume)
+    assert baked_only == [p for p in problems if "it would replace" in p]
+
+
+@pytest.fixture
+def image_root() -> Iterator[Path]:
+    """A dir for an image's files outside /tmp: the entrypoint takes /tmp for the engine's scratch
+    mount and ignores any mount under it, so the mounts these tests fake must be elsewhere."""
+    root = Path(tempfile.mkdtemp(prefix="tfpack-test-image-", dir="/var/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _volume_image(image_root: Path, **serving: object) -> ImageLayout:
+    """An unsigned volume image whose models volume is image_root/models, mounted read-only."""
+    layout = _unsigned_image(image_root, models_from_volume=True, **serving)
+    _mountinfo(layout.mountinfo, f"{layout.models_root} ro,relatime")
+    return layout
+
+
+def test_a_volume_image_serves_only_from_a_read_only_volume_at_models(
+    image_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = _volume_image(image_root)
+    assert prepare([], {}, layout)[0] == "/opt/tfpack/venv/bin/tfpack-model-server"
+    assert verify_image([], {}, layout).unsigned == [
+        layout.models_root / "half" / "1",
+        layout.models_root / "half" / "2",
+        layout.models_root / "twin" / "3",
+    ]
+
+    capsys.readouterr()
+
+    layout.mountinfo.unlink()  # nothing mounted
+    assert main([], {}, layout) == 2
+    refusal = capsys.readouterr().err.strip().splitlines()
+    assert refusal == [
+        "tfpack-entrypoint: refusing to serve: this image serves its models from a volume mounted read-only at "
+        f"{layout.models_root} (built with --models-from-volume); none is mounted"
+    ]
+
+    _mountinfo(layout.mountinfo, f"{layout.models_root} rw,relatime")
+    assert main([], {}, layout) == 2
+    assert f"{layout.models_root} is mounted writable: mount it read-only" in capsys.readouterr().err
+
+    # Mounted read-only, the volume is verified as baked dirs are: every served version must be there.
+    _mountinfo(layout.mountinfo, f"{layout.models_root} ro")
+    (layout.models_root / "twin" / "3" / "saved_model.pb").unlink()
+    (layout.models_root / "twin" / "3").rmdir()
+    assert main([], {}, layout) == 3
+    assert "twin/3 (a version this image serves) is missing" in capsys.readouterr().err
+
+
+def test_an_image_with_baked_models_refuses_any_mount_at_models(
+    image_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = _unsigned_image(image_root)
+    _mountinfo(layout.mountinfo, f"{layout.models_root} ro")
+    assert main([], {}, layout) == 2
+    assert (
+        f"{layout.models_root} is mounted at run time: the image serves the version dirs it baked"
+        in capsys.readouterr().err
+    )
+
+
+def _config_map(directory: Path, files: dict[str, str]) -> Path:
+    """A dir laid out as Kubernetes mounts a ConfigMap: each file a symlink into ..data."""
+    timestamped = directory / "..2024_06_01_12_00_00.123456789"
+    timestamped.mkdir(parents=True)
+    for name, text in files.items():
+        (timestamped / name).write_text(text)
+    (directory / "..data").symlink_to(timestamped.name)
+    for name in files:
+        (directory / name).symlink_to(f"..data/{name}")
+    return directory
+
+
+def test_deployment_model_config_text_is_the_config_the_image_serves() -> None:
+    baked = _baked(labels={"half": {"stable": 1, "canary": 2}})
+    rendered = deployment_model_config_text({"twin": [3], "half": [1, 2]}, {"half": {"canary": 2, "stable": 1}})
+    assert rendered == model_config_text(BakedServing.loads(baked.dumps()))
+    config = text_format.Parse(rendered, model_server_config_pb2.ModelServerConfig())
+    assert [(m.name, m.base_path) for m in config.model_config_list.config] == [
+        ("half", "/models/half"),
+        ("twin", "/models/twin"),
+    ]
+    with pytest.raises(UsageError, match=r"label half:stable=3: model half has no version 3"):
+        deployment_model_config_text({"half": [1, 2]}, {"half": {"stable": 3}})
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["baked models", "models from a volume"])
+def test_the_deployment_config_map_must_hold_the_model_config_the_image_serves(
+    image_root: Path, capsys: pytest.CaptureFixture[str], volume: bool
+) -> None:
+    labels = {"half": {"stable": 1}}
+    layout = _unsigned_image(image_root, labels=labels, models_from_volume=volume)
+    deployment = image_root / "deployment"
+    layout = ImageLayout(
+        etc_dir=layout.etc_dir,
+        models_root=layout.models_root,
+        mountinfo=layout.mountinfo,
+        require_root_owned=layout.require_root_owned,
+        deployment_dir=deployment,
+    )
+    volume_mount = [f"{layout.models_root} ro"] if volume else []
+    baked = load_baked(layout)
+    # The formatting is not the content (as for the baked models.config).
+    config = text_format.Parse(
+        model_config_text(baked, str(layout.models_root)), model_server_config_pb2.ModelServerConfig()
+    )
+    _config_map(deployment, {"models.config": text_format.MessageToString(config, as_one_line=True)})
+    _mountinfo(layout.mountinfo, *volume_mount, f"{deployment} ro,relatime")
+    assert prepare([], {}, layout)[0] == "/opt/tfpack/venv/bin/tfpack-model-server"
+
+    # Rendered for another image: another label.
+    (deployment / "..data" / "models.config").write_text(
+        model_config_text(
+            BakedServing.loads(json.dumps({**baked.to_json(), "labels": {"half": {"stable": 2}}})),
+            str(layout.models_root),
+        )
+    )
+    with pytest.raises(VerificationError) as refused:
+        verify_image([], {}, layout)
+    assert str(refused.value) == (
+        f"{deployment}/models.config (the deployment's ConfigMap) is not the model server config this image "
+        "serves: render the manifests again with 'tfpack k8s' for this image"
+    )
+    assert main([], {}, layout) == 3
+    capsys.readouterr()
+
+    # Mounted writable: refused before it is read.
+    _mountinfo(layout.mountinfo, *volume_mount, f"{deployment} rw")
+    assert main([], {}, layout) == 2
+    assert f"{deployment} is mounted writable" in capsys.readouterr().err
+
+    # Mounted without models.config.
+    (deployment / "models.config").unlink()
+    _mountinfo(layout.mountinfo, *volume_mount, f"{deployment} ro")
+    assert main([], {}, layout) == 2
+    assert f"{deployment}/models.config cannot be read (No such file or directory)" in capsys.readouterr().err
+
+    # Not mounted: whatever the image holds at that path is not a deployment's.
+    _mountinfo(layout.mountinfo, *volume_mount)
+    assert prepare([], {}, layout)[0] == "/opt/tfpack/venv/bin/tfpack-model-server"
+
+
+def test_serving_verify_checks_what_the_entrypoint_checks_and_does_not_serve(
+    image_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving import verify
+
+    layout = _volume_image(image_root)
+    models = layout.models_root
+    assert verify.main([], {}, layout) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"tfpack-verify: verified 3 version dirs: {models}/half/1, {models}/half/2, {models}/twin/3 "
+        f"({models}/half/1, {models}/half/2, {models}/twin/3 unsigned, allowed by the build's --allow-unsigned); "
+        "not serving"
+    ]
+    assert verify.main(["--port=9000"], {}, layout) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "tfpack-verify: refusing to verify: --port=9000: serving.verify takes no arguments "
+        "(what it checks is baked into the image)"
+    ]
+    assert verify.main([], {"TFPACK_ALLOW_UNSIGNED": "1"}, layout) == 2
+    assert "TFPACK_ALLOW_UNSIGNED is set" in capsys.readouterr().err
+    layout.mountinfo.unlink()
+    assert verify.main([], {}, layout) == 2
+    assert "none is mounted" in capsys.readouterr().err
+    _mountinfo(layout.mountinfo, f"{models} ro")
+    (models / "half" / "2" / "saved_model.pb").unlink()
+    (models / "half" / "2").rmdir()
+    assert verify.main([], {}, layout) == 3
+    assert "half/2 (a version this image serves) is missing" in capsys.readouterr().err
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(verify, "verify_image", broken)
+    assert verify.main([], {}, layout) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "tfpack-verify: refusing to serve: verification failed unexpectedly: RuntimeError: a bug"
+    ]
+
+
+_VERIFY_WITHOUT_TENSORFLOW = _WITHOUT_TENSORFLOW.replace(
+    "from serving.entrypoint import ImageLayout, prepare",
+    "from serving.entrypoint import ImageLayout\nfrom serving.verify import main",
+).replace('print(" ".join(prepare([], {}, layout)))', "sys.exit(main([], {}, layout))")
+
+
+def test_serving_verify_needs_no_tensorflow_serving_api(image_root: Path) -> None:
+    """The initContainer runs serving.verify in either base: the verifier venv suffices."""
+    layout = _volume_image(image_root, labels={"half": {"stable": 1}})
+    assert layout.mountinfo == image_root / "mountinfo"  # where the script's layout looks
+    started = subprocess.run(
+        [sys.executable, "-I", "-c", _VERIFY_WITHOUT_TENSORFLOW, str(image_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stderr.startswith("tfpack-verify: verified 3 version dirs:"), started.stderr
