@@ -100,7 +100,7 @@ def test_a_failed_check_exits_4_naming_it(served: Served, tfpack_cli, tmp_path: 
     [
         (["--target", "localhost:8500", "--model", "m"], "--target needs --version-dir or --models-dir"),
         (["--target", "localhost:8500", "--version-dir", "x/m/1"], "--version-dir needs --model NAME"),
-        (["example:1", "--models-dir", "x"], "go with --target"),
+        (["example:1", "--version-dir", "x/m/1"], "--version-dir goes with --target"),
         (["--target", "localhost:8500", "--models-dir", "x", "--load", "4"], "--load '4' is not C,S"),
         (["--target", "localhost:8500", "--models-dir", "x", "--load", "0,5"], "is not C,S"),
         (["--target", "localhost:8500", "--models-dir", "x", "--load", "2,-1"], "is not C,S"),
