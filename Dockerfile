@@ -18,7 +18,7 @@
 # signature before it execs the server, and refuses run-time arguments, TFPACK_* variables or
 # mounts that would change what is served or trusted), user 10001:10001, ports 8500 and 8501,
 # MODEL_NAME and MODEL_BASE_PATH=/models, the OCI and dev.tfpack.* labels, and a HEALTHCHECK
-# that passes once every model is AVAILABLE. A change of one model rewrites only its layer.
+# that passes once every model is AVAILABLE. A change of one model rewrites its layer and /etc/tfpack.
 #
 # BASE is either tfpack's embedded runtime (Debian bookworm with /opt/tfpack/venv holding
 # TensorFlow and tfpack-model-server's dependencies, built offline by `tfpack build`; once it

@@ -597,7 +597,8 @@ def verify(version_dir: Path, public_key: Path | None, cert_chain: tuple[Path, .
     "--models-from-volume",
     is_flag=True,
     help="Bake no model: the image serves the verified versions from one read-only volume mounted at "
-    "/models, which it verifies at every start (tfpack k8s --models-from-volume PVC).",
+    "/models, each checked at every start against the signed digest recorded here (tfpack k8s "
+    "--models-from-volume PVC). Not with --allow-unsigned.",
 )
 @click.option("--push", is_flag=True, help="Push the tag after building and print its digest.")
 @json_option
@@ -617,10 +618,12 @@ def build(
     as_json: bool,
 ) -> None:
     """Build the serving image for MODEL_DIR (DIR/NAME with version dirs, or a dir of models)."""
-    from packager.image import BuildResult, build_image, parse_version_labels
+    from packager.image import MODELS_FROM_VOLUME_UNSIGNED, BuildResult, build_image, parse_version_labels
 
     if public_key is not None and cert_chain:
         raise click.UsageError("give --public-key or --cert-chain, not both")
+    if models_from_volume and allow_unsigned:
+        raise click.UsageError(MODELS_FROM_VOLUME_UNSIGNED)
     if public_key is None and not cert_chain and not allow_unsigned:
         raise click.UsageError(
             "give --public-key PUB.pem or --cert-chain CHAIN.pem (or --allow-unsigned to serve unsigned models)"

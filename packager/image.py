@@ -15,7 +15,8 @@ writes itself with :mod:`packager.image_assembly`, loaded into the engine with `
 the same models gave a new image ID every time. Here every layer is a sorted tar of root-owned,
 fixed-mode files stamped with one time (SOURCE_DATE_EPOCH when set), and the config's times are
 that time too: the same inputs give the same image ID. A change of one model's files rewrites only
-that model's layer, and the engine keeps every layer below the first changed one without reading it.
+that model's layer and /etc/tfpack's (serving.json records every served version's signed digest),
+and the engine keeps every layer below the first changed one without reading it.
 
 Private keys never enter the image: the key given is parsed and only its public half written.
 Signatures are verified here too, so a model that would refuse to start fails the build instead.
@@ -130,6 +131,12 @@ HEALTHCHECK = Healthcheck(
 CODE_EPOCH = 315532800
 # --label NAME:LABEL=N; the names' own rules are checked where they are used (find_models,
 # BakedServing), so one message names what is wrong with each.
+# Why `tfpack build --models-from-volume --allow-unsigned` is refused (the CLI says it too).
+MODELS_FROM_VOLUME_UNSIGNED = (
+    "--models-from-volume cannot be combined with --allow-unsigned: each version on the volume must verify "
+    "at every start to the signed digest the build recorded for it, and an unsigned one has none; sign the "
+    "models with 'tfpack sign'"
+)
 _VERSION_LABEL = re.compile(r"^(?P<model>[^:=]+):(?P<label>[^:=]+)=(?P<version>[0-9]+)$")
 _MODEL_SERVER_SCRIPT = (
     "#!/opt/tfpack/venv/bin/python -I\n"
@@ -394,17 +401,20 @@ def build_image(
             exactly one read-only volume mounted at /models, which its entrypoint (and
             ``serving.verify``, a Kubernetes initContainer) verifies at every start; /models is
             an empty root-owned dir. Recorded in serving.json and the label
-            ``dev.tfpack.models-from-volume``.
+            ``dev.tfpack.models-from-volume``. Not with ``allow_unsigned``: every version on the
+            volume must verify to the digest recorded here.
         push: push ``tag`` after loading it.
         progress: receives every long step.
 
     Raises:
         UsageError: bad model dir, key, tag, label, batching file or base; a version dir failing
-            the op scan; no Docker engine; a failed push.
+            the op scan; no Docker engine; a failed push; models from a volume with allow_unsigned.
         VerificationError: an unsigned or tampered version dir.
         ToolError: the serving base's build, or loading the image, failed (exit 2).
     """
     check_image_reference(tag, "--tag")
+    if models_from_volume and allow_unsigned:
+        raise UsageError(MODELS_FROM_VOLUME_UNSIGNED)
     if "@" in tag:
         raise UsageError(f"--tag {tag!r} names a digest: give NAME:TAG (the digest is the build's to report)")
     embedded = base == EMBEDDED_BASE
@@ -437,6 +447,7 @@ def build_image(
         monitoring=monitoring,
         batching=batching_parameters is not None,
         models_from_volume=models_from_volume,
+        digests=served_digests(models, digests),
     )
     layers = image_layers(
         models,
@@ -511,6 +522,16 @@ def build_image(
         loaded_layers=loaded,
         models_from_volume=models_from_volume,
     )
+
+
+def served_digests(models: dict[str, list[Path]], digests: dict[Path, str]) -> dict[str, dict[str, str]]:
+    """serving.json's ``digests``: ``{name: {"N": "sha256:..."}}`` for every signed version dir
+    (the values of the ``dev.tfpack.model.NAME.N.digest`` labels), keyed by version number."""
+    return {
+        name: {str(int(d.name)): digests[d] for d in dirs if d in digests}
+        for name, dirs in models.items()
+        if any(d in digests for d in dirs)
+    }
 
 
 def _check_version_labels(version_labels: dict[str, dict[str, int]], models: dict[str, list[Path]]) -> None:

@@ -35,6 +35,10 @@ from packager.progress import SILENT, Progress
 LABEL_PREFIX = "dev.tfpack"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NUMBER = re.compile(r"[0-9]+")
+# A version dir of a petabyte, or more towers than any host has GPUs, is a broken or hostile label.
+MAX_VERSION_BYTES = 2**50
+MAX_TOWERS = 64
+MAX_ID = 2**31 - 1  # uids and gids Kubernetes accepts
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ class ImageFacts:
     uid: int
     gid: int
     models_from_volume: bool = False
+    base: str = "embedded"
+
+    @property
+    def gpu_capable(self) -> bool:
+        """Whether the runtime can use GPUs: only a GPU build of TF Serving (tensorflow/serving:*-gpu);
+        tfpack's embedded runtime runs tensorflow-cpu."""
+        return self.base.rpartition(":")[2].endswith("-gpu")
 
     @property
     def model_bytes(self) -> int:
@@ -93,6 +104,7 @@ class ImageFacts:
             "monitoring_path": self.monitoring_path,
             "user": f"{self.uid}:{self.gid}",
             "models_from_volume": self.models_from_volume,
+            "base": self.base,
         }
 
 
@@ -131,9 +143,17 @@ def facts_from_config(reference: str, config: dict[str, Any], *, pinned: bool) -
                 f"{reference} does not say how large model {name} version {', '.join(missing)} is "
                 f"(no {LABEL_PREFIX}.model.{name}.N.bytes label: built by an older tfpack): rebuild it with this one"
             )
-        version_bytes[name] = {v: int(size) for v, size in sizes.items() if size is not None}
+        version_bytes[name] = {
+            v: _bounded(reference, f"model.{name}.{v}.bytes", size, MAX_VERSION_BYTES)
+            for v, size in sizes.items()
+            if size is not None
+        }
         towers = {v: label(f"model.{name}.{v}.towers") for v in versions}
-        version_towers[name] = {v: int(t) for v, t in towers.items() if t is not None and _NUMBER.fullmatch(t)}
+        version_towers[name] = {
+            v: _bounded(reference, f"model.{name}.{v}.towers", t, MAX_TOWERS)
+            for v, t in towers.items()
+            if t is not None and _NUMBER.fullmatch(t)
+        }
         prefix = f"{LABEL_PREFIX}.model.{name}.label."
         version_labels[name] = {
             key[len(prefix) :]: int(value)
@@ -153,13 +173,23 @@ def facts_from_config(reference: str, config: dict[str, Any], *, pinned: bool) -
         uid=uid,
         gid=gid,
         models_from_volume=label("models-from-volume") == "true",
+        base=label("base") or "",
     )
+
+
+def _bounded(reference: str, key: str, value: str, limit: int) -> int:
+    """A numeric label's value, UsageError past ``limit`` (a broken or hostile image)."""
+    number = int(value[:20]) if len(value) <= 20 else limit + 1
+    if number > limit:
+        raise UsageError(f"{reference}'s label {LABEL_PREFIX}.{key}={value[:24]} is out of range (at most {limit})")
+    return number
 
 
 def _numeric_user(reference: str, user: str) -> tuple[int, int]:
     """(uid, gid) of the image's USER; Kubernetes' runAsNonRoot can check only a numeric uid."""
     uid, _, gid = user.partition(":")
-    if not _NUMBER.fullmatch(uid) or int(uid) == 0 or (gid and not _NUMBER.fullmatch(gid)):
+    valid = _NUMBER.fullmatch(uid) and (not gid or _NUMBER.fullmatch(gid))
+    if not valid or not 0 < int(uid) <= MAX_ID or int(gid or uid) > MAX_ID:
         raise UsageError(
             f"{reference} runs as user {user or 'root'!r}: the pod runs as non-root and needs the image's numeric "
             "uid:gid (rebuild it with 'tfpack build')"

@@ -32,6 +32,7 @@ image reference or claim name can change the YAML's structure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,14 +40,14 @@ import re
 import secrets
 import shutil
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packager import __version__, layout
 from packager.errors import ToolError, UsageError
 from packager.image_facts import ImageFacts, read_image_facts
-from packager.layout import DEPLOYMENT_CONFIG_DIR, MODELS_ROOT, REST_PORT
+from packager.layout import CLAIM_DIR, DEPLOYMENT_CONFIG_DIR, MODELS_ROOT, REST_PORT
 from packager.progress import SILENT, Progress
 from serving.entrypoint import EMBEDDED_SERVER, deployment_model_config_text
 
@@ -54,14 +55,27 @@ from serving.entrypoint import EMBEDDED_SERVER, deployment_model_config_text
 # copy (see pyproject.toml's package-data).
 TEMPLATES_DIR = Path(__file__).resolve().parent / "_assets" / "k8s"
 MARKER_FILE = ".tfpack-k8s.json"
+# How far, in percentage points, the canary's share of the pods may be from --canary-weight.
+CANARY_TOLERANCE = 5
 # The HorizontalPodAutoscaler scales from --replicas up to this many times as many.
 MAX_REPLICAS_FACTOR = 3
 # What each server holds before any model: measured on the served image with a tiny model
 # (bench/ has no part in it: a rendered request only needs to be generous and stable).
 RUNTIME_BASELINE_MIB = {EMBEDDED_SERVER: 768, "tensorflow_model_server": 384}
-# The verifier (initContainer) streams every file through SHA-256: its memory does not grow with
-# the model.
-VERIFIER_MEMORY_MIB = 256
+# The verifier (initContainer) streams every file through a copy and SHA-256: its memory does not
+# grow with the model.
+VERIFIER_MEMORY_MIB = 512
+# CPU request = limit (with memory request = limit: Guaranteed QoS, the last evicted).
+SERVER_CPU = "2"
+# /tmp is a tmpfs (TensorFlow writes little there); it counts against the memory limit, hence
+# added to it.
+TMP_MIB = 64
+# The volume variant's emptyDir holds a copy of every served version.
+STAGING_HEADROOM = 1.1
+STARTUP_PERIOD_S = 10
+STARTUP_BASE_S = 900
+STARTUP_BYTES_PER_S = 20 * 2**20
+
 HEALTH_CHECK = ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.healthcheck"]
 VERIFIER = ["/opt/tfpack/venv/bin/python", "-I", "-m", "serving.verify"]
 
@@ -118,6 +132,7 @@ class K8sResult:
     models_from_volume: str | None = None
     canary: CanaryPlan | None = None
     pinned: bool = True
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +149,7 @@ class K8sResult:
             "memory": self.memory,
             "monitoring_path": self.monitoring_path,
             "models_from_volume": self.models_from_volume,
+            "notes": self.notes,
             "canary": None
             if self.canary is None
             else {
@@ -270,10 +286,19 @@ def render_from_facts(
     for facts, flag in ((image, "--image"), *(((canary, "--canary"),) if canary else ())):
         facts.check_serves(model, flag)
         _check_volume_mode(facts, flag, models_from_volume)
-    gpus = image.towers(model) if gpus is None else gpus
+    notes: list[str] = []
+    if gpus is None:
+        towers = image.towers(model)
+        gpus = towers if image.gpu_capable else 0
+        if towers and not image.gpu_capable:
+            notes.append(
+                f"model {model} merges {towers} towers, but {image.reference} runs a CPU-only runtime "
+                f"(base {image.base}): no GPUs requested; build it on a GPU base to use them"
+            )
     plan = None
     if canary is not None and canary_weight is not None:
         plan = CanaryPlan(canary, canary_weight, canary_replicas(replicas, canary_weight))
+        _check_canary_share(plan, replicas)
     variant = "canary" if plan else "gpu" if gpus > 0 else "cpu"
     stable_variant = "gpu" if gpus > 0 else "cpu"
 
@@ -318,14 +343,42 @@ def render_from_facts(
         monitoring_path=image.monitoring_path,
         models_from_volume=models_from_volume,
         canary=plan,
+        notes=notes,
     )
+    for note in notes:
+        progress.step(f"note: {note}")
     rendered[Path(MARKER_FILE)] = json.dumps({"tfpack_version": __version__, **result.to_json()}, indent=2) + "\n"
     progress.step(f"writing {output_dir}")
     try:
         _write_tree_atomically(output_dir, rendered)
     except OSError as exc:
-        raise UsageError(f"cannot write --output-dir {output_dir}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot write --output-dir {output_dir}: {exc.strerror or exc} (give a directory you can write, "
+            "whose parents are directories)"
+        ) from None
     return result
+
+
+def _check_canary_share(plan: CanaryPlan, stable_replicas: int) -> None:
+    """UsageError when whole pods cannot come within CANARY_TOLERANCE points of the weight asked for."""
+    share = plan.share_percent(stable_replicas)
+    if abs(share - plan.weight) <= CANARY_TOLERANCE:
+        return
+    needed = next(
+        (
+            r
+            for r in range(stable_replicas, 10_000)
+            if abs(CanaryPlan(plan.image, plan.weight, canary_replicas(r, plan.weight)).share_percent(r) - plan.weight)
+            <= CANARY_TOLERANCE
+        ),
+        None,
+    )
+    hint = f"--replicas {needed} gets within {CANARY_TOLERANCE} points" if needed else "no replica count does"
+    raise UsageError(
+        f"--canary-weight {plan.weight} with --replicas {stable_replicas} gives the canary {plan.replicas} of "
+        f"{plan.replicas + stable_replicas} pods ({share}%): {hint}; for exact weights route with a service mesh "
+        "(README, tfpack k8s, Canary)"
+    )
 
 
 def canary_replicas(stable_replicas: int, weight: int) -> int:
@@ -336,7 +389,7 @@ def canary_replicas(stable_replicas: int, weight: int) -> int:
 def memory_mib(image: ImageFacts) -> int:
     """The model server's memory: its runtime's baseline plus twice the bytes it serves, in MiB."""
     baseline = RUNTIME_BASELINE_MIB.get(image.model_server, max(RUNTIME_BASELINE_MIB.values()))
-    return baseline + math.ceil(2 * image.model_bytes / 2**20)
+    return baseline + TMP_MIB + math.ceil(2 * image.model_bytes / 2**20)
 
 
 def _check_options(
@@ -380,44 +433,68 @@ def _check_volume_mode(facts: ImageFacts, flag: str, claim: str | None) -> None:
         )
 
 
+def startup_failure_threshold(image: ImageFacts) -> int:
+    """Startup probes (10 s apart) a first load may take: 15 minutes, plus a minute per 1.2 GB served.
+
+    The server reads every version (and, for a volume, the verifier copied and hashed it first)
+    before the port opens; a large model on slow storage must not be killed mid-load.
+    """
+    seconds = STARTUP_BASE_S + image.model_bytes / STARTUP_BYTES_PER_S
+    return math.ceil(seconds / STARTUP_PERIOD_S)
+
+
 def _deployment_values(
     image: ImageFacts, model: str, instance: str, *, replicas: int | None, claim: str | None
 ) -> dict[str, str]:
     """The placeholders of base/deployment.yaml and base/configmap.yaml for one Deployment."""
     memory = f"{memory_mib(image)}Mi"
-    config_name = f"{instance}-model-config"
+    model_config = deployment_model_config_text(image.models, image.version_labels)
+    # The name changes with the content: a pod of the previous image that restarts mid-rollout
+    # (or after a rollback) still finds the config its own image serves.
+    config_name = f"{instance}-model-config-{hashlib.sha256(model_config.encode()).hexdigest()[:10]}"
     security = {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "model-config", "mountPath": DEPLOYMENT_CONFIG_DIR, "readOnly": True},
-    ]
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
+    config = {"name": "model-config", "mountPath": DEPLOYMENT_CONFIG_DIR, "readOnly": True}
+    mounts: list[dict[str, Any]] = [tmp, config]
     volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": f"{TMP_MIB}Mi"}},
         {"name": "model-config", "configMap": {"name": config_name}},
     ]
     init_containers: list[dict[str, Any]] = []
     if claim is not None:
+        # The server never reads the claim: the verifier copies the served version dirs from it
+        # into an emptyDir only this pod can write and verifies the copy, which the server then
+        # mounts read-only and verifies again. A claim changed after the check changes nothing.
+        staging_mib = math.ceil(image.model_bytes * STAGING_HEADROOM / 2**20) + 1
         mounts.append({"name": "models", "mountPath": MODELS_ROOT, "readOnly": True})
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        volumes += [
+            {"name": "models-claim", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+            {"name": "models", "emptyDir": {"sizeLimit": f"{staging_mib}Mi"}},
+        ]
         verifier_memory = f"{VERIFIER_MEMORY_MIB}Mi"
         init_containers.append(
             {
                 "name": "verify-models",
                 "image": image.reference,
-                "imagePullPolicy": "IfNotPresent",
-                "command": VERIFIER,
+                "imagePullPolicy": _pull_policy(image),
+                "command": [*VERIFIER, "--stage-from", CLAIM_DIR],
                 "env": [{"name": "MODEL_NAME", "value": model}],
                 "resources": {
-                    "requests": {"cpu": "500m", "memory": verifier_memory},
+                    "requests": {"cpu": "1", "memory": verifier_memory},
                     "limits": {"cpu": "1", "memory": verifier_memory},
                 },
                 "securityContext": security,
-                "volumeMounts": mounts,
+                "volumeMounts": [
+                    tmp,
+                    config,
+                    {"name": "models-claim", "mountPath": CLAIM_DIR, "readOnly": True},
+                    {"name": "models", "mountPath": MODELS_ROOT},
+                ],
             }
         )
     annotations: dict[str, str] = {}
@@ -431,19 +508,28 @@ def _deployment_values(
         "deployment_name": json.dumps(instance),
         "instance": json.dumps(instance),
         "image": json.dumps(image.reference),
+        "image_pull_policy": _pull_policy(image),
         "replicas_field": "" if replicas is None else f"replicas: {replicas}",
         "pod_annotations": json.dumps(annotations),
         "uid": str(image.uid),
         "gid": str(image.gid),
         "init_containers": json.dumps(init_containers),
-        "resources": json.dumps({"requests": {"cpu": "1", "memory": memory}, "limits": {"cpu": "2", "memory": memory}}),
+        "resources": json.dumps(
+            {"requests": {"cpu": SERVER_CPU, "memory": memory}, "limits": {"cpu": SERVER_CPU, "memory": memory}}
+        ),
+        "startup_failure_threshold": str(startup_failure_threshold(image)),
         "container_security_context": json.dumps(security),
         "volume_mounts": json.dumps(mounts),
         "volumes": json.dumps(volumes),
         "config_name": json.dumps(config_name),
-        "model_config": json.dumps(deployment_model_config_text(image.models, image.version_labels)),
+        "model_config": json.dumps(model_config),
         "memory_plain": memory,
     }
+
+
+def _pull_policy(image: ImageFacts) -> str:
+    """A digest never changes, a tag can: nodes must not run a stale cached copy of a tag."""
+    return "IfNotPresent" if image.pinned else "Always"
 
 
 def _check_replaceable(output_dir: Path) -> None:

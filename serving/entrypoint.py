@@ -4,9 +4,9 @@ Run as ``python -I -m serving.entrypoint [TUNING FLAGS...]``. Everything that de
 served and *whom* to trust was baked into root-owned files by ``tfpack build``; the entrypoint
 reads only those, never the environment:
 
-    /etc/tfpack/serving.json          the models and versions, their labels, the server,
-                                      allow-unsigned, allow-reload-config, monitoring, batching
-                                      (BakedServing)
+    /etc/tfpack/serving.json          the models and versions, their labels and signed digests,
+                                      the server, allow-unsigned, allow-reload-config,
+                                      monitoring, batching, models-from-volume (BakedServing)
     /etc/tfpack/models.config         the ModelServerConfig: each model pinned to every version
                                       baked for it, with its version labels; must equal the one
                                       serving.json implies
@@ -26,14 +26,21 @@ models.config dropped into /models. Then every numeric version dir of every mode
 /models is verified (exit 3 on any failure): the served ones and any others, so nothing
 unverified sits where a server looks.
 
+Each served version must verify to the signed digest serving.json records for it (the build's):
+a dir the trusted key signed for another model or an older version is refused (exit 3), and so
+is any symlink, FIFO, socket or device under /models.
+
 An image built with ``--models-from-volume`` bakes no model: it takes exactly one read-only mount
 at /models (a writable one, one below /models or none at all is refused) and verifies it as it
-would baked dirs. In either kind of image a Kubernetes deployment may mount its ConfigMap,
-read-only, at /etc/tfpack-deployment: its models.config must be the one this image serves
-(:func:`deployment_model_config_text` renders it), else the image refuses to serve (exit 3).
+would baked dirs. In Kubernetes that mount is an emptyDir into which ``serving.verify
+--stage-from /tfpack-claim`` (the initContainer, :func:`stage_image`) copied the served versions
+from the read-only claim, so the server never reads the claim. In either kind of image a
+Kubernetes deployment may mount its ConfigMap, read-only, at /etc/tfpack-deployment: its
+models.config must be the one this image serves (:func:`deployment_model_config_text` renders
+it), else the image refuses to serve (exit 3).
 
 :func:`verify_image` is all of that; ``serving.verify`` (a Kubernetes initContainer) runs it
-and exits, this module runs it and then execs the server.
+(or :func:`stage_image`) and exits, this module runs it and then execs the server.
 
 The server's command line is built here: the baked config file (versions pinned, so a version
 dir that appears later is never loaded), file-system polling off, the baked monitoring and
@@ -47,6 +54,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 from collections.abc import Mapping, Sequence
@@ -57,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 from packager.errors import TfpackError, UsageError, VerificationError
 from packager.layout import (
     CHAIN_DIR,
+    CLAIM_DIR,
     DEPLOYMENT_CONFIG_DIR,
     GRPC_PORT,
     IMAGE_ETC_DIR,
@@ -65,10 +74,12 @@ from packager.layout import (
     REST_PORT,
     TRUST_DIR,
     Trust,
+    VerifiedModel,
     check_model_name,
     version_dirs,
 )
 from packager.layout import MODELS_ROOT as MODELS_ROOT_PATH
+from serving.staging import remove_staged, stage_versions, unservable_entries
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -76,6 +87,7 @@ if TYPE_CHECKING:
 ETC_DIR = Path(IMAGE_ETC_DIR)
 MODELS_ROOT = Path(MODELS_ROOT_PATH)
 DEPLOYMENT_DIR = Path(DEPLOYMENT_CONFIG_DIR)
+CLAIM_PATH = Path(CLAIM_DIR)
 SERVING_FILE = "serving.json"
 MODEL_CONFIG_FILE = "models.config"
 SESSION_CONFIG_FILE = "session_config.pbtxt"
@@ -101,6 +113,8 @@ SESSION_CONFIG = (
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path, on the REST port
 # Label names end up in REST paths (/v1/models/NAME/labels/LABEL) and image labels: keep them plain.
 _LABEL_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A signed version dir's model digest as serving.json and the image labels record it.
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 # Server flags an operator may pass at run time (`docker run IMAGE --flag=value`, k8s args):
 # performance and behaviour tuning that cannot change which files are served or whom to trust.
@@ -210,7 +224,9 @@ class BakedServing:
         UsageError: a field out of its rules (the message names it): an unknown server, a bad
             model name, versions that are not ascending int64s, a label that is not
             ``[A-Za-z0-9_-]+`` or names a version its model was not baked with, no trust without
-            allow-unsigned, config reloads on a server that cannot verify them.
+            allow-unsigned, config reloads on a server that cannot verify them, a digest that is
+            not ``sha256:<hex>`` or names no served version, a served version without one
+            (allowed only with allow-unsigned), models from a volume with allow-unsigned.
     """
 
     model_server: str  # EMBEDDED_SERVER or TF_SERVING_SERVER
@@ -223,6 +239,9 @@ class BakedServing:
     batching: bool = False  # server-side batching with the baked batching.config
     # No model baked: exactly one read-only volume at /models holds them (checked at start-up).
     models_from_volume: bool = False
+    # model -> version ("N", as JSON keys are) -> "sha256:<hex>", the signed digest the build
+    # verified: a served version must verify to exactly that, not to any dir the trust signed.
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.model_server not in SERVER_PATHS:
@@ -247,6 +266,11 @@ class BakedServing:
             raise UsageError("trust must be public_key, cert_chain or none")
         if self.trust == "none" and not self.allow_unsigned:
             raise UsageError("no trust material and allow_unsigned false")
+        if self.models_from_volume and self.allow_unsigned:
+            raise UsageError(
+                "models_from_volume with allow_unsigned: a volume's models must each be the signed one the build "
+                "verified, and an unsigned dir could be anything"
+            )
         if self.allow_reload_config and self.model_server != EMBEDDED_SERVER:
             raise UsageError("only tfpack-model-server can verify reloaded models")
         if not isinstance(self.labels, dict):
@@ -266,6 +290,39 @@ class BakedServing:
                     raise UsageError(
                         f"label {name}:{label}={version}: model {name} has no version {version} (it has {baked})"
                     )
+        self._check_digests()
+
+    def _check_digests(self) -> None:
+        if not isinstance(self.digests, dict):
+            raise UsageError("digests must map each model to {version: digest}")
+        for name, digests in self.digests.items():
+            if name not in self.models:
+                raise UsageError(f"digests for model {name!r}, which is not baked")
+            if not isinstance(digests, dict):
+                raise UsageError(f"digests of model {name} must map each version to its digest")
+            versions = {str(version) for version in self.models[name]}
+            for version, digest in digests.items():
+                if version not in versions:
+                    raise UsageError(f"digest of {name}/{version}: model {name} has no version {version!r}")
+                if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+                    raise UsageError(f"digest of {name}/{version} must be sha256:<64 hex digits>, not {digest!r}")
+        if self.trust == "none" and any(self.digests.values()):
+            raise UsageError("digests without trust material: nothing could verify a signed version")
+        # Only an image that allows unsigned models (never one whose models come from a volume)
+        # may serve a version without the digest it was built for: an unsigned one.
+        if not self.allow_unsigned:
+            missing = [
+                f"{name}/{version}"
+                for name, versions in self.models.items()
+                for version in versions
+                if self.digest(name, version) is None
+            ]
+            if missing:
+                raise UsageError(f"no signed digest for {', '.join(missing)}: every served version needs one")
+
+    def digest(self, name: str, version: int) -> str | None:
+        """The signed digest the build recorded for version ``version`` of ``name``; None: unsigned."""
+        return self.digests.get(name, {}).get(str(version))
 
     @property
     def server_path(self) -> str:
@@ -283,6 +340,7 @@ class BakedServing:
             "monitoring": self.monitoring,
             "batching": self.batching,
             "models_from_volume": self.models_from_volume,
+            "digests": self.digests,
         }
 
     def dumps(self) -> str:
@@ -312,7 +370,15 @@ class BakedServing:
             raise bad("format 1, written by an older tfpack that served only each model's highest version")
         if data.get("format") != SERVING_FORMAT:
             raise bad(f"format must be {SERVING_FORMAT}")
-        optional = ("labels", "allow_unsigned", "allow_reload_config", "monitoring", "batching", "models_from_volume")
+        optional = (
+            "labels",
+            "allow_unsigned",
+            "allow_reload_config",
+            "monitoring",
+            "batching",
+            "models_from_volume",
+            "digests",
+        )
         try:
             return cls(
                 model_server=data.get("model_server", ""),
@@ -511,6 +577,7 @@ class ImageLayout:
     mountinfo: Path = MOUNTINFO
     require_root_owned: bool = True
     deployment_dir: Path = DEPLOYMENT_DIR
+    claim_dir: Path = CLAIM_PATH  # where serving.verify --stage-from finds the models claim
 
     @property
     def serving_file(self) -> Path:
@@ -669,19 +736,23 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
     Two mounts are accepted, each only read-only: exactly one at /models itself when
     ``models_from_volume`` (the image's models), and the deployment's ConfigMap at
     /etc/tfpack-deployment (its models.config is checked by :func:`check_deployment_config`).
+    The models claim (/tfpack-claim) is never accepted there: the server serves a copy of it.
 
     Args:
         scope: "baked" names only mounts over the baked files, the entrypoint and the servers
             (checked before the baked files are read); "models" adds /models and the
             deployment dir (an image built to allow config reloads takes models from other
             mounts, each verified by the server right before it loads); "all" adds every other
-            mount.
+            mount; "stage" is "all" for ``serving.verify --stage-from``: the claim exactly once,
+            read-only, at /tfpack-claim and /models exactly once, writable (the copy goes there).
         models_from_volume: the image was built with --models-from-volume (serving.json says so).
     """
     protected = [str(layout.etc_dir), "/opt/tfpack", *SERVER_PATHS.values()]
     models_root = str(layout.models_root)
+    claim = str(layout.claim_dir)
+    staging = scope == "stage"
     problems: list[str] = []
-    volumes = 0
+    seen: dict[str, int] = {}
     for mount in read_mounts(layout):
         point = mount.point
         if (
@@ -698,6 +769,8 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
             ),
             None,
         )
+        if point in (models_root, claim):
+            seen[point] = seen.get(point, 0) + 1
         if replaced is not None:
             problems.append(
                 f"{point} is mounted at run time: it would replace {replaced}, which the "
@@ -705,14 +778,35 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
             )
         elif scope == "baked":
             continue
+        elif staging and point == models_root:
+            if mount.read_only:
+                problems.append(
+                    f"{point} is mounted read-only: serving.verify --stage-from copies the served versions into "
+                    "it; mount an empty writable dir there (an emptyDir in Kubernetes)"
+                )
+            elif seen[point] > 1:
+                problems.append(f"{point} is mounted more than once: mount exactly one empty writable dir there")
+        elif staging and point == claim:
+            if not mount.read_only:
+                problems.append(
+                    f"{point} is mounted writable: mount the models claim read-only (readOnly: true in Kubernetes, "
+                    ":ro with docker run)"
+                )
+            elif seen[point] > 1:
+                problems.append(f"{point} is mounted more than once: mount exactly one models claim there")
+        elif staging and (point.startswith(models_root + "/") or point.startswith(claim + "/")):
+            below = models_root if point.startswith(models_root + "/") else claim
+            problems.append(
+                f"{point} is mounted at run time below {below}: mount one volume at {below} itself "
+                "(a mount below it could be swapped while it is copied)"
+            )
         elif point == models_root and models_from_volume:
-            volumes += 1
             if not mount.read_only:
                 problems.append(
                     f"{point} is mounted writable: mount it read-only (readOnly: true in Kubernetes, :ro with "
                     "docker run); the image verifies the models on it once, before the server loads them"
                 )
-            elif volumes > 1:
+            elif seen[point] > 1:
                 problems.append(f"{point} is mounted more than once: mount exactly one volume of models there")
         elif models_from_volume and point.startswith(models_root + "/"):
             problems.append(
@@ -730,7 +824,12 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
                     f"{point} is mounted writable: mount the deployment's ConfigMap read-only there "
                     "(Kubernetes mounts ConfigMaps read-only)"
                 )
-        elif scope == "all":
+        elif scope == "all" and (point == claim or point.startswith(claim + "/")):
+            problems.append(
+                f"{point} is mounted at run time: the model server never reads the models claim; "
+                f"'serving.verify --stage-from {claim}' copies it into an emptyDir mounted read-only at {models_root}"
+            )
+        elif scope in ("all", "stage"):
             problems.append(
                 f"{point} is mounted at run time: only the engine's own mounts and /tmp are "
                 "accepted (a mount could replace code the entrypoint or the server loads)"
@@ -842,30 +941,59 @@ def every_version_dir(models_root: Path) -> list[Path]:
 def verify_models(layout: ImageLayout, baked: BakedServing) -> tuple[list[Path], list[Path]]:
     """Verify every version dir under /models; return (verified dirs, unsigned dirs allowed).
 
+    /models must hold only directories and regular files (a link could point elsewhere than
+    what was verified), and each served version must verify to the very digest the build
+    recorded for it: a dir signed by the trusted key for another model or an older version is
+    not the one this image was built for.
+
     Raises:
-        VerificationError: any dir failing, or a served version dir missing; the message names
-            every failing dir and file, on one line.
+        VerificationError: any dir failing, a served version dir missing or not the one built
+            for, or a symlink, FIFO, socket or device under /models; the message names every
+            failing dir and file, on one line.
         UsageError: two dirs name one version.
     """
+    unservable = unservable_entries(layout.models_root)
+    if unservable:
+        raise VerificationError(" | ".join(unservable))
     trust = _trust(layout, baked)
-    verified: list[Path] = []
-    unsigned: list[Path] = []
+    checked: dict[Path, VerifiedModel | None] = {}
     failures: list[str] = []
     for version_dir in every_version_dir(layout.models_root):
         try:
-            (unsigned if trust.check(version_dir) is None else verified).append(version_dir)
+            checked[version_dir] = trust.check(version_dir)
         except TfpackError as exc:
             failures.append(str(exc))
-    checked = set(verified) | set(unsigned)
     for name, versions in baked.models.items():
         on_disk = version_dirs(layout.models_root / name)
         for version in versions:
             served = on_disk.get(version)
-            if served is None or served not in checked:
+            if served is None:
                 failures.append(f"{layout.models_root / name}/{version} (a version this image serves) is missing")
+                continue
+            if served not in checked:
+                continue  # it failed verification: named above
+            mismatch = _digest_mismatch(served, checked[served], baked.digest(name, version))
+            if mismatch:
+                failures.append(mismatch)
     if failures:
         raise VerificationError(" | ".join(failures))
-    return verified, unsigned
+    verified = [d for d, model in checked.items() if model is not None]
+    return verified, [d for d, model in checked.items() if model is None]
+
+
+def _digest_mismatch(version_dir: Path, verified: VerifiedModel | None, recorded: str | None) -> str | None:
+    """Why a served, verified (or allowed unsigned) dir is not the one the build recorded, if it is not."""
+    found = None if verified is None else f"sha256:{verified.digest}"
+    if found == recorded:
+        return None
+    if found is None:
+        return f"{version_dir} is unsigned, but this image was built for a signed one ({recorded})"
+    if recorded is None:
+        return f"{version_dir} is signed ({found}), but this image was built for an unsigned one: rebuild the image"
+    return (
+        f"{version_dir} verifies against the baked trust but is not the version this image was built for: "
+        f"its signed digest is {found}, the build recorded {recorded}"
+    )
 
 
 def baked_flags(layout: ImageLayout, baked: BakedServing) -> dict[str, tuple[str, str]]:
@@ -990,6 +1118,67 @@ def verify_image(argv: Sequence[str], environ: Mapping[str, str], layout: ImageL
     check_deployment_config(layout, baked)
     verified, unsigned = verify_models(layout, baked)
     return VerifiedImage(baked=baked, tuning=tuning, verified=verified, unsigned=unsigned)
+
+
+def stage_image(source: Path, environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> VerifiedImage:
+    """``serving.verify --stage-from``: copy the served version dirs from the models claim into
+    /models and verify the copy as the entrypoint verifies /models.
+
+    Only an image built with --models-from-volume stages, only from ``layout.claim_dir`` (the
+    claim, mounted read-only), only into a writable /models, emptied first (an emptyDir the server
+    then mounts read-only), and only with the engine's own mounts, /tmp and the deployment's
+    ConfigMap besides. Nothing but the served versions is read from the claim; a failure
+    removes what was copied.
+
+    Raises:
+        RefusedOverride: not a volume image, another source dir, an environment variable or a
+            mount out of those rules, or a previous copy in /models that cannot be removed.
+        UsageError: the baked files are unusable, or the copy cannot be written.
+        VerificationError: a served version missing from the claim or holding a symlink, FIFO,
+            socket or device; a copy failing verification or not the version the build recorded.
+    """
+    mounted = check_mounts(layout, scope="baked")
+    if mounted:
+        raise RefusedOverride(" | ".join(mounted))
+    baked = load_baked(layout)
+    if not baked.models_from_volume:
+        raise RefusedOverride(
+            "--stage-from is for an image built with --models-from-volume: this one serves the models baked into it"
+        )
+    if str(source) != str(layout.claim_dir):
+        raise RefusedOverride(
+            f"--stage-from {source}: stage from {layout.claim_dir}, where the models claim is mounted read-only"
+        )
+    problems = check_environment(environ, baked) + check_mounts(layout, scope="stage", models_from_volume=True)
+    for path, what in (
+        (layout.claim_dir, "the models claim, read-only"),
+        (layout.models_root, "an empty writable dir"),
+    ):
+        if not _is_mounted(layout, path):
+            problems.append(f"nothing is mounted at {path}: mount {what} there")
+    if problems:
+        raise RefusedOverride(" | ".join(problems))
+    # An emptyDir outlives its initContainer: a retry after a killed copy, or a pod sandbox
+    # recreated after a finished one, finds the previous copy. Only this pod writes it, so it is
+    # emptied and staged afresh rather than refused forever (or trusted unverified).
+    try:
+        for entry in sorted(layout.models_root.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as exc:
+        raise RefusedOverride(
+            f"{layout.models_root} holds a previous copy that cannot be removed ({exc.strerror or exc})"
+        ) from None
+    check_deployment_config(layout, baked)
+    stage_versions(layout.claim_dir, layout.models_root, baked.models)
+    try:
+        verified, unsigned = verify_models(layout, baked)
+    except BaseException:
+        remove_staged(layout.models_root, baked.models)
+        raise
+    return VerifiedImage(baked=baked, tuning=[], verified=verified, unsigned=unsigned)
 
 
 def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> list[str]:

@@ -11,13 +11,18 @@ with Docker exactly as written and probes it as the kubelet would::
 
 What it does, as the kubelet does it:
 
-* Volumes: emptyDir is a tmpfs at each mountPath (sizeLimit is its size); a configMap is the named
-  ConfigMap's data written as files (defaultMode 0644, items honoured) and bind-mounted read-only;
-  a persistentVolumeClaim is a bind mount of ``claims[claimName]``, read-only when the mount or
-  the claim source says so. No service-account token is ever mounted, so a pod spec that would
-  get one (automountServiceAccountToken not false, on the pod or its ServiceAccount) is refused.
-* initContainers run first, one at a time, to completion; a non-zero exit raises
-  InitContainerFailed and no app container is created.
+* Volumes, made on the host once per pod and bind-mounted into every container that mounts them
+  (read-only when the volumeMount says readOnly), as the kubelet does under
+  /var/lib/kubelet/pods/<uid>/volumes: an emptyDir is ONE directory shared by the pod's containers
+  (the initContainers' writes are what the app container reads), mode 0777, or for medium Memory a
+  tmpfs mounted there (sizeLimit is its size; tmpfs's own mode 1777), group fsGroup and setgid
+  when the pod has one; a configMap is the named ConfigMap's data written as files (defaultMode
+  0644, items honoured), always read-only; a persistentVolumeClaim is ``claims[claimName]``,
+  read-only when the mount or the claim source says so. No service-account token is ever mounted,
+  so a pod spec that would get one (automountServiceAccountToken not false, on the pod or its
+  ServiceAccount) is refused.
+* initContainers run first, one at a time, to completion (their start and exit are in the pod's
+  timeline); a non-zero exit raises InitContainerFailed and no app container is created.
 * Containers: image; ``command`` replaces the ENTRYPOINT and ``args`` the CMD (with a command and
   no args the image's CMD is dropped); ``$(VAR)`` references in env values, command and args are
   expanded; env holds what is declared plus the service links a kubelet injects (the ``*_SERVICE_HOST``
@@ -43,12 +48,17 @@ listed as mattering only to a scheduler; anything else raises UnsupportedPodFiel
 the renderer can never add something this proof silently skips.
 
 Where it differs from a kubelet, and why that is acceptable for these tests: one app container per
-pod (no shared network sandbox: the runner refuses more); an emptyDir mounted by several
-containers is a separate tmpfs in each (the rendered pods share none); a restart reuses the Docker
-container (``docker restart``: a fresh process, the same read-only root); images are never pulled.
+pod (no shared network sandbox: the runner refuses more); a disk emptyDir's sizeLimit is not
+enforced (the kubelet enforces it by evicting the pod, after the fact); a restart reuses the
+Docker container (``docker restart``: a fresh process, the same read-only root); images are never
+pulled. topologySpreadConstraints are a scheduler's: checked (known fields, a selector that
+selects this pod, a satisfiable skew) but trivially met by one pod on one node.
 
-Every container (labelled with the pod's id) and every temporary directory is removed on every
-path out of ``run_pod``.
+A memory emptyDir is a tmpfs mounted on the host (so the runner needs root, as the kubelet does)
+and not a Docker ``local`` volume of type tmpfs: Docker unmounts such a volume when its last
+container stops, so what an initContainer wrote there would be gone before the app container
+starts. Every container (labelled with the pod's id), every tmpfs and every temporary directory
+is removed on every path out of ``run_pod``.
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ import base64
 import contextlib
 import datetime
 import math
+import os
 import re
 import shutil
 import socket
@@ -188,6 +199,18 @@ PROBE_DEFAULTS: Mapping[str, int] = {
     "failureThreshold": 3,
 }
 PROBE_KINDS = ("startup", "readiness", "liveness")
+SPREAD_FIELDS = frozenset(
+    {
+        "maxSkew",
+        "topologyKey",
+        "whenUnsatisfiable",
+        "labelSelector",
+        "minDomains",
+        "nodeAffinityPolicy",
+        "nodeTaintsPolicy",
+        "matchLabelKeys",
+    }
+)
 DEFAULT_TERMINATION_GRACE_S = 30
 
 
@@ -260,9 +283,13 @@ class Mount:
 
 @dataclass(frozen=True)
 class EmptyDirVolume:
-    """An emptyDir: a tmpfs of ``size_bytes`` (None: tmpfs's default)."""
+    """An emptyDir: a host directory, or with medium "Memory" a tmpfs of ``size_bytes`` (None: tmpfs's default).
+
+    ``size_bytes`` is the sizeLimit; only a tmpfs enforces it here.
+    """
 
     size_bytes: int | None
+    medium: str = ""  # "" (the node's disk) or "Memory"
 
 
 @dataclass(frozen=True)
@@ -326,6 +353,7 @@ class PodPlan:
     volumes: dict[str, Volume]
     termination_grace_s: float
     time_scale: float
+    fs_group: int | None = None
 
 
 def find_object(objects: Sequence[Obj], kind: str, name: str) -> Obj:
@@ -554,7 +582,8 @@ def _volumes(pod: Obj, objects: Sequence[Obj], namespace: str | None, claims: Ma
                 raise UnsupportedPodField(f"{source_where}.medium", f"medium {source['medium']!r}")
             size = source.get("sizeLimit")
             volumes[volume["name"]] = EmptyDirVolume(
-                math.ceil(parse_quantity(size, f"{source_where}.sizeLimit")) if size is not None else None
+                math.ceil(parse_quantity(size, f"{source_where}.sizeLimit")) if size is not None else None,
+                source.get("medium", ""),
             )
         elif sources[0] == "configMap":
             _check_fields(source, frozenset({"name", "items", "defaultMode", "optional"}), source_where)
@@ -719,6 +748,8 @@ def plan_pod(
         _container_plan(c, init=True, index=i, **common) for i, c in enumerate(pod.get("initContainers", []))
     )
     containers = tuple(_container_plan(c, init=False, index=i, **common) for i, c in enumerate(pod["containers"]))
+    labels = dict(template.get("metadata", {}).get("labels", {}))
+    check_spread_constraints(pod, labels)
     if len(containers) != 1:
         raise UnsupportedPodField(
             "spec.template.spec.containers", "more than one app container (no shared network sandbox here)"
@@ -726,13 +757,38 @@ def plan_pod(
     return PodPlan(
         deployment=deployment_name,
         namespace=namespace,
-        labels=dict(template.get("metadata", {}).get("labels", {})),
+        labels=labels,
         init_containers=init_containers,
         containers=containers,
         volumes=volumes,
         termination_grace_s=float(pod.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)),
         time_scale=time_scale,
+        fs_group=pod_security.get("fsGroup"),
     )
+
+
+def check_spread_constraints(pod: Obj, labels: Mapping[str, str]) -> None:
+    """UnsupportedPodField unless each topologySpreadConstraint could spread this template's pods.
+
+    The scheduler counts the pods its labelSelector matches: a selector that misses the template's
+    own labels spreads nothing. One pod on one node meets any skew of at least 1.
+    """
+    for index, constraint in enumerate(pod.get("topologySpreadConstraints", [])):
+        where = f"spec.template.spec.topologySpreadConstraints[{index}]"
+        _check_fields(constraint, SPREAD_FIELDS, where)
+        if not isinstance(constraint.get("maxSkew"), int) or constraint["maxSkew"] < 1:
+            raise UnsupportedPodField(f"{where}.maxSkew", f"{constraint.get('maxSkew')!r} is not a skew of at least 1")
+        if constraint.get("whenUnsatisfiable") not in ("DoNotSchedule", "ScheduleAnyway") or not constraint.get(
+            "topologyKey"
+        ):
+            raise UnsupportedPodField(
+                where, "needs a topologyKey and whenUnsatisfiable DoNotSchedule or ScheduleAnyway"
+            )
+        selector = constraint.get("labelSelector") or {}
+        _check_fields(selector, frozenset({"matchLabels"}), f"{where}.labelSelector")
+        match = selector.get("matchLabels") or {}
+        if not match or not match.items() <= labels.items():
+            raise UnsupportedPodField(f"{where}.labelSelector", f"{match} does not select the pod's labels {labels}")
 
 
 def service_target(service: Obj, plan: PodPlan, port_name: str) -> tuple[str, int]:
@@ -791,10 +847,55 @@ class PodEvent(NamedTuple):
     detail: str = ""
 
 
-def _materialize(plan: PodPlan, scratch: Path) -> dict[str, Path]:
-    """Write each configMap volume's files under ``scratch``; volume name -> host directory."""
+def _mount_tmpfs(directory: Path, size_bytes: int | None) -> None:
+    options = "mode=1777" + (f",size={size_bytes}" if size_bytes is not None else "")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"cannot mount a tmpfs for a memory emptyDir at {directory} (the runner needs root, as the "
+            f"kubelet does): {result.stderr.strip()}"
+        )
+
+
+def _unmount(directory: Path) -> None:
+    if subprocess.run(["umount", str(directory)], capture_output=True, timeout=30, check=False).returncode != 0:
+        # Still busy (a container the engine has not let go of yet): detach it now, freed when idle.
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30, check=False)
+
+
+def _make_empty_dir(
+    directory: Path, volume: EmptyDirVolume, fs_group: int | None, cleanup: contextlib.ExitStack
+) -> None:
+    """One emptyDir as the kubelet makes it: 0777 (a tmpfs: 1777), group fsGroup and setgid when set."""
+    directory.mkdir()
+    if volume.medium == "Memory":
+        _mount_tmpfs(directory, volume.size_bytes)
+        cleanup.callback(_unmount, directory)
+    else:
+        directory.chmod(0o777)  # whatever the umask
+    if fs_group is not None:
+        # pkg/volume/volume_linux.go SetVolumeOwnership: group fsGroup, group rwx, setgid on dirs.
+        os.chown(directory, -1, fs_group)
+        directory.chmod(directory.stat().st_mode & 0o7777 | 0o2070)
+
+
+def _materialize(plan: PodPlan, scratch: Path, cleanup: contextlib.ExitStack) -> dict[str, Path]:
+    """Make each emptyDir and configMap volume under ``scratch``; volume name -> host directory.
+
+    ``cleanup`` gets the unmount of each tmpfs; close it after the pod's containers are removed.
+    """
     directories: dict[str, Path] = {}
     for name, volume in plan.volumes.items():
+        if isinstance(volume, EmptyDirVolume):
+            directories[name] = scratch / f"empty-dir-{name}"
+            _make_empty_dir(directories[name], volume, plan.fs_group, cleanup)
+            continue
         if not isinstance(volume, ConfigMapVolume):
             continue
         directory = scratch / f"configmap-{name}"
@@ -812,30 +913,24 @@ def _materialize(plan: PodPlan, scratch: Path) -> dict[str, Path]:
 def docker_create_arguments(
     plan: ContainerPlan,
     pod: PodPlan,
-    configmap_dirs: Mapping[str, Path],
+    volume_dirs: Mapping[str, Path],
     *,
     pod_id: str,
     publish: bool,
     image_user: str = "",
 ) -> dict[str, Any]:
-    """Keyword arguments of docker-py's ``containers.create`` for one container of the pod."""
-    tmpfs: dict[str, str] = {}
+    """Keyword arguments of docker-py's ``containers.create`` for one container of the pod.
+
+    ``volume_dirs`` maps each emptyDir and configMap volume to its host directory (what
+    ``_materialize`` made): every container mounting a volume gets the same directory.
+    """
     mounts: list[docker.types.Mount] = []
     for mount in plan.mounts:
         volume = pod.volumes[mount.volume]
         if isinstance(volume, EmptyDirVolume):
-            # kubelet makes an emptyDir 0777, group fsGroup with the setgid bit when one is set.
-            options = ["ro" if mount.read_only else "rw", "exec"]
-            if volume.size_bytes is not None:
-                options.append(f"size={volume.size_bytes}")
-            if plan.fs_group is not None:
-                options += [f"gid={plan.fs_group}", "mode=2777"]
-            else:
-                options.append("mode=0777")
-            tmpfs[mount.path] = ",".join(options)
-            continue
-        if isinstance(volume, ConfigMapVolume):
-            source, read_only = configmap_dirs[mount.volume], True
+            source, read_only = volume_dirs[mount.volume], False
+        elif isinstance(volume, ConfigMapVolume):
+            source, read_only = volume_dirs[mount.volume], True
         else:
             source, read_only = volume.source, volume.read_only
         if mount.sub_path:
@@ -862,7 +957,6 @@ def docker_create_arguments(
         "cap_add": list(plan.cap_add) or None,
         "cap_drop": list(plan.cap_drop) or None,
         "security_opt": security_opt or None,
-        "tmpfs": tmpfs or None,
         "mounts": mounts or None,
         "labels": {POD_LABEL: pod_id, CONTAINER_LABEL: plan.name},
         # A kubelet never runs the image's HEALTHCHECK; the probes are the pod spec's.
@@ -1018,6 +1112,17 @@ class Pod:
         container, container_port = service_target(service, self.plan, port_name)
         return LOOPBACK, self.host_port(container, container_port)
 
+    def inspect(self, container: str) -> Obj:
+        """``docker inspect`` of the app container named ``container`` in the pod spec."""
+        return dict(self.client.api.inspect_container(self._containers[container].container.id))
+
+    def restart(self, container: str, why: str) -> None:
+        """Kill and start the app container again, as the kubelet does when its liveness probe fails."""
+        app = self._containers[container]
+        with self._lock:
+            generation = app.generation
+        self._restart(app, why, generation)
+
     def logs(self, container: str) -> str:
         """The container's output (kept after stop())."""
         if container in self._logs:
@@ -1053,8 +1158,11 @@ class Pod:
     # --- the kubelet ---
 
     def _record(self, app: _AppContainer, what: str, detail: str = "") -> None:
+        self._note(app.plan.name, what, detail)
+
+    def _note(self, container: str, what: str, detail: str = "") -> None:
         with self._lock:
-            self._events.append(PodEvent(time.monotonic(), app.plan.name, what, detail))
+            self._events.append(PodEvent(time.monotonic(), container, what, detail))
             self._lock.notify_all()
 
     def _set_ready(self, app: _AppContainer, ready: bool, detail: str = "") -> None:
@@ -1229,22 +1337,24 @@ def _image_user(client: docker.DockerClient, image: str) -> str:
     return str(client.images.get(image).attrs["Config"].get("User") or "")
 
 
-def _run_init_container(
-    client: docker.DockerClient, plan: ContainerPlan, pod: PodPlan, dirs: Mapping[str, Path], pod_id: str
-) -> None:
+def _run_init_container(client: docker.DockerClient, plan: ContainerPlan, pod: Pod, dirs: Mapping[str, Path]) -> None:
     image_user = _image_user(client, plan.image)
     check_run_as_non_root(plan, image_user)
     container = client.containers.create(
-        **docker_create_arguments(plan, pod, dirs, pod_id=pod_id, publish=False, image_user=image_user)
+        **docker_create_arguments(plan, pod.plan, dirs, pod_id=pod.pod_id, publish=False, image_user=image_user)
     )
     container.start()
+    pod._note(plan.name, "container started", "init")
     try:
         result = container.wait(timeout=INIT_TIMEOUT_S)
     except Exception as error:  # requests' ReadTimeout: the init container hangs
-        raise InitContainerFailed(plan.name, -1, f"did not finish in {INIT_TIMEOUT_S:g}s: {error}", pod_id) from None
+        raise InitContainerFailed(
+            plan.name, -1, f"did not finish in {INIT_TIMEOUT_S:g}s: {error}", pod.pod_id
+        ) from None
     code = int(result["StatusCode"])
+    pod._note(plan.name, "exited", f"exit {code}")
     if code != 0:
-        raise InitContainerFailed(plan.name, code, container.logs().decode(errors="replace"), pod_id)
+        raise InitContainerFailed(plan.name, code, container.logs().decode(errors="replace"), pod.pod_id)
 
 
 @contextlib.contextmanager
@@ -1277,10 +1387,11 @@ def run_pod(
     pod_id = f"tfpack-kubelet-{uuid.uuid4().hex[:10]}"
     scratch = Path(tempfile.mkdtemp(prefix=f"{pod_id}-"))
     pod = Pod(client, plan, pod_id)
+    unmounts = contextlib.ExitStack()
     try:
-        dirs = _materialize(plan, scratch)
+        dirs = _materialize(plan, scratch, unmounts)
         for init in plan.init_containers:
-            _run_init_container(client, init, plan, dirs, pod_id)
+            _run_init_container(client, init, pod, dirs)
         created: dict[str, Any] = {}
         for app in plan.containers:
             image_user = _image_user(client, app.image)
@@ -1293,4 +1404,5 @@ def run_pod(
     finally:
         pod._join()
         _remove_pod_containers(client, pod_id)
+        unmounts.close()
         shutil.rmtree(scratch, ignore_errors=True)

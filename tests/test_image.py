@@ -64,6 +64,7 @@ from packager.signing import sign, signed_digest
 from serving.entrypoint import BakedServing, ImageLayout, main, model_config_text, prepare, verify_models
 
 MODEL = "half"
+DIGEST = "sha256:" + "0" * 64  # a signed digest a build records (any will do where nothing is verified)
 VARIABLES_FILE = "variables/variables.data-00000-of-00001"
 SERVER_START_DEADLINE_S = 180
 EXIT_DEADLINE_S = 120
@@ -195,7 +196,12 @@ def test_verify_signatures_names_unsigned_and_tampered_dirs(
 
 
 def test_model_config_pins_each_model_to_every_version_it_serves() -> None:
-    baked = BakedServing(model_server=TF_SERVING_MODEL_SERVER, models={MODEL: [2], "twin": [3, 7]}, trust="public_key")
+    baked = BakedServing(
+        model_server=TF_SERVING_MODEL_SERVER,
+        models={MODEL: [2], "twin": [3, 7]},
+        trust="public_key",
+        digests={MODEL: {"2": DIGEST}, "twin": {"3": DIGEST, "7": DIGEST}},
+    )
     config = text_format.Parse(model_config_text(baked), model_server_config_pb2.ModelServerConfig())
     assert [
         (c.name, c.base_path, c.model_platform, list(c.model_version_policy.specific.versions))
@@ -226,7 +232,11 @@ def _read_member(archive: bytes, name: str) -> bytes:
 def test_image_layers_hold_models_public_key_and_code_but_no_private_key(two_models: Path, keys) -> None:
     """What tfpack build writes over the serving base (the Dockerfile only makes that base)."""
     public_pem = keys[1].read_bytes()
-    serving = BakedServing(model_server=EMBEDDED_MODEL_SERVER, models={MODEL: [1, 2], "twin": [1, 2]})
+    digests = {
+        name: {version: signed_digest(two_models / name / version) for version in ("1", "2")}
+        for name in (MODEL, "twin")
+    }
+    serving = BakedServing(model_server=EMBEDDED_MODEL_SERVER, models={MODEL: [1, 2], "twin": [1, 2]}, digests=digests)
     layers = _layer_archives(two_models, public_pem, serving)
     members = {description: _tar_members(data) for description, data in layers.items()}
 
@@ -295,7 +305,9 @@ def test_entrypoint_verifies_every_version_before_building_the_command_line(
     (models / "twin" / "1" / SIGNATURE_FILE).unlink()
     with pytest.raises(VerificationError, match="twin/1 is unsigned"):
         verify_models(layout, baked)
-    allowing = BakedServing.loads(json.dumps({**baked.to_json(), "allow_unsigned": True}))
+    # Built with allow-unsigned from twin/1 unsigned: its build recorded no digest for it.
+    digests = {**baked.digests, "twin": {"2": baked.digests["twin"]["2"]}}
+    allowing = BakedServing.loads(json.dumps({**baked.to_json(), "allow_unsigned": True, "digests": digests}))
     assert verify_models(layout, allowing)[1] == [models / "twin" / "1"]
 
     # allow-unsigned tolerates a missing signature, never a signature that does not match.
@@ -897,9 +909,11 @@ def test_a_change_of_one_model_rewrites_only_its_layer_in_seconds(
     after = build_image(models, tag, public_key=keys[1])
     elapsed = time.monotonic() - started
 
-    # Code, /etc/tfpack and half are the same layers; twin's alone is new, and alone was sent.
-    assert after.layers[:3] == before.layers[:3] and after.layers[3] != before.layers[3]
-    assert after.loaded_layers == 1
+    # The code and half are the same layers; /etc/tfpack (serving.json records twin/2's new signed
+    # digest) and twin's are new, and only the layers from /etc/tfpack up were sent.
+    assert after.layers[0] == before.layers[0] and after.layers[2] == before.layers[2]
+    assert after.layers[1] != before.layers[1] and after.layers[3] != before.layers[3]
+    assert after.loaded_layers == 3
     assert elapsed < 20, f"the model-only rebuild took {elapsed:.1f} s"
     base_layers = client.images.get(after.serving_base).attrs["RootFS"]["Layers"]
     assert client.images.get(tag).attrs["RootFS"]["Layers"] == [*base_layers, *after.layers]

@@ -277,9 +277,11 @@ def test_the_load_archive_names_every_layer_and_holds_only_the_new_ones() -> Non
 
 
 def _serving(**fields: object) -> BakedServing:
+    digest = "sha256:" + "0" * 64  # the signed digest each version's build recorded (any will do here)
     return BakedServing(
         model_server="tfpack-model-server",
         models={"half": [1, 2], "twin": [1, 2]},
+        digests={name: {"1": digest, "2": digest} for name in ("half", "twin")},
         **fields,  # type: ignore[arg-type]
     )
 

@@ -212,7 +212,9 @@ def test_only_tuning_flags_pass_and_every_other_argument_is_named() -> None:
 
 
 def test_environment_that_would_change_trust_or_models_is_named(tmp_path: Path) -> None:
-    baked = BakedServing(model_server="tfpack-model-server", models={MODEL: [1, 2], "twin": [1]})
+    baked = BakedServing(
+        model_server="tfpack-model-server", models={MODEL: [1, 2], "twin": [1]}, allow_unsigned=True, trust="none"
+    )
     environ = {
         "MODEL_NAME": "../evil/simple",
         "MODEL_BASE_PATH": "/evil",

@@ -7,7 +7,10 @@ labels every image carries say how many bytes each version dir holds and how man
 merged-towers model has. Without Docker: the labels and layers. With Docker, one volume image
 (embedded base) run as Kubernetes would run it (user 10001:10001, read-only root, /tmp a tmpfs,
 no capabilities): it serves from the read-only volume, refuses no volume, a writable one, a
-tampered one and a deployment ConfigMap rendered for another image.
+tampered one and a deployment ConfigMap rendered for another image. As tfpack k8s runs it:
+``serving.verify --stage-from`` copies the served versions from the read-only claim into an
+emptyDir (only those: nothing else on the claim), the server serves that copy mounted read-only;
+a tampered claim, or one holding another model signed by the same trusted key, is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import shutil
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import new_image_tag
+from conftest import CliResult, new_image_tag
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -35,7 +39,15 @@ from tensorflow_serving.apis import (
 )
 
 from packager.errors import UsageError
-from packager.image import BuildResult, build_image, find_models, image_labels, image_layers, version_dir_bytes
+from packager.image import (
+    BuildResult,
+    build_image,
+    find_models,
+    image_labels,
+    image_layers,
+    served_digests,
+    version_dir_bytes,
+)
 from packager.layout import PROVENANCE_FILE, Provenance, TensorSummary
 from packager.signing import sign
 from packager.smoke import smoke_image
@@ -91,6 +103,11 @@ def _version_dir(version_dir: Path, towers: object = None) -> Path:
     return version_dir
 
 
+def _digests(models: dict[str, list[int]]) -> dict[str, dict[str, str]]:
+    """Signed digests a build would record for these versions (any sha256 will do here)."""
+    return {name: {str(v): f"sha256:{v:064x}" for v in versions} for name, versions in models.items()}
+
+
 def _labels(models: dict[str, list[Path]], serving: BakedServing) -> dict[str, str]:
     return image_labels(
         models,
@@ -132,7 +149,7 @@ def test_labels_say_each_version_dirs_bytes_and_a_merged_models_towers(tmp_path:
     assert _labels(models, serving) == labels
 
     volume = BakedServing(
-        model_server=EMBEDDED_SERVER, models=serving.models, trust="none", allow_unsigned=True, models_from_volume=True
+        model_server=EMBEDDED_SERVER, models=serving.models, models_from_volume=True, digests=_digests(serving.models)
     )
     volume_labels = _labels(models, volume)
     assert volume_labels["dev.tfpack.models-from-volume"] == "true"
@@ -148,7 +165,7 @@ def test_a_volume_image_has_an_empty_models_dir_instead_of_model_layers(tmp_path
     _version_dir(base / "1")
     models = find_models(base)
     volume = BakedServing(
-        model_server=EMBEDDED_SERVER, models={MODEL: [1]}, trust="none", allow_unsigned=True, models_from_volume=True
+        model_server=EMBEDDED_SERVER, models={MODEL: [1]}, models_from_volume=True, digests=_digests({MODEL: [1]})
     )
     layers = image_layers(models, volume, public_key_pem=None, epoch=1_700_000_000)
     assert [layer.description for layer in layers][1:] == [
@@ -160,12 +177,36 @@ def test_a_volume_image_has_an_empty_models_dir_instead_of_model_layers(tmp_path
     assert [(m.name, m.isdir(), m.uid, m.gid, m.mode) for m in members] == [("models", True, 0, 0, 0o755)]
     etc = b"".join(layers[1].chunks())
     assert b'"models_from_volume": true' in etc
+    assert f'"1": "{_digests({MODEL: [1]})[MODEL]["1"]}"'.encode() in etc  # what the volume must hold
 
     # What could never be baked is refused for a volume too: a volume image must hold what a
     # baked one would.
     (base / "1" / "leak").symlink_to("/etc/passwd")
     with pytest.raises(UsageError, match=r"leak is a symlink"):
         image_layers(models, volume, public_key_pem=None, epoch=1_700_000_000)
+
+
+@pytest.mark.fast
+def test_serving_json_records_the_digest_of_every_signed_version_as_its_label_does(tmp_path: Path) -> None:
+    half = [_version_dir(tmp_path / "models" / MODEL / v) for v in ("1", "02")]
+    twin = [_version_dir(tmp_path / "models" / "twin" / "3")]
+    signed = {half[0]: "sha256:" + "a" * 64, half[1]: "sha256:" + "b" * 64}
+    models = {MODEL: half, "twin": twin}
+    # Keyed by version number (02 is version 2), and an unsigned dir (allow-unsigned) has none.
+    assert served_digests(models, signed) == {MODEL: {"1": "sha256:" + "a" * 64, "2": "sha256:" + "b" * 64}}
+    labels = image_labels(
+        models,
+        signed,
+        tag="t:1",
+        base="embedded",
+        model_server=EMBEDDED_SERVER,
+        allow_unsigned=True,
+        public_key_pem=None,
+    )
+    assert {k: v for k, v in labels.items() if k.endswith(".digest")} == {
+        f"dev.tfpack.model.{MODEL}.1.digest": "sha256:" + "a" * 64,
+        f"dev.tfpack.model.{MODEL}.02.digest": "sha256:" + "b" * 64,
+    }
 
 
 # --- with Docker: one volume image, run as Kubernetes runs it ---------------------------------------
@@ -200,6 +241,37 @@ def tampered(tmp_path_factory: pytest.TempPathFactory, volume: Path) -> Path:
         graph.write(b"\0")
     _readable_dirs(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def claim(tmp_path_factory: pytest.TempPathFactory, volume: Path) -> Path:
+    """The models claim: the volume plus what the image does not serve, which staging never
+    copies or opens: an unsigned half/2 with a link to /etc/passwd, a model it does not serve."""
+    root = tmp_path_factory.mktemp("claim") / "models"
+    shutil.copytree(volume, root)
+    (root / MODEL / "2").mkdir()
+    (root / MODEL / "2" / "passwd").symlink_to("/etc/passwd")
+    (root / "ghost" / "1").mkdir(parents=True)
+    (root / "ghost" / "1" / "saved_model.pb").write_bytes(b"not verified, not copied")
+    _readable_dirs(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory, volume: Path, signing_keys: dict[str, Path]) -> Path:
+    """The volume with half/1 another model (0.5x + 7) signed by the very key the image trusts."""
+    root = tmp_path_factory.mktemp("foreign") / "models"
+    write_model(root / MODEL / "1", offset=7.0, key=signing_keys["private"])
+    _readable_dirs(root)
+    return root
+
+
+def _staging_dir(tmp_path: Path) -> Path:
+    """An empty dir the image's user may write, as Kubernetes makes an emptyDir (0777)."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    staging.chmod(0o777)
+    return staging
 
 
 def _config_map(directory: Path, models_config: str) -> Path:
@@ -246,6 +318,8 @@ def test_the_image_holds_no_model_and_says_so(client: docker.DockerClient, image
     assert labels[f"dev.tfpack.model.{MODEL}.versions"] == "1"
     assert labels[f"dev.tfpack.model.{MODEL}.1.bytes"] == str(version_dir_bytes(volume / MODEL / "1"))
     assert labels[f"dev.tfpack.model.{MODEL}.1.digest"].startswith("sha256:")
+    # The one digest each served version must verify to, at every start.
+    assert image.serving.digests == {MODEL: {"1": labels[f"dev.tfpack.model.{MODEL}.1.digest"]}}
     container = client.containers.create(image.tag)  # never started: only its files are read
     try:
         stream, _ = container.get_archive("/models")
@@ -287,15 +361,59 @@ def _memory_mib(container: Any) -> dict[str, float]:
     return {"usage": usage / mib, "working_set": (usage - inactive) / mib, "anonymous": anonymous / mib}
 
 
+def _one_line(logs: str) -> str:
+    lines = [line for line in logs.splitlines() if line.startswith(("tfpack-entrypoint:", "tfpack-verify:"))]
+    assert len(lines) == 1, logs
+    return lines[0]
+
+
 @pytest.mark.docker
-def test_it_serves_from_the_read_only_volume_beside_the_deployments_config_map(
-    client: docker.DockerClient, image: BuildResult, volume: Path, config_maps: dict[str, Path]
+def test_the_verifier_stages_the_claim_and_the_server_serves_the_read_only_copy(
+    client: docker.DockerClient,
+    image: BuildResult,
+    volume: Path,
+    claim: Path,
+    config_maps: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
+    """As tfpack k8s runs a volume image: the initContainer copies the served versions from the
+    read-only claim into an emptyDir and verifies them; the server mounts that copy read-only."""
+    staging = _staging_dir(tmp_path)
+    config_map = _ro(Path("/etc/tfpack-deployment"))
+    verifier = client.containers.run(
+        image.tag,
+        detach=True,
+        entrypoint=[*VERIFY, "--stage-from", "/tfpack-claim"],
+        environment={"MODEL_NAME": MODEL},
+        volumes={
+            str(claim): _ro(Path("/tfpack-claim")),
+            str(staging): {"bind": "/models", "mode": "rw"},
+            str(config_maps["right"]): config_map,
+        },
+        **AS_KUBERNETES,
+    )
+    try:
+        code = verifier.wait(timeout=EXIT_DEADLINE_S)["StatusCode"]
+        logs = verifier.logs().decode(errors="replace")
+    finally:
+        verifier.remove(force=True)
+    assert code == 0, logs
+    assert _one_line(logs) == (
+        "tfpack-verify: staged and verified 1 version dir from /tfpack-claim: /models/half/1; not serving"
+    )
+    # The served version, byte for byte, and nothing else of the claim.
+    source, copy = volume / MODEL / "1", staging / MODEL / "1"
+    assert sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()) == sorted(
+        f"{MODEL}/1/{p.relative_to(source).as_posix()}" for p in source.rglob("*") if p.is_file()
+    )
+    assert all((copy / p.relative_to(source)).read_bytes() == p.read_bytes() for p in source.rglob("*") if p.is_file())
+    assert {p.stat().st_uid for p in staging.rglob("*")} == {10001}
+
     container = client.containers.run(
         image.tag,
         detach=True,
         ports={"8500/tcp": ("127.0.0.1", None)},
-        volumes={str(volume): _ro(Path("/models")), str(config_maps["right"]): _ro(Path("/etc/tfpack-deployment"))},
+        volumes={str(staging): _ro(Path("/models")), str(config_maps["right"]): config_map},
         **AS_KUBERNETES,
     )
     try:
@@ -339,7 +457,10 @@ def test_smoke_image_of_a_volume_image_says_how_to_smoke_test_it(
 
 @pytest.mark.docker
 def test_smoke_mounts_the_models_dir_read_only_into_a_volume_image(
-    tmp_path_factory: pytest.TempPathFactory, signing_keys: dict[str, Path], image_tags: list[str], tfpack_cli
+    tmp_path_factory: pytest.TempPathFactory,
+    signing_keys: dict[str, Path],
+    image_tags: list[str],
+    tfpack_cli: Callable[..., CliResult],
 ) -> None:
     root = tmp_path_factory.mktemp("smoke-volume") / "models"
     version_dir = write_assets(write_half_plus_two_tf2(root / SMOKE_MODEL, 1), {"y": golden_y()})
@@ -358,7 +479,8 @@ def test_smoke_mounts_the_models_dir_read_only_into_a_volume_image(
     assert {"grpc_predict", "rest_predict"} <= {check["name"] for check in report["checks"]}, report["checks"]
 
 
-# (id, volumes {fixture key: container path}, verify instead of serve, exit code, what the one line names)
+# (id, volumes {fixture key[:rw]: container path}, serve (False), verify (True) or "stage" from the claim,
+# exit code, what the one line names)
 REFUSALS = [
     (
         "no volume",
@@ -391,6 +513,21 @@ REFUSALS = [
         "tfpack-verify: verified 1 version dir: /models/half/1; not serving",
     ),
     ("serving.verify, tampered volume", {"tampered": "/models"}, True, 3, "/models/half/1"),
+    (
+        "serving.verify --stage-from, tampered claim",
+        {"tampered": "/tfpack-claim", "staging:rw": "/models"},
+        "stage",
+        3,
+        "/models/half/1",
+    ),
+    (
+        "serving.verify --stage-from, another model signed by the trusted key",
+        {"foreign": "/tfpack-claim", "staging:rw": "/models"},
+        "stage",
+        3,
+        "/models/half/1 verifies against the baked trust but is not the version this image was built for: its "
+        "signed digest is sha256:",
+    ),
 ]
 
 
@@ -403,20 +540,22 @@ def test_the_entrypoint_and_serving_verify_refuse_what_is_not_the_verified_volum
     image: BuildResult,
     volume: Path,
     tampered: Path,
+    foreign: Path,
     config_maps: dict[str, Path],
+    tmp_path: Path,
     volumes: dict[str, str],
-    verify: bool,
+    verify: bool | str,
     exit_code: int,
     named: str,
 ) -> None:
-    hosts = {"volume": volume, "tampered": tampered, **config_maps}
+    hosts = {"volume": volume, "tampered": tampered, "foreign": foreign, **config_maps}
     binds = {}
     for key, target in volumes.items():
         name, _, mode = key.partition(":")
-        binds[str(hosts[name])] = {"bind": target, "mode": mode or "ro"}
-    container = client.containers.run(
-        image.tag, detach=True, volumes=binds, entrypoint=VERIFY if verify else None, **AS_KUBERNETES
-    )
+        host = _staging_dir(tmp_path) if name == "staging" else hosts[name]
+        binds[str(host)] = {"bind": target, "mode": mode or "ro"}
+    entrypoint = [*VERIFY, "--stage-from", "/tfpack-claim"] if verify == "stage" else VERIFY if verify else None
+    container = client.containers.run(image.tag, detach=True, volumes=binds, entrypoint=entrypoint, **AS_KUBERNETES)
     try:
         code = container.wait(timeout=EXIT_DEADLINE_S)["StatusCode"]
         logs = container.logs().decode(errors="replace")
@@ -430,3 +569,5 @@ def test_the_entrypoint_and_serving_verify_refuse_what_is_not_the_verified_volum
         if named == "/models/half/1":
             assert "saved_model.pb" in lines[0], lines[0]
     assert "exec " not in logs, logs
+    if verify == "stage":  # a failed stage leaves nothing behind for the server (or a retry)
+        assert list((tmp_path / "staging").iterdir()) == [], logs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,18 @@ import pytest
 from packager.errors import UsageError
 from packager.image_facts import ImageFacts, facts_from_config
 from packager.k8s import (
+    CANARY_TOLERANCE,
     HEALTH_CHECK,
     MARKER_FILE,
     RUNTIME_BASELINE_MIB,
+    STARTUP_BASE_S,
+    TMP_MIB,
     VERIFIER,
     canary_replicas,
     kubernetes_name,
     render_from_facts,
 )
-from packager.layout import DEPLOYMENT_CONFIG_DIR
+from packager.layout import CLAIM_DIR, DEPLOYMENT_CONFIG_DIR
 from serving.entrypoint import EMBEDDED_SERVER, deployment_model_config_text
 from tests.kubelet import kustomize, plan_pod
 
@@ -171,8 +175,8 @@ def test_gpu_overlay_requests_gpus_and_tolerates_gpu_nodes(gpu_tree: Path) -> No
     assert resources["limits"]["nvidia.com/gpu"] == 2
     assert resources["requests"]["nvidia.com/gpu"] == 2
     # The base's CPU and memory bounds survive the patch.
-    assert resources["limits"]["memory"] == f"{RUNTIME_BASELINE_MIB[EMBEDDED_SERVER] + 600}Mi"
-    assert resources["requests"]["cpu"] == "1"
+    assert resources["limits"]["memory"] == f"{RUNTIME_BASELINE_MIB[EMBEDDED_SERVER] + TMP_MIB + 600}Mi"
+    assert resources["requests"]["cpu"] == "2"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
@@ -372,23 +376,32 @@ def test_memory_is_the_runtime_baseline_plus_twice_every_served_version(tmp_path
     )
     result = render_from_facts(facts, "half_plus_two", tmp_path / "k8s")
     resources = model_server_container(kustomize(tmp_path / "k8s"))["resources"]
-    expected = f"{RUNTIME_BASELINE_MIB[EMBEDDED_SERVER] + 800}Mi"
+    expected = f"{RUNTIME_BASELINE_MIB[EMBEDDED_SERVER] + TMP_MIB + 800}Mi"
     assert resources["requests"]["memory"] == resources["limits"]["memory"] == expected == result.memory
     # The other base's own baseline.
     serving = dataclasses.replace(facts, model_server="tensorflow_model_server")
     render_from_facts(serving, "half_plus_two", tmp_path / "tfs")
     limits = model_server_container(kustomize(tmp_path / "tfs"))["resources"]["limits"]
-    assert limits["memory"] == f"{RUNTIME_BASELINE_MIB['tensorflow_model_server'] + 800}Mi"
+    assert limits["memory"] == f"{RUNTIME_BASELINE_MIB['tensorflow_model_server'] + TMP_MIB + 800}Mi"
+    # CPU too: requests = limits, Guaranteed QoS.
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
 
 
-def test_gpus_default_to_the_tower_count_of_a_merged_tower_model(tmp_path: Path) -> None:
-    towers = image_facts(version_towers={"half_plus_two": {1: 4}})
+def test_gpus_default_to_the_tower_count_of_a_merged_tower_model_on_a_gpu_runtime(tmp_path: Path) -> None:
+    towers = image_facts(version_towers={"half_plus_two": {1: 4}}, base="tensorflow/serving:2.21.0-gpu")
     result = render_from_facts(towers, "half_plus_two", tmp_path / "towers")
-    assert (result.gpus, result.variant) == (4, "gpu")
+    assert (result.gpus, result.variant, result.notes) == (4, "gpu", [])
     assert model_server_container(kustomize(tmp_path / "towers"))["resources"]["limits"]["nvidia.com/gpu"] == 4
     # No towers: CPU; an explicit --gpus 0 wins over the tower count.
     assert render_from_facts(image_facts(), "half_plus_two", tmp_path / "plain").gpus == 0
     assert render_from_facts(towers, "half_plus_two", tmp_path / "forced", gpus=0).variant == "cpu"
+    # A CPU-only runtime (the embedded one, tensorflow/serving without -gpu) books no GPU it
+    # cannot use, and says why.
+    for base in ("embedded", "tensorflow/serving:2.21.0"):
+        cpu_only = dataclasses.replace(towers, base=base)
+        result = render_from_facts(cpu_only, "half_plus_two", tmp_path / base.replace("/", "-"))
+        assert (result.gpus, result.variant) == (0, "cpu")
+        assert "merges 4 towers" in result.notes[0] and "CPU-only" in result.notes[0]
 
 
 def test_prometheus_scrapes_the_monitoring_path_only_when_monitoring_is_on(tmp_path: Path, cpu_tree: Path) -> None:
@@ -414,6 +427,15 @@ def test_the_model_server_config_is_a_config_map_mounted_read_only(tmp_path: Pat
     }
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     assert {"name": "model-config", "configMap": {"name": config_map["metadata"]["name"]}} in pod["volumes"]
+    # Named after its content: the previous image's pods, restarting mid-rollout or after a
+    # rollback, still find their own config.
+    other = dataclasses.replace(
+        facts, models={"half_plus_two": [2]}, version_labels={}, version_bytes={"half_plus_two": {2: 1}}
+    )
+    render_from_facts(other, "half_plus_two", tmp_path / "next")
+    next_name = by_kind(kustomize(tmp_path / "next"))["ConfigMap"]["metadata"]["name"]
+    assert next_name != config_map["metadata"]["name"]
+    assert next_name.startswith("half-plus-two-model-config-")
     (container,) = pod["containers"]
     assert {"name": "model-config", "mountPath": DEPLOYMENT_CONFIG_DIR, "readOnly": True} in container["volumeMounts"]
 
@@ -439,8 +461,11 @@ def test_canary_runs_its_share_of_the_pods_behind_the_same_service(canary_tree: 
     assert canary["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "half-plus-two-canary"
     (budget,) = (o for o in objects if o["kind"] == "PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "half-plus-two"
-    config_maps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
-    assert config_maps == {"half-plus-two-model-config", "half-plus-two-canary-model-config"}
+    config_maps = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap")
+    assert [name.rsplit("-", 1)[0] for name in config_maps] == [
+        "half-plus-two-canary-model-config",
+        "half-plus-two-model-config",
+    ]
     # Without the canary overlay, the stable Deployment alone.
     assert set(deployments(kustomize(canary_tree / "overlays/gpu"))) == {"half-plus-two"}
     marker = json.loads((canary_tree / MARKER_FILE).read_text())
@@ -454,19 +479,36 @@ def test_canary_replicas(replicas: int, weight: int, expected: int) -> None:
     assert canary_replicas(replicas, weight) == expected
 
 
-def test_volume_variant_verifies_the_claim_before_the_server_mounts_it_read_only(volume_tree: Path) -> None:
+def test_a_canary_weight_whole_pods_cannot_come_near_is_refused_with_the_replicas_that_can(tmp_path: Path) -> None:
+    # 1 % beside 2 stable replicas would be 1 canary pod of 3: 33 %, not 1 %.
+    with pytest.raises(UsageError, match=r"gives the canary 1 of 3 pods \(33.3%\): --replicas 16 gets within 5"):
+        render_from_facts(image_facts(), "half_plus_two", tmp_path / "k8s", canary=image_facts(CANARY), canary_weight=1)
+    assert not (tmp_path / "k8s").exists()
+    result = render_from_facts(
+        image_facts(), "half_plus_two", tmp_path / "k8s", replicas=16, canary=image_facts(CANARY), canary_weight=1
+    )
+    assert result.canary is not None
+    assert abs(result.canary.share_percent(16) - 1) <= CANARY_TOLERANCE
+
+
+def test_volume_variant_serves_a_verified_copy_and_never_mounts_the_claim_in_the_server(volume_tree: Path) -> None:
     for deployment in deployments(kustomize(volume_tree)).values():
         pod = deployment["spec"]["template"]["spec"]
-        image = pod["containers"][0]["image"]
-        claim = {"name": "models", "persistentVolumeClaim": {"claimName": "models-pvc", "readOnly": True}}
-        assert claim in pod["volumes"]
+        (server,) = pod["containers"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert volumes["models-claim"]["persistentVolumeClaim"] == {"claimName": "models-pvc", "readOnly": True}
+        assert set(volumes["models"]) == {"name", "emptyDir"}  # only this pod writes it
+        # The staging copy holds every served version, with headroom.
+        assert volumes["models"]["emptyDir"]["sizeLimit"] == f"{int(MODEL_BYTES * 1.1 / 2**20) + 1}Mi"
         (verifier,) = pod["initContainers"]
         assert verifier["name"] == "verify-models"
-        assert verifier["command"] == VERIFIER
-        assert verifier["image"] == image  # the trust it checks against is the served image's
-        assert verifier["securityContext"] == pod["containers"][0]["securityContext"]
-        for container in (verifier, pod["containers"][0]):
-            assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+        assert verifier["command"] == [*VERIFIER, "--stage-from", CLAIM_DIR]
+        assert verifier["image"] == server["image"]  # the trust it checks against is the served image's
+        assert verifier["securityContext"] == server["securityContext"]
+        assert {"name": "models-claim", "mountPath": CLAIM_DIR, "readOnly": True} in verifier["volumeMounts"]
+        assert {"name": "models", "mountPath": "/models"} in verifier["volumeMounts"]
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+        assert all(mount["name"] != "models-claim" for mount in server["volumeMounts"])
 
 
 def test_an_image_and_the_models_volume_option_must_agree(tmp_path: Path) -> None:
@@ -595,3 +637,53 @@ def test_no_service_links_reach_the_entrypoint(cpu_tree: Path) -> None:
     # tfpack-... or ld-... would give variables the entrypoint refuses to start with.
     pod = by_kind(kustomize(cpu_tree))["Deployment"]["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
+
+
+def test_replicas_spread_across_nodes(cpu_tree: Path) -> None:
+    pod = by_kind(kustomize(cpu_tree))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "half-plus-two",
+                    "app.kubernetes.io/instance": "half-plus-two",
+                }
+            },
+        }
+    ]
+
+
+def test_tmp_is_a_small_tmpfs_counted_in_the_memory_limit(cpu_tree: Path) -> None:
+    pod = by_kind(kustomize(cpu_tree))["Deployment"]["spec"]["template"]["spec"]
+    assert {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": f"{TMP_MIB}Mi"}} in pod["volumes"]
+
+
+def test_a_tag_allowed_as_it_is_is_always_pulled(tmp_path: Path, cpu_tree: Path) -> None:
+    tagged = image_facts("registry.example.com/ml/half_plus_two:7", pinned=False)
+    render_from_facts(tagged, "half_plus_two", tmp_path / "k8s")
+    assert model_server_container(kustomize(tmp_path / "k8s"))["imagePullPolicy"] == "Always"
+    assert model_server_container(kustomize(cpu_tree))["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_startup_window_grows_with_the_model(tmp_path: Path) -> None:
+    def window(facts: ImageFacts, name: str) -> int:
+        render_from_facts(facts, "half_plus_two", tmp_path / name)
+        probe = model_server_container(kustomize(tmp_path / name))["startupProbe"]
+        return int(probe["periodSeconds"] * probe["failureThreshold"])
+
+    small = window(image_facts(), "small")
+    large = window(image_facts(version_bytes={"half_plus_two": {1: 24 * 2**30}}), "large")
+    assert STARTUP_BASE_S <= small < STARTUP_BASE_S + 60
+    assert large >= STARTUP_BASE_S + 1200  # 24 GiB at 20 MiB/s
+
+
+@pytest.mark.parametrize(
+    ("label", "value"),
+    [("dev.tfpack.model.half.1.bytes", "9" * 400), ("dev.tfpack.model.half.2.towers", "100000")],
+)
+def test_out_of_range_labels_are_usage_errors(label: str, value: str) -> None:
+    with pytest.raises(UsageError, match=f"label {re.escape(label)}=.* is out of range"):
+        facts_from_config(IMAGE, _config(**{label: value}), pinned=True)

@@ -10,8 +10,11 @@ semantics, on a clock 5x fast (TIME_SCALE). Proven here:
   failure window, and the pod is ready only once ModelService.GetModelStatus (asked independently
   through the published gRPC port) says AVAILABLE; then Predict answers through the Service's
   grpc target port, and REST predict through its http target port;
-* with the models on a volume, the verifier initContainer runs first and a tampered file on the
-  volume stops the pod before the model server container is ever created.
+* with the models on a volume (the claim), the verifier initContainer runs first and copies the
+  served versions into an emptyDir, verified; the model server mounts that copy read-only and never
+  the claim: a claim tampered while the pod runs changes nothing, even across a restart of the
+  server; a tampered claim, or one whose version dir is a symlink, stops the pod (exit 3) before
+  the model server container is ever created.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tensorflow_serving.apis import (
 
 from packager.image import build_image
 from packager.k8s import kubernetes_name, render_manifests
+from packager.layout import MODELS_ROOT
 from tests.kubelet import InitContainerFailed, Pod, containers_created, find_object, kustomize, run_pod
 
 pytestmark = pytest.mark.docker
@@ -177,6 +181,16 @@ def first_event(pod: Pod, what: str) -> float:
     return times[0]
 
 
+def tampered_copy(version_dir: Path, destination: Path) -> Path:
+    """A copy of ``version_dir`` with one bit of its variables flipped: its signature no longer holds."""
+    shutil.copytree(version_dir, destination)
+    variables = next((destination / "variables").glob("variables.data-*"))
+    data = bytearray(variables.read_bytes())
+    data[-1] ^= 1
+    variables.write_bytes(bytes(data))
+    return destination
+
+
 def model_server(objects: list[dict[str, Any]]) -> dict[str, Any]:
     containers = find_object(objects, "Deployment", NAME)["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == CONTAINER)
@@ -195,8 +209,14 @@ def test_slow_load_keeps_the_pod_unready_and_alive_then_it_serves_through_the_se
     liveness_window_s = liveness.get("periodSeconds", 10) * liveness.get("failureThreshold", 3) * TIME_SCALE
     assert LIVENESS_MARGIN * liveness_window_s < LOAD_SECONDS, "the load must outlast liveness's failure window"
     service = find_object(objects, "Service", NAME)
+    template = find_object(cpu, "Deployment", NAME)["spec"]["template"]
+    spread = template["spec"].get("topologySpreadConstraints")
+    assert spread, "replicas are spread over nodes"
 
     with run_pod(docker_client, cpu, NAME, time_scale=TIME_SCALE) as pod:
+        # The runner checked each constraint (tests/kubelet.py check_spread_constraints): each one
+        # selects this pod's own labels, so the scheduler would count and spread these replicas.
+        assert all(c["labelSelector"]["matchLabels"].items() <= pod.plan.labels.items() for c in spread), spread
         polls = status_polls(pod)
         pod.wait_ready(timeout=READY_DEADLINE_S)
         ready_at = first_event(pod, "ready")
@@ -238,7 +258,7 @@ def test_slow_load_keeps_the_pod_unready_and_alive_then_it_serves_through_the_se
         assert stops[1].detail == "exit 0", pod.describe()
 
 
-def test_volume_variant_verifies_the_models_first_and_refuses_a_tampered_one(
+def test_volume_variant_serves_a_verified_copy_and_never_reads_the_claim(
     docker_client: Any, quick_models: Path, signing_keys: dict[str, Path], image_tags: list[str], tmp_path: Path
 ) -> None:
     tag = new_image_tag(image_tags, f"{MODEL}-volume")
@@ -248,26 +268,61 @@ def test_volume_variant_verifies_the_models_first_and_refuses_a_tampered_one(
     claim.chmod(0o755)
     objects = render(tag, tmp_path / "k8s", models_from_volume="models")
     pod_spec = find_object(objects, "Deployment", NAME)["spec"]["template"]["spec"]
-    init_names = [c["name"] for c in pod_spec["initContainers"]]
-    assert init_names, "the volume variant verifies the models in an initContainer"
+    (verifier,) = [c["name"] for c in pod_spec["initContainers"]]
     service = find_object(objects, "Service", NAME)
 
     since = time.time()
     with run_pod(docker_client, objects, NAME, claims={"models": claim}, time_scale=TIME_SCALE) as pod:
         pod.wait_ready(timeout=READY_DEADLINE_S)
+        # The verifier ran first, to completion, and only then the model server started.
+        timeline = [(e.container, e.what, e.detail) for e in pod.events if e.what in ("container started", "exited")]
+        assert timeline[:3] == [
+            (verifier, "container started", "init"),
+            (verifier, "exited", "exit 0"),
+            (CONTAINER, "container started", "generation 1"),
+        ], pod.describe()
         host, port = pod.service_endpoint(service, "grpc")
         np.testing.assert_allclose(grpc_predict(host, port, INPUTS), expected_output(INPUTS))
-        assert containers_created(docker_client, pod.pod_id, since) == [*init_names, CONTAINER]
+        assert containers_created(docker_client, pod.pod_id, since) == [verifier, CONTAINER]
 
-    variables = next((claim / MODEL / "1" / "variables").glob("variables.data-*"))
-    variables.write_bytes(variables.read_bytes()[:-1] + bytes([variables.read_bytes()[-1] ^ 1]))
+        # What the engine mounted into the model server: the verified copy, read-only; never the claim.
+        mounts = pod.inspect(CONTAINER)["Mounts"]
+        assert not any(Path(m["Source"]) == claim or claim in Path(m["Source"]).parents for m in mounts), mounts
+        (models,) = [m for m in mounts if m["Destination"] == MODELS_ROOT]
+        assert models["RW"] is False, models
+
+        # The claim is tampered under the running pod, and the server restarts (as after a failed
+        # liveness probe): it reads and verifies the pod's copy again, not the claim, and serves.
+        shutil.rmtree(claim / MODEL / "1")
+        tampered_copy(quick_models / MODEL / "1", claim / MODEL / "1")
+        pod.restart(CONTAINER, "the claim was tampered")
+        pod.wait_ready(timeout=READY_DEADLINE_S)
+        host, port = pod.service_endpoint(service, "grpc")  # Docker may publish another port after a restart
+        np.testing.assert_allclose(grpc_predict(host, port, INPUTS), expected_output(INPUTS))
+        assert pod.restarts == {CONTAINER: 1}, pod.describe()
+
+    # A new pod finds the tampered claim: the verifier refuses it and the server is never created.
     since = time.time()
     with (
         pytest.raises(InitContainerFailed) as excinfo,
         run_pod(docker_client, objects, NAME, claims={"models": claim}, time_scale=TIME_SCALE),
     ):
         pytest.fail("the pod started with a tampered model on its volume")
-    assert excinfo.value.exit_code == 3, excinfo.value.logs
-    assert excinfo.value.name == init_names[0]
+    assert (excinfo.value.name, excinfo.value.exit_code) == (verifier, 3), excinfo.value.logs
     # The engine's own record: only the verifier was ever created, never the model server.
-    assert containers_created(docker_client, excinfo.value.pod_id, since) == init_names[:1]
+    assert containers_created(docker_client, excinfo.value.pod_id, since) == [verifier]
+
+    # A version dir that is a symlink (here to an intact signed copy elsewhere on the claim) is
+    # refused too: what is verified must be what the path names, now and later.
+    shutil.rmtree(claim / MODEL / "1")
+    shutil.copytree(quick_models / MODEL / "1", claim / "elsewhere" / "1")
+    (claim / "elsewhere").chmod(0o755)
+    (claim / MODEL / "1").symlink_to(Path("..") / "elsewhere" / "1")
+    since = time.time()
+    with (
+        pytest.raises(InitContainerFailed) as excinfo,
+        run_pod(docker_client, objects, NAME, claims={"models": claim}, time_scale=TIME_SCALE),
+    ):
+        pytest.fail("the pod started with a symlinked version dir on its volume")
+    assert (excinfo.value.name, excinfo.value.exit_code) == (verifier, 3), excinfo.value.logs
+    assert containers_created(docker_client, excinfo.value.pod_id, since) == [verifier]

@@ -6,8 +6,11 @@ implement, Kubernetes' defaults and semantics), or the proof in test_k8s_pod.py 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from tests.kubelet import (
     ConfigMapVolume,
     ContainerRefused,
+    EmptyDirVolume,
     ExecAction,
     GrpcAction,
     HttpGetAction,
@@ -27,6 +31,7 @@ from tests.kubelet import (
     UnsupportedPodField,
     _materialize,
     check_run_as_non_root,
+    check_spread_constraints,
     docker_create_arguments,
     expand_references,
     kubernetes_command,
@@ -166,7 +171,14 @@ def test_fields_only_a_scheduler_reads_are_accepted() -> None:
     plan_pod(
         objects(
             tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
-            topologySpreadConstraints=[{"maxSkew": 1}],
+            topologySpreadConstraints=[
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "m"}},
+                }
+            ],
             nodeSelector={"a": "b"},
             affinity={},
             terminationGracePeriodSeconds=45,
@@ -209,7 +221,8 @@ def test_command_and_args_map_to_entrypoint_and_cmd(
 ) -> None:
     assert kubernetes_command(fields) == (entrypoint, cmd)
     plan = plan_pod(with_container(**fields), "m")
-    arguments = docker_create_arguments(plan.containers[0], plan, {"config": Path("/c")}, pod_id="p-1", publish=True)
+    dirs = {"config": Path("/c"), "tmp": Path("/t")}
+    arguments = docker_create_arguments(plan.containers[0], plan, dirs, pod_id="p-1", publish=True)
     assert arguments.get("entrypoint") == entrypoint
     assert arguments.get("command") == cmd
 
@@ -324,14 +337,16 @@ def test_docker_arguments_carry_the_security_context_and_volumes(tmp_path: Path)
     pod["securityContext"]["seccompProfile"] = {"type": "RuntimeDefault"}
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = False
     plan = plan_pod(spec, "m")
-    arguments = docker_create_arguments(
-        plan.containers[0], plan, {"config": tmp_path}, pod_id="tfpack-kubelet-1", publish=True
-    )
+    dirs = {"config": tmp_path / "config", "tmp": tmp_path / "tmp"}
+    arguments = docker_create_arguments(plan.containers[0], plan, dirs, pod_id="tfpack-kubelet-1", publish=True)
     assert arguments["user"] == "10001:10001" and arguments["group_add"] == ["10001"]
     assert arguments["read_only"] is True and arguments["cap_drop"] == ["ALL"]
     assert arguments["security_opt"] == ["no-new-privileges"]  # RuntimeDefault: Docker's default profile
-    assert arguments["tmpfs"] == {"/tmp": f"rw,exec,size={64 * 1024**2},gid=10001,mode=2777"}
-    assert [(m["Target"], m["ReadOnly"]) for m in arguments["mounts"]] == [("/etc/m", True)]
+    assert "tmpfs" not in arguments  # an emptyDir is the pod's one host directory, not a per-container tmpfs
+    assert [(m["Target"], m["Source"], m["Type"], m["ReadOnly"]) for m in arguments["mounts"]] == [
+        ("/tmp", str(tmp_path / "tmp"), "bind", False),
+        ("/etc/m", str(tmp_path / "config"), "bind", True),
+    ]
     assert arguments["ports"] == {"8500/tcp": ("127.0.0.1", None), "8501/tcp": ("127.0.0.1", None)}
     assert arguments["mem_limit"] == arguments["memswap_limit"] == 2 * 1024**3
     assert arguments["healthcheck"] == {"test": ["NONE"]}
@@ -345,7 +360,8 @@ def test_claims_mount_read_only_when_the_mount_or_the_source_says_so(tmp_path: P
     with pytest.raises(UnsupportedPodField, match="models-pvc"):
         plan_pod(spec, "m")
     plan = plan_pod(spec, "m", claims={"models-pvc": tmp_path})
-    arguments = docker_create_arguments(plan.containers[0], plan, {"config": tmp_path}, pod_id="p-1", publish=False)
+    dirs = {"config": tmp_path, "tmp": tmp_path}
+    arguments = docker_create_arguments(plan.containers[0], plan, dirs, pod_id="p-1", publish=False)
     assert {"Target": "/models", "Source": str(tmp_path), "Type": "bind", "ReadOnly": True} in arguments["mounts"]
     assert "ports" not in arguments
 
@@ -353,13 +369,105 @@ def test_claims_mount_read_only_when_the_mount_or_the_source_says_so(tmp_path: P
 def test_config_map_files_are_written_as_the_kubelet_writes_them(tmp_path: Path) -> None:
     spec = objects()
     volume = spec[-1]["spec"]["template"]["spec"]["volumes"][1]
-    files = _materialize(plan_pod(spec, "m"), tmp_path)["config"]
+    with contextlib.ExitStack() as cleanup:
+        files = _materialize(plan_pod(spec, "m"), tmp_path, cleanup)["config"]
     assert sorted(p.name for p in files.iterdir()) == ["a.conf", "b.conf"]
     assert stat.S_IMODE((files / "a.conf").stat().st_mode) == 0o644
     assert (files / "b.conf").read_text() == "b\n"
     volume["configMap"].update(items=[{"key": "b.conf", "path": "sub/b", "mode": 0o600}], defaultMode=0o440)
     plan = plan_pod(spec, "m")
     assert plan.volumes["config"] == ConfigMapVolume((("sub/b", b"b\n", 0o600),))
+
+
+def shared_volume_pod() -> list[dict[str, Any]]:
+    """objects() with the staged-models shape: an initContainer writing a disk emptyDir the server reads."""
+    spec = objects()
+    pod = spec[-1]["spec"]["template"]["spec"]
+    pod["volumes"] = [
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        {"name": "config", "configMap": {"name": "m-config"}},
+        {"name": "models", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    pod["initContainers"] = [
+        {
+            "name": "stage",
+            "image": "example/m:1",
+            "command": ["/bin/stage"],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "models", "mountPath": "/models"}],
+        }
+    ]
+    pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": "/models", "readOnly": True})
+    return spec
+
+
+def test_an_empty_dir_is_one_host_directory_every_container_mounts(tmp_path: Path) -> None:
+    plan = plan_pod(shared_volume_pod(), "m")
+    assert plan.volumes["tmp"] == EmptyDirVolume(64 * 1024**2, "Memory")
+    assert plan.volumes["models"] == EmptyDirVolume(1024**3, "")
+    assert plan.fs_group == 10001
+    dirs = {"tmp": tmp_path / "tmp", "models": tmp_path / "models", "config": tmp_path / "config"}
+    init, server = (
+        {m["Target"]: (m["Source"], m["Type"], m["ReadOnly"]) for m in arguments["mounts"]}
+        for arguments in (
+            docker_create_arguments(c, plan, dirs, pod_id="p-1", publish=False)
+            for c in (*plan.init_containers, *plan.containers)
+        )
+    )
+    # The same directory in both: what the initContainer writes is what the server reads, and the
+    # server's readOnly mount of it is read-only.
+    assert init == {"/tmp": (str(dirs["tmp"]), "bind", False), "/models": (str(dirs["models"]), "bind", False)}
+    assert server == {
+        "/tmp": (str(dirs["tmp"]), "bind", False),
+        "/etc/m": (str(dirs["config"]), "bind", True),
+        "/models": (str(dirs["models"]), "bind", True),
+    }
+
+
+def test_a_disk_empty_dir_is_made_as_the_kubelet_makes_it(tmp_path: Path) -> None:
+    spec = shared_volume_pod()
+    spec[-1]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] = {}  # no tmpfs: no mount needed
+    with contextlib.ExitStack() as cleanup:
+        dirs = _materialize(plan_pod(spec, "m"), tmp_path, cleanup)
+    for name in ("tmp", "models"):
+        info = dirs[name].stat()
+        # 0777 with fsGroup's group and setgid (pkg/volume SetVolumeOwnership).
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o2777, 10001), name
+    assert dirs["config"].is_dir() and dirs["tmp"] != dirs["models"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (as the kubelet does)")
+def test_a_memory_empty_dir_is_a_tmpfs_of_its_size_limit_unmounted_by_the_cleanup(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as cleanup:
+        directory = _materialize(plan_pod(shared_volume_pod(), "m"), tmp_path, cleanup)["tmp"]
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        (line,) = [m for m in mounts if m.split()[1] == str(directory)]
+        assert line.split()[2] == "tmpfs" and "size=65536k" in line, line
+        assert (stat.S_IMODE(directory.stat().st_mode), directory.stat().st_gid) == (0o3777, 10001)
+    assert not any(m.split()[1] == str(directory) for m in Path("/proc/self/mounts").read_text().splitlines())
+    assert subprocess.run(["mountpoint", "-q", str(directory)], check=False).returncode != 0
+
+
+def test_a_spread_constraint_must_select_the_pods_it_spreads() -> None:
+    labels = dict(LABELS)
+    constraint = {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": dict(LABELS)},
+    }
+    check_spread_constraints({"topologySpreadConstraints": [constraint]}, labels)
+    plan_pod(objects(topologySpreadConstraints=[constraint]), "m")
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"labelSelector": {"matchLabels": {"app.kubernetes.io/name": "other"}}}, "labelSelector"),
+        ({"labelSelector": {}}, "labelSelector"),
+        ({"maxSkew": 0}, "maxSkew"),
+        ({"whenUnsatisfiable": "Sometimes"}, "topologySpreadConstraints[0]"),
+        ({"labelSelector": {"matchExpressions": []}}, "matchExpressions"),
+        ({"nodeName": "x"}, "nodeName"),
+    ]
+    for edit, named in refused:
+        with pytest.raises(UnsupportedPodField, match=named.replace("[", r"\[").replace("]", r"\]")):
+            plan_pod(objects(topologySpreadConstraints=[{**constraint, **edit}]), "m")
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from packager.layout.names import check_image_reference, check_model_name
 from packager.layout.paths import (
     ASSETS_EXTRA,
     CHAIN_DIR,
+    CLAIM_DIR,
     DEFAULT_SIGNATURE,
     DEPLOYMENT_CONFIG_DIR,
     GOLDENS_FILE,
@@ -58,6 +59,7 @@ from packager.layout.versions import (
 __all__ = [
     "ASSETS_EXTRA",
     "CHAIN_DIR",
+    "CLAIM_DIR",
     "DEFAULT_SIGNATURE",
     "DEPLOYMENT_CONFIG_DIR",
     "GOLDENS_FILE",

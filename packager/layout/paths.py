@@ -28,6 +28,10 @@ IMAGE_ETC_DIR = "/etc/tfpack"
 # Where `tfpack k8s` mounts the deployment's ConfigMap (read-only) holding the models.config it
 # rendered; the entrypoint refuses to serve when that config is not the one the image bakes.
 DEPLOYMENT_CONFIG_DIR = "/etc/tfpack-deployment"
+# Where `tfpack k8s` mounts the models claim (read-only) in the verifier initContainer of an
+# image built with --models-from-volume: `serving.verify --stage-from` copies the served version
+# dirs from it into /models. The model server's container never mounts it.
+CLAIM_DIR = "/tfpack-claim"
 GRPC_PORT = 8500
 REST_PORT = 8501
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from packager.layout import SIGNATURE_FILE, is_version_name, signed_digest
 from serving.entrypoint import (
     MODEL_CONFIG_FILE,
     SESSION_CONFIG_FILE,
@@ -27,9 +28,19 @@ def baked_layout(
         model_server: the server recorded in serving.json.
         batching_parameters: batching.config's text when ``serving`` turns batching on.
         serving: further BakedServing fields (allow_unsigned, allow_reload_config, labels,
-            monitoring, batching).
+            monitoring, batching, models_from_volume, digests). Without ``digests`` an image
+            with ``public_key`` records each signed version dir's, as tfpack build does.
     """
     models = root / "models"
+    if public_key is not None and "digests" not in serving:
+        serving["digests"] = {
+            model.name: {
+                str(int(version.name)): signed_digest(version)
+                for version in model.iterdir()
+                if is_version_name(version.name) and (version / SIGNATURE_FILE).is_file()
+            }
+            for model in sorted(models.iterdir())
+        }
     baked = BakedServing(
         model_server=model_server,
         models={m.name: sorted(int(v.name) for v in m.iterdir() if v.name.isdigit()) for m in sorted(models.iterdir())},

@@ -7,15 +7,19 @@ is checked field by field. No Docker and no model server: the files are laid out
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 from factories.image_layout import baked_layout
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -53,7 +57,13 @@ pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make t
 BATCHING = "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n"
 
 
+# The signed digests a build of half v1, v2 and twin v3 records (any sha256 will do here).
+DIGESTS = {"half": {"1": "sha256:" + "1" * 64, "2": "sha256:" + "2" * 64}, "twin": {"3": "sha256:" + "3" * 64}}
+
+
 def _baked(**fields: object) -> BakedServing:
+    if not fields.get("allow_unsigned"):
+        fields.setdefault("digests", DIGESTS)
     return BakedServing(
         model_server=EMBEDDED_SERVER,
         models={"half": [1, 2], "twin": [3]},
@@ -256,7 +266,12 @@ def test_run_time_arguments_cannot_override_what_the_build_baked(
     ]
     # Without baked batching, turning it on at run time stays a tuning choice.
     assert check_arguments(["--enable_batching"], EMBEDDED_SERVER, baked=_baked()) == (["--enable_batching"], [])
-    labelled = BakedServing(model_server=TF_SERVING_SERVER, models={"half": [1]}, labels={"half": {"stable": 1}})
+    labelled = BakedServing(
+        model_server=TF_SERVING_SERVER,
+        models={"half": [1]},
+        labels={"half": {"stable": 1}},
+        digests={"half": {"1": DIGESTS["half"]["1"]}},
+    )
     assert check_arguments(["--allow_version_labels_for_unavailable_models=false"], TF_SERVING_SERVER, baked=labelled)[
         1
     ] == [
@@ -415,19 +430,48 @@ def image_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _volume_image(image_root: Path, **serving: object) -> ImageLayout:
-    """An unsigned volume image whose models volume is image_root/models, mounted read-only."""
-    layout = _unsigned_image(image_root, models_from_volume=True, **serving)
+def _sign(version_dir: Path, private_key: Path) -> str:
+    """Sign ``version_dir`` as tfpack sign does, without its op scan (no TensorFlow here); its digest."""
+    from packager.layout import _model_signing_compat as compat
+    from packager.signing.bundle import write_signature
+    from packager.signing.keys import load_private_key
+
+    bundle = write_signature(compat.key_signer(load_private_key(private_key, None)), version_dir)
+    return f"sha256:{bundle.subject_digest}"
+
+
+def _signed_version(version_dir: Path, private_key: Path, graph: bytes = b"graph") -> str:
+    """A small version dir (saved_model.pb and a variables dir), signed; its digest."""
+    (version_dir / "variables").mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(graph)
+    (version_dir / "variables" / "variables.index").write_bytes(b"index " + graph)
+    return _sign(version_dir, private_key)
+
+
+def _signed_image(image_root: Path, keys: dict[str, Path], **serving: object) -> ImageLayout:
+    """A signed image (half v1, v2 and twin v3) with the digests its build records."""
+    digests: dict[str, dict[str, str]] = {}
+    for name, version in (("half", 1), ("half", 2), ("twin", 3)):
+        version_dir = image_root / "models" / name / str(version)
+        digests.setdefault(name, {})[str(version)] = _signed_version(
+            version_dir, keys["private"], f"{name}{version}".encode()
+        )
+    return baked_layout(image_root, keys["public"], EMBEDDED_SERVER, digests=digests, **serving)
+
+
+def _volume_image(image_root: Path, keys: dict[str, Path], **serving: object) -> ImageLayout:
+    """A signed volume image whose models volume is image_root/models, mounted read-only."""
+    layout = _signed_image(image_root, keys, models_from_volume=True, **serving)
     _mountinfo(layout.mountinfo, f"{layout.models_root} ro,relatime")
     return layout
 
 
 def test_a_volume_image_serves_only_from_a_read_only_volume_at_models(
-    image_root: Path, capsys: pytest.CaptureFixture[str]
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path]
 ) -> None:
-    layout = _volume_image(image_root)
+    layout = _volume_image(image_root, signing_keys)
     assert prepare([], {}, layout)[0] == "/opt/tfpack/venv/bin/tfpack-model-server"
-    assert verify_image([], {}, layout).unsigned == [
+    assert verify_image([], {}, layout).verified == [
         layout.models_root / "half" / "1",
         layout.models_root / "half" / "2",
         layout.models_root / "twin" / "3",
@@ -449,8 +493,7 @@ def test_a_volume_image_serves_only_from_a_read_only_volume_at_models(
 
     # Mounted read-only, the volume is verified as baked dirs are: every served version must be there.
     _mountinfo(layout.mountinfo, f"{layout.models_root} ro")
-    (layout.models_root / "twin" / "3" / "saved_model.pb").unlink()
-    (layout.models_root / "twin" / "3").rmdir()
+    shutil.rmtree(layout.models_root / "twin" / "3")
     assert main([], {}, layout) == 3
     assert "twin/3 (a version this image serves) is missing" in capsys.readouterr().err
 
@@ -494,10 +537,10 @@ def test_deployment_model_config_text_is_the_config_the_image_serves() -> None:
 
 @pytest.mark.parametrize("volume", [False, True], ids=["baked models", "models from a volume"])
 def test_the_deployment_config_map_must_hold_the_model_config_the_image_serves(
-    image_root: Path, capsys: pytest.CaptureFixture[str], volume: bool
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path], volume: bool
 ) -> None:
     labels = {"half": {"stable": 1}}
-    layout = _unsigned_image(image_root, labels=labels, models_from_volume=volume)
+    layout = _signed_image(image_root, signing_keys, labels=labels, models_from_volume=volume)
     deployment = image_root / "deployment"
     layout = ImageLayout(
         etc_dir=layout.etc_dir,
@@ -549,31 +592,32 @@ def test_the_deployment_config_map_must_hold_the_model_config_the_image_serves(
 
 
 def test_serving_verify_checks_what_the_entrypoint_checks_and_does_not_serve(
-    image_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    image_root: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signing_keys: dict[str, Path],
 ) -> None:
     from serving import verify
 
-    layout = _volume_image(image_root)
+    layout = _volume_image(image_root, signing_keys)
     models = layout.models_root
     assert verify.main([], {}, layout) == 0
     assert capsys.readouterr().err.splitlines() == [
-        f"tfpack-verify: verified 3 version dirs: {models}/half/1, {models}/half/2, {models}/twin/3 "
-        f"({models}/half/1, {models}/half/2, {models}/twin/3 unsigned, allowed by the build's --allow-unsigned); "
-        "not serving"
+        f"tfpack-verify: verified 3 version dirs: {models}/half/1, {models}/half/2, {models}/twin/3; not serving"
     ]
-    assert verify.main(["--port=9000"], {}, layout) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "tfpack-verify: refusing to verify: --port=9000: serving.verify takes no arguments "
-        "(what it checks is baked into the image)"
-    ]
+    for arguments in (["--port=9000"], ["--stage-from"], ["--stage-from", "/tfpack-claim", "--port=9000"]):
+        assert verify.main(arguments, {}, layout) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"tfpack-verify: refusing to verify: {' '.join(arguments)}: serving.verify takes no arguments but "
+            "--stage-from /tfpack-claim (what it checks is baked into the image)"
+        ]
     assert verify.main([], {"TFPACK_ALLOW_UNSIGNED": "1"}, layout) == 2
     assert "TFPACK_ALLOW_UNSIGNED is set" in capsys.readouterr().err
     layout.mountinfo.unlink()
     assert verify.main([], {}, layout) == 2
     assert "none is mounted" in capsys.readouterr().err
     _mountinfo(layout.mountinfo, f"{models} ro")
-    (models / "half" / "2" / "saved_model.pb").unlink()
-    (models / "half" / "2").rmdir()
+    shutil.rmtree(models / "half" / "2")
     assert verify.main([], {}, layout) == 3
     assert "half/2 (a version this image serves) is missing" in capsys.readouterr().err
 
@@ -593,9 +637,9 @@ _VERIFY_WITHOUT_TENSORFLOW = _WITHOUT_TENSORFLOW.replace(
 ).replace('print(" ".join(prepare([], {}, layout)))', "sys.exit(main([], {}, layout))")
 
 
-def test_serving_verify_needs_no_tensorflow_serving_api(image_root: Path) -> None:
+def test_serving_verify_needs_no_tensorflow_serving_api(image_root: Path, signing_keys: dict[str, Path]) -> None:
     """The initContainer runs serving.verify in either base: the verifier venv suffices."""
-    layout = _volume_image(image_root, labels={"half": {"stable": 1}})
+    layout = _volume_image(image_root, signing_keys, labels={"half": {"stable": 1}})
     assert layout.mountinfo == image_root / "mountinfo"  # where the script's layout looks
     started = subprocess.run(
         [sys.executable, "-I", "-c", _VERIFY_WITHOUT_TENSORFLOW, str(image_root)],
@@ -606,3 +650,414 @@ def test_serving_verify_needs_no_tensorflow_serving_api(image_root: Path) -> Non
     )
     assert started.returncode == 0, started.stderr
     assert started.stderr.startswith("tfpack-verify: verified 3 version dirs:"), started.stderr
+
+
+# --- issue 14: exactly the bytes the image was built for, copied out of the claim's reach first ------
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"digests": {"half": DIGESTS["half"]}}, r"no signed digest for twin/3: every served version needs one"),
+        ({"digests": {}}, r"no signed digest for half/1, half/2, twin/3"),
+        ({"digests": {**DIGESTS, "twin": {"3": "sha256:" + "A" * 64}}}, r"digest of twin/3 must be sha256:<64 hex"),
+        ({"digests": {**DIGESTS, "twin": {"3": "3" * 64}}}, r"digest of twin/3 must be sha256:<64 hex"),
+        ({"digests": {**DIGESTS, "twin": {"03": "sha256:" + "3" * 64}}}, r"digest of twin/03: model twin has no"),
+        ({"digests": {**DIGESTS, "twin": {"4": "sha256:" + "3" * 64}}}, r"digest of twin/4: model twin has no"),
+        ({"digests": {**DIGESTS, "ghost": {"1": "sha256:" + "3" * 64}}}, r"digests for model 'ghost', which is not"),
+        ({"digests": {**DIGESTS, "twin": ["sha256:" + "3" * 64]}}, r"digests of model twin must map each version"),
+        ({"digests": ["half"]}, r"digests must map each model to \{version: digest\}"),
+        (
+            {"allow_unsigned": True, "trust": "none", "digests": DIGESTS},
+            r"digests without trust material: nothing could verify a signed version",
+        ),
+        (
+            {"allow_unsigned": True, "models_from_volume": True},
+            r"models_from_volume with allow_unsigned: a volume's models must each be the signed one the build verified",
+        ),
+        (
+            {"allow_unsigned": True, "trust": "none", "models_from_volume": True},
+            r"models_from_volume with allow_unsigned",
+        ),
+    ],
+)
+def test_serving_json_records_the_signed_digest_of_every_served_version(fields: dict[str, object], why: str) -> None:
+    with pytest.raises(UsageError, match=why):
+        _baked(**fields)
+    text = json.dumps({**_baked().to_json(), **fields})
+    with pytest.raises(
+        UsageError, match=rf"^serving.json is not a tfpack serving config \({why}.*\): rebuild the image"
+    ):
+        BakedServing.loads(text)
+
+
+def test_serving_json_round_trips_the_digests_and_only_allow_unsigned_may_leave_one_out() -> None:
+    baked = _baked()
+    assert json.loads(baked.dumps())["digests"] == DIGESTS
+    assert BakedServing.loads(baked.dumps()) == baked
+    assert (baked.digest("half", 2), baked.digest("twin", 3), baked.digest("twin", 4)) == (
+        DIGESTS["half"]["2"],
+        DIGESTS["twin"]["3"],
+        None,
+    )
+    # An image of an older tfpack recorded none: refused, not served unbound.
+    without = {k: v for k, v in baked.to_json().items() if k != "digests"}
+    with pytest.raises(UsageError, match=r"no signed digest for half/1, half/2, twin/3.*rebuild the image"):
+        BakedServing.loads(json.dumps(without))
+    # With allow-unsigned a version may have none (it was unsigned at build), others keep theirs.
+    partly = _baked(allow_unsigned=True, digests={"half": DIGESTS["half"]})
+    assert (partly.digest("half", 1), partly.digest("twin", 3)) == (DIGESTS["half"]["1"], None)
+    assert BakedServing.loads(partly.dumps()) == partly
+
+
+def test_build_refuses_models_from_a_volume_with_allow_unsigned(
+    tmp_path: Path, tfpack_cli: Callable[..., CliResult]
+) -> None:
+    (tmp_path / "half" / "1").mkdir(parents=True)
+    refused = tfpack_cli(
+        "build", tmp_path / "half", "--tag", "tfpack-test/never:1", "--models-from-volume", "--allow-unsigned"
+    )
+    assert refused.exit_code == 2
+    assert (
+        "--models-from-volume cannot be combined with --allow-unsigned: each version on the volume must verify at "
+        "every start to the signed digest the build recorded for it, and an unsigned one has none; sign the models "
+        "with 'tfpack sign'"
+    ) in " ".join(refused.stderr.split())
+    from packager.image import MODELS_FROM_VOLUME_UNSIGNED, build_image
+
+    with pytest.raises(UsageError) as raised:  # before any model is read or Docker reached
+        build_image(tmp_path / "missing", "tfpack-test/never:1", allow_unsigned=True, models_from_volume=True)
+    assert str(raised.value) == MODELS_FROM_VOLUME_UNSIGNED
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["baked models", "models from a volume"])
+def test_a_version_signed_by_the_trusted_key_but_not_the_one_built_for_is_refused(
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path], volume: bool
+) -> None:
+    layout = _signed_image(image_root, signing_keys, models_from_volume=volume)
+    if volume:
+        _mountinfo(layout.mountinfo, f"{layout.models_root} ro")
+    built = load_baked(layout).digest("half", 1)
+    # Another model (an older, vulnerable one, say) signed by the very key the image trusts.
+    shutil.rmtree(layout.models_root / "half" / "1")
+    other = _signed_version(layout.models_root / "half" / "1", signing_keys["private"], b"another model")
+    assert other != built
+    with pytest.raises(VerificationError) as refused:
+        verify_image([], {}, layout)
+    assert str(refused.value) == (
+        f"{layout.models_root}/half/1 verifies against the baked trust but is not the version this image was built "
+        f"for: its signed digest is {other}, the build recorded {built}"
+    )
+    assert main([], {}, layout) == 3
+    assert capsys.readouterr().err.count("\n") == 1
+
+    # An unsigned dir where a signed one was built: refused even by an image allowing unsigned models.
+    (layout.models_root / "half" / "1" / "model.sig").unlink()
+    with pytest.raises(VerificationError, match=r"half/1 is unsigned"):
+        verify_image([], {}, layout)
+    if not volume:
+        allowing = BakedServing.loads(json.dumps({**load_baked(layout).to_json(), "allow_unsigned": True}))
+        with pytest.raises(
+            VerificationError, match=rf"half/1 is unsigned, but this image was built for a signed one \({built}\)"
+        ):
+            verify_models(layout, allowing)
+
+
+def _symlinked_version(models: Path) -> str:
+    shutil.move(models / "half" / "2", models.parent / "elsewhere")
+    (models / "half" / "2").symlink_to(models.parent / "elsewhere")
+    return f"{models}/half/2 is a symlink: model and version dirs hold only directories and regular files"
+
+
+def _symlinked_model(models: Path) -> str:
+    shutil.move(models / "twin", models.parent / "twin")
+    (models / "twin").symlink_to(models.parent / "twin")
+    return f"{models}/twin is a symlink"
+
+
+def _fifo_in_a_version(models: Path) -> str:
+    os.mkfifo(models / "half" / "1" / "variables" / "pipe")
+    return f"{models}/half/1/variables/pipe is a FIFO"
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["baked models", "models from a volume"])
+@pytest.mark.parametrize("plant", [_symlinked_version, _symlinked_model, _fifo_in_a_version])
+def test_the_entrypoint_refuses_links_and_special_files_under_models(
+    image_root: Path,
+    capsys: pytest.CaptureFixture[str],
+    signing_keys: dict[str, Path],
+    volume: bool,
+    plant: Callable[[Path], str],
+) -> None:
+    layout = _signed_image(image_root, signing_keys, models_from_volume=volume)
+    if volume:
+        _mountinfo(layout.mountinfo, f"{layout.models_root} ro")
+    named = plant(layout.models_root)
+    assert main([], {}, layout) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and named in lines[0], lines
+
+
+def _stage_layout(image_root: Path, keys: dict[str, Path], **serving: object) -> ImageLayout:
+    """A volume image about to stage: the claim at image_root/claim (mounted read-only) holding the
+    served half v1, v2 and twin v3, and /models an empty dir mounted writable."""
+    layout = dataclasses.replace(
+        _signed_image(image_root, keys, models_from_volume=True, **serving), claim_dir=image_root / "claim"
+    )
+    layout.models_root.rename(layout.claim_dir)
+    layout.models_root.mkdir()
+    _mountinfo(layout.mountinfo, f"{layout.claim_dir} ro,relatime", f"{layout.models_root} rw,relatime")
+    return layout
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """{relative path: (mode bits, bytes or None for a dir)} of everything under root."""
+    return {
+        str(path.relative_to(root)): (path.lstat().st_mode & 0o7777, None if path.is_dir() else path.read_bytes())
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def test_serving_verify_stages_the_served_versions_from_the_claim_and_verifies_the_copy(
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path]
+) -> None:
+    from serving import verify
+
+    layout = _stage_layout(image_root, signing_keys)
+    claim, models = layout.claim_dir, layout.models_root
+    (claim / "half" / "1" / "saved_model.pb").chmod(0o600)  # the copy's modes are the copy's own
+    served = _tree(claim)
+    # What the claim holds besides is never copied, nor even looked into: an unserved version with
+    # a link in it, a model the image does not serve with a FIFO in it.
+    (claim / "half" / "7").mkdir()
+    (claim / "half" / "7" / "passwd").symlink_to("/etc/passwd")
+    (claim / "ghost" / "1").mkdir(parents=True)
+    os.mkfifo(claim / "ghost" / "1" / "pipe")
+
+    assert verify.main(["--stage-from", str(claim)], {"MODEL_NAME": "half"}, layout) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"tfpack-verify: staged and verified 3 version dirs from {claim}: "
+        f"{models}/half/1, {models}/half/2, {models}/twin/3; not serving"
+    ]
+    copied = _tree(models)
+    assert {path: data for path, (_, data) in copied.items()} == {path: data for path, (_, data) in served.items()}
+    assert {mode for _, (mode, data) in copied.items() if data is None} == {0o755}
+    assert {mode for _, (mode, data) in copied.items() if data is not None} == {0o644}
+
+    # The server's container: that copy mounted read-only at /models, no claim; verified again.
+    _mountinfo(layout.mountinfo, f"{models} ro")
+    assert prepare([], {}, layout)[0] == "/opt/tfpack/venv/bin/tfpack-model-server"
+    # ... and it never takes the claim itself.
+    _mountinfo(layout.mountinfo, f"{models} ro", f"{claim} ro")
+    assert main([], {}, layout) == 2
+    assert f"{claim} is mounted at run time: the model server never reads the models claim" in capsys.readouterr().err
+
+
+def _claim_link(claim: Path) -> str:
+    (claim / "half" / "1" / "variables" / "key").symlink_to("/etc/passwd")
+    return f"{claim}/half/1/variables/key is a symlink: model and version dirs hold only directories and regular files"
+
+
+def _claim_fifo(claim: Path) -> str:
+    os.mkfifo(claim / "twin" / "3" / "pipe")
+    return f"{claim}/twin/3/pipe is a FIFO"
+
+
+def _claim_socket(claim: Path) -> str:
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(claim / "half" / "2" / "sock"))
+    return f"{claim}/half/2/sock is a socket"
+
+
+def _claim_linked_version(claim: Path) -> str:
+    shutil.move(claim / "half" / "2", claim / "half" / "9")
+    (claim / "half" / "2").symlink_to("9")
+    return f"{claim}/half/2 is a symlink"
+
+
+def _claim_linked_model(claim: Path) -> str:
+    shutil.move(claim / "twin", claim / "twin-real")
+    (claim / "twin").symlink_to("twin-real")
+    return f"{claim}/twin is a symlink"
+
+
+def _claim_missing_version(claim: Path) -> str:
+    shutil.rmtree(claim / "twin" / "3")
+    return f"{claim}/twin/3 (a version this image serves) is missing from the claim"
+
+
+def _claim_two_spellings(claim: Path) -> str:
+    shutil.copytree(claim / "half" / "1", claim / "half" / "01")
+    return f"{claim}/half/01 and {claim}/half/1 all name version 1 of {claim}/half: remove all but one"
+
+
+def _claim_tampered(claim: Path) -> str:
+    with (claim / "twin" / "3" / "saved_model.pb").open("ab") as graph:
+        graph.write(b"\0")
+    # Copied as it is, then refused by the verification of the copy.
+    return f"{claim.parent / 'models'}/twin/3 does not match its signature: modified: saved_model.pb"
+
+
+def _claim_other_model(claim: Path) -> str:
+    """Another model in half/1, signed by the very key the image trusts."""
+    shutil.rmtree(claim / "half" / "1")
+    other = _signed_version(claim / "half" / "1", KEYS["private"], b"another model")
+    return f"half/1 verifies against the baked trust but is not the version this image was built for: its signed digest is {other}"
+
+
+KEYS: dict[str, Path] = {}
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        _claim_link,
+        _claim_fifo,
+        _claim_socket,
+        _claim_linked_version,
+        _claim_linked_model,
+        _claim_missing_version,
+        _claim_two_spellings,
+        _claim_tampered,
+        _claim_other_model,
+    ],
+)
+def test_staging_refuses_what_is_not_the_signed_version_built_for_and_leaves_models_empty(
+    image_root: Path,
+    capsys: pytest.CaptureFixture[str],
+    signing_keys: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    plant: Callable[[Path], str],
+) -> None:
+    from serving import verify
+
+    monkeypatch.setitem(KEYS, "private", signing_keys["private"])
+    layout = _stage_layout(image_root, signing_keys)
+    named = plant(layout.claim_dir)
+    assert verify.main(["--stage-from", str(layout.claim_dir)], {}, layout) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tfpack-verify: refusing to serve: ") and named in lines[0], lines
+    assert list(layout.models_root.iterdir()) == []  # a retry starts from an empty dir
+
+
+def test_staging_replaces_a_previous_copy_left_in_the_empty_dir(
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path]
+) -> None:
+    """An emptyDir outlives its initContainer: a retry finds the killed attempt's partial copy (or
+    a planted file) and must stage afresh, neither refuse forever nor serve what it found."""
+    from serving import verify
+
+    layout = _stage_layout(image_root, signing_keys)
+    models = layout.models_root
+    (models / "half" / "1").mkdir(parents=True)
+    (models / "half" / "1" / "saved_model.pb").write_bytes(b"half a copy")
+    (models / "stray.txt").write_text("planted\n")
+    (models / "link").symlink_to(layout.claim_dir)
+    assert verify.main(["--stage-from", str(layout.claim_dir)], {}, layout) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in models.iterdir()) == ["half", "twin"]
+    staged = models / "half" / "1" / "saved_model.pb"
+    assert staged.read_bytes() == (layout.claim_dir / "half" / "1" / "saved_model.pb").read_bytes()
+    assert (layout.claim_dir / "half").is_dir()  # the symlink was removed, not what it pointed at
+
+
+def test_staging_takes_only_its_mounts_an_empty_models_dir_and_the_claim_dir(
+    image_root: Path, capsys: pytest.CaptureFixture[str], signing_keys: dict[str, Path]
+) -> None:
+    from serving import verify
+
+    layout = _stage_layout(image_root, signing_keys)
+    claim, models = layout.claim_dir, layout.models_root
+
+    def refusal(*arguments: str) -> str:
+        assert verify.main(list(arguments or ["--stage-from", str(claim)]), {}, layout) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert refusal("--stage-from", "/srv/models") == (
+        f"tfpack-verify: refusing to serve: --stage-from /srv/models: stage from {claim}, where the models claim "
+        "is mounted read-only"
+    )
+    _mountinfo(layout.mountinfo, f"{claim} ro")
+    assert f"nothing is mounted at {models}: mount an empty writable dir there" in refusal()
+    _mountinfo(layout.mountinfo, f"{models} rw")
+    assert f"nothing is mounted at {claim}: mount the models claim, read-only there" in refusal()
+    _mountinfo(layout.mountinfo, f"{claim} rw", f"{models} rw")
+    assert f"{claim} is mounted writable: mount the models claim read-only" in refusal()
+    assert verify.main(["--stage-from", str(claim)], {"PYTHONPATH": "/claim"}, layout) == 2
+    assert "PYTHONPATH is set" in capsys.readouterr().err
+    assert list(models.iterdir()) == []
+
+    # An image with baked models has nothing to stage.
+    baked = image_root / "baked"
+    baked.mkdir()
+    plain = dataclasses.replace(_signed_image(baked, signing_keys), claim_dir=claim)
+    assert verify.main(["--stage-from", str(claim)], {}, plain) == 2
+    assert "--stage-from is for an image built with --models-from-volume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("mounts", "named"),
+    [
+        (["/tfpack-claim ro,relatime", "/models rw,relatime"], []),
+        (["/tfpack-claim ro", "/models rw", "/etc/tfpack-deployment ro"], []),
+        (["/tfpack-claim rw", "/models rw"], ["/tfpack-claim is mounted writable: mount the models claim read-only"]),
+        (["/tfpack-claim ro", "/models ro"], ["/models is mounted read-only: serving.verify --stage-from copies"]),
+        (["/tfpack-claim ro", "/tfpack-claim ro", "/models rw"], ["/tfpack-claim is mounted more than once"]),
+        (["/tfpack-claim ro", "/models rw", "/models rw"], ["/models is mounted more than once"]),
+        (["/tfpack-claim ro", "/models rw", "/models/half rw"], ["/models/half is mounted at run time below /models"]),
+        (
+            ["/tfpack-claim ro", "/tfpack-claim/half ro", "/models rw"],
+            ["/tfpack-claim/half is mounted at run time below /tfpack-claim"],
+        ),
+        (["/tfpack-claim ro", "/models rw", "/srv ro"], ["/srv is mounted at run time: only the engine's own mounts"]),
+        (
+            ["/tfpack-claim ro", "/models rw", "/etc/tfpack-deployment rw"],
+            ["/etc/tfpack-deployment is mounted writable"],
+        ),
+        (
+            ["/tfpack-claim ro", "/models rw", "/opt/tfpack ro"],
+            ["/opt/tfpack is mounted at run time: it would replace"],
+        ),
+    ],
+)
+def test_staging_mounts_the_claim_read_only_and_an_empty_dir_writable_and_nothing_else(
+    tmp_path: Path, mounts: list[str], named: list[str]
+) -> None:
+    layout = ImageLayout(
+        etc_dir=Path("/etc/tfpack"), models_root=Path("/models"), mountinfo=_mountinfo(tmp_path / "mountinfo", *mounts)
+    )
+    assert layout.claim_dir == Path("/tfpack-claim")
+    problems = check_mounts(layout, scope="stage", models_from_volume=True)
+    assert len(problems) == len(named), problems
+    for problem, start in zip(problems, named):
+        assert problem.startswith(start), problem
+
+
+@pytest.mark.parametrize(
+    ("plant", "named"),
+    [
+        (_claim_link, "half/1/variables/key is a symlink"),
+        (_claim_fifo, "twin/3/pipe is a FIFO"),
+        (_claim_linked_version, "half/2 cannot be opened as a directory"),
+    ],
+)
+def test_the_copy_itself_never_follows_a_link_that_appears_after_the_check(
+    image_root: Path,
+    capsys: pytest.CaptureFixture[str],
+    signing_keys: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    plant: Callable[[Path], str],
+    named: str,
+) -> None:
+    """The claim may change between the walk and the copy (another pod writes it): the copy opens
+    every entry relative to its parent without following links, whatever the walk saw."""
+    from serving import staging, verify
+
+    layout = _stage_layout(image_root, signing_keys)
+    plant(layout.claim_dir)
+    monkeypatch.setattr(staging, "unservable_entries", lambda root: [])  # the walk saw nothing wrong
+    assert verify.main(["--stage-from", str(layout.claim_dir)], {}, layout) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"{layout.claim_dir}/{named}" in lines[0], lines
+    assert list(layout.models_root.iterdir()) == []

@@ -25,7 +25,10 @@ from serving.healthcheck import check, check_alive, main
 from tests.factories.half_plus_two import write_half_plus_two_tf1
 from tests.servers import REPO, ServerHandle, free_port, running_model_server
 
-BAKED = BakedServing(model_server=EMBEDDED_SERVER, models={"half": [1, 2], "twin": [1]})
+# What the health check reads of serving.json is the models (trust is the entrypoint's business).
+BAKED = BakedServing(
+    model_server=EMBEDDED_SERVER, models={"half": [1, 2], "twin": [1]}, allow_unsigned=True, trust="none"
+)
 OK = {"error_code": "OK", "error_message": ""}
 
 
@@ -117,7 +120,13 @@ def test_live_while_a_version_is_loading_or_failed_and_not_live_when_nothing_ans
 @pytest.mark.fast
 def test_an_image_that_allows_reloads_needs_one_available_version_per_model(answers) -> None:
     port, table = answers
-    reloading = BakedServing(model_server=EMBEDDED_SERVER, models={"half": [1, 2]}, allow_reload_config=True)
+    reloading = BakedServing(
+        model_server=EMBEDDED_SERVER,
+        models={"half": [1, 2]},
+        allow_reload_config=True,
+        allow_unsigned=True,
+        trust="none",
+    )
     # A reload may legitimately have replaced the baked versions.
     table["/v1/models/half"] = (200, _status((3, "AVAILABLE", ""), (2, "END", ""), (1, "END", "")))
     assert check(reloading, port).ready
@@ -136,7 +145,9 @@ def test_no_server_or_a_bad_serving_json_is_not_ready_in_one_line(
 
     port, table = answers
     table["/v1/models/half"] = (200, b"<html>not TF Serving</html>")
-    assert check(BakedServing(model_server=EMBEDDED_SERVER, models={"half": [1]}), port) == (
+    assert check(
+        BakedServing(model_server=EMBEDDED_SERVER, models={"half": [1]}, allow_unsigned=True, trust="none"), port
+    ) == (
         False,
         "not ready: half: the server does not serve it (HTTP 200)",
     )
