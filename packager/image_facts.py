@@ -34,7 +34,9 @@ from packager.progress import SILENT, Progress
 
 LABEL_PREFIX = "dev.tfpack"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_NUMBER = re.compile(r"[0-9]+")
+# Versions are int64s and every other number is far smaller: longer digit runs are refused
+# before int() sees them (Python refuses over 4,300 digits with a ValueError of its own).
+_NUMBER = re.compile(r"[0-9]{1,19}")
 # A version dir of a petabyte, or more towers than any host has GPUs, is a broken or hostile label.
 MAX_VERSION_BYTES = 2**50
 MAX_TOWERS = 64
@@ -76,7 +78,8 @@ class ImageFacts:
     def gpu_capable(self) -> bool:
         """Whether the runtime can use GPUs: only a GPU build of TF Serving (tensorflow/serving:*-gpu);
         tfpack's embedded runtime runs tensorflow-cpu."""
-        return self.base.rpartition(":")[2].endswith("-gpu")
+        name = self.base.partition("@")[0]  # a base pinned by digest keeps its tag before the @
+        return name.rpartition("/")[2].partition(":")[2].endswith("-gpu")
 
     @property
     def model_bytes(self) -> int:
@@ -132,12 +135,15 @@ def facts_from_config(reference: str, config: dict[str, Any], *, pinned: bool) -
     version_towers: dict[str, dict[int, int]] = {}
     version_labels: dict[str, dict[str, int]] = {}
     for name in (label("models") or "").split(","):
-        versions = [int(v) for v in (label(f"model.{name}.versions") or "").split(",") if _NUMBER.fullmatch(v)]
+        listed = (label(f"model.{name}.versions") or "").split(",")
+        if any(not _NUMBER.fullmatch(v) for v in listed if v):
+            raise UsageError(f"{reference}'s label {LABEL_PREFIX}.model.{name}.versions is not a list of versions")
+        versions = [int(v) for v in listed if v]
         if not versions:
             raise UsageError(f"{reference}'s labels name model {name!r} but no versions of it: rebuild the image")
         models[name] = versions
         sizes = {v: label(f"model.{name}.{v}.bytes") for v in versions}
-        missing = [str(v) for v, size in sizes.items() if size is None or not _NUMBER.fullmatch(size)]
+        missing = [str(v) for v, size in sizes.items() if size is None]
         if missing:
             raise UsageError(
                 f"{reference} does not say how large model {name} version {', '.join(missing)} is "
@@ -152,7 +158,7 @@ def facts_from_config(reference: str, config: dict[str, Any], *, pinned: bool) -
         version_towers[name] = {
             v: _bounded(reference, f"model.{name}.{v}.towers", t, MAX_TOWERS)
             for v, t in towers.items()
-            if t is not None and _NUMBER.fullmatch(t)
+            if t is not None
         }
         prefix = f"{LABEL_PREFIX}.model.{name}.label."
         version_labels[name] = {
@@ -178,8 +184,8 @@ def facts_from_config(reference: str, config: dict[str, Any], *, pinned: bool) -
 
 
 def _bounded(reference: str, key: str, value: str, limit: int) -> int:
-    """A numeric label's value, UsageError past ``limit`` (a broken or hostile image)."""
-    number = int(value[:20]) if len(value) <= 20 else limit + 1
+    """A numeric label's value, UsageError when it is no number or past ``limit`` (a broken or hostile image)."""
+    number = int(value) if _NUMBER.fullmatch(value) else limit + 1
     if number > limit:
         raise UsageError(f"{reference}'s label {LABEL_PREFIX}.{key}={value[:24]} is out of range (at most {limit})")
     return number

@@ -282,6 +282,11 @@ def render_from_facts(
     """
     name = kubernetes_name(model)
     _check_options(replicas, gpus, namespace, canary is not None, canary_weight, models_from_volume)
+    if canary is not None and len(f"{name}-canary") > 63:
+        raise UsageError(
+            f"--canary: the canary's name {name}-canary is longer than the 63 characters a Kubernetes label "
+            "value may have: serve the model under a name of at most 56 characters"
+        )
     _check_replaceable(output_dir)
     for facts, flag in ((image, "--image"), *(((canary, "--canary"),) if canary else ())):
         facts.check_serves(model, flag)
@@ -466,11 +471,11 @@ def _deployment_values(
         {"name": "model-config", "configMap": {"name": config_name}},
     ]
     init_containers: list[dict[str, Any]] = []
+    staging_mib = math.ceil(image.model_bytes * STAGING_HEADROOM / 2**20) + 1
     if claim is not None:
         # The server never reads the claim: the verifier copies the served version dirs from it
         # into an emptyDir only this pod can write and verifies the copy, which the server then
         # mounts read-only and verifies again. A claim changed after the check changes nothing.
-        staging_mib = math.ceil(image.model_bytes * STAGING_HEADROOM / 2**20) + 1
         mounts.append({"name": "models", "mountPath": MODELS_ROOT, "readOnly": True})
         volumes += [
             {"name": "models-claim", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
@@ -515,7 +520,16 @@ def _deployment_values(
         "gid": str(image.gid),
         "init_containers": json.dumps(init_containers),
         "resources": json.dumps(
-            {"requests": {"cpu": SERVER_CPU, "memory": memory}, "limits": {"cpu": SERVER_CPU, "memory": memory}}
+            {
+                # The verified copy of the models lives in the pod's emptyDir: node disk the
+                # scheduler must count.
+                "requests": {
+                    "cpu": SERVER_CPU,
+                    "memory": memory,
+                    **({"ephemeral-storage": f"{staging_mib}Mi"} if claim is not None else {}),
+                },
+                "limits": {"cpu": SERVER_CPU, "memory": memory},
+            }
         ),
         "startup_failure_threshold": str(startup_failure_threshold(image)),
         "container_security_context": json.dumps(security),

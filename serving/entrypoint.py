@@ -50,6 +50,7 @@ them, each newly loaded dir verified against the baked trust first).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -209,6 +210,12 @@ _CODE_LOADING_PREFIXES = ("LD_",)
 # time (over /models, a Python site dir, a shared library) is refused: what the image verified is
 # what it runs. /tmp is a scratch tmpfs (a read-only root filesystem needs one).
 _ENGINE_MOUNTS = ("/proc", "/sys", "/dev", "/tmp", "/run/secrets", "/var/run/secrets")
+# Where the kubelet keeps a pod's volumes: .../volumes/kubernetes.io~<plugin>/<name> (the mount's root).
+_KUBERNETES_VOLUME = "/kubernetes.io~"
+_KUBERNETES_EMPTY_DIR = "/kubernetes.io~empty-dir/"
+# A dir ``serving.verify --stage-from`` makes in /models before it copies: what holds it is a
+# staging's, and may be emptied by the next one.
+STAGING_MARKER = ".tfpack-staging"
 _ENGINE_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"})
 
 
@@ -708,6 +715,8 @@ class Mount:
 
     point: str  # where it is mounted, unescaped
     read_only: bool  # its per-mount options (field 6) hold "ro"
+    device: str = ""  # major:minor of the file system it comes from (field 3)
+    root: str = ""  # the dir of that file system mounted here (field 4), unescaped
 
 
 def read_mounts(layout: ImageLayout) -> list[Mount]:
@@ -721,7 +730,14 @@ def read_mounts(layout: ImageLayout) -> list[Mount]:
         fields = line.split(" ")
         if len(fields) < 6:
             continue
-        mounts.append(Mount(point=_unescape_mount_point(fields[4]), read_only="ro" in fields[5].split(",")))
+        mounts.append(
+            Mount(
+                point=_unescape_mount_point(fields[4]),
+                read_only="ro" in fields[5].split(","),
+                device=fields[2],
+                root=_unescape_mount_point(fields[3]),
+            )
+        )
     return mounts
 
 
@@ -801,7 +817,13 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
                 "(a mount below it could be swapped while it is copied)"
             )
         elif point == models_root and models_from_volume:
-            if not mount.read_only:
+            if _KUBERNETES_VOLUME in mount.root and _KUBERNETES_EMPTY_DIR not in mount.root:
+                problems.append(
+                    f"{point} is a Kubernetes volume other than an emptyDir ({mount.root}): the server reads only "
+                    f"the copy 'serving.verify --stage-from {claim}' makes in the pod's emptyDir, never a claim "
+                    "others can write while it loads"
+                )
+            elif not mount.read_only:
                 problems.append(
                     f"{point} is mounted writable: mount it read-only (readOnly: true in Kubernetes, :ro with "
                     "docker run); the image verifies the models on it once, before the server loads them"
@@ -834,7 +856,25 @@ def check_mounts(layout: ImageLayout, *, scope: str = "all", models_from_volume:
                 f"{point} is mounted at run time: only the engine's own mounts and /tmp are "
                 "accepted (a mount could replace code the entrypoint or the server loads)"
             )
+    if staging:
+        problems += _same_store(read_mounts(layout), models_root, claim)
     return problems
+
+
+def _same_store(mounts: list[Mount], models_root: str, claim: str) -> list[str]:
+    """A /models that shows the claim's own files (one file system, nested roots): staging would
+    empty and overwrite the store it copies from."""
+    by_point = {mount.point: mount for mount in mounts}
+    target, source = by_point.get(models_root), by_point.get(claim)
+    if target is None or source is None or target.device != source.device:
+        return []
+    a, b = target.root.rstrip("/") + "/", source.root.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        return [
+            f"{models_root} and {claim} are the same store ({source.device} {source.root}): mount an empty "
+            f"writable dir at {models_root} (an emptyDir in Kubernetes), never the claim itself"
+        ]
+    return []
 
 
 def check_models_root(layout: ImageLayout) -> list[str]:
@@ -1158,27 +1198,48 @@ def stage_image(source: Path, environ: Mapping[str, str], layout: ImageLayout = 
             problems.append(f"nothing is mounted at {path}: mount {what} there")
     if problems:
         raise RefusedOverride(" | ".join(problems))
-    # An emptyDir outlives its initContainer: a retry after a killed copy, or a pod sandbox
-    # recreated after a finished one, finds the previous copy. Only this pod writes it, so it is
-    # emptied and staged afresh rather than refused forever (or trusted unverified).
+    check_deployment_config(layout, baked)
+    _empty_previous_copy(layout.models_root)
     try:
-        for entry in sorted(layout.models_root.iterdir()):
+        stage_versions(layout.claim_dir, layout.models_root, baked.models)
+        verified, unsigned = verify_models(layout, baked)
+    except BaseException:
+        # Refused or failed: nothing is left for a server to find, the marker included.
+        remove_staged(layout.models_root, baked.models)
+        with contextlib.suppress(OSError):
+            (layout.models_root / STAGING_MARKER).rmdir()
+        raise
+    return VerifiedImage(baked=baked, tuning=[], verified=verified, unsigned=unsigned)
+
+
+def _empty_previous_copy(models_root: Path) -> None:
+    """Empty ``models_root`` when what is in it is an earlier staging's; then mark it as staging's.
+
+    An emptyDir outlives its initContainer: a retry after a killed copy, or a pod sandbox
+    recreated after a finished one, finds the previous copy, and must stage afresh rather than be
+    refused forever (or trust it unverified). Only a dir holding STAGING_MARKER, which staging
+    writes before it copies anything, is emptied: anything else that is not empty is refused, so
+    a store mounted there by mistake is never deleted.
+
+    Raises:
+        RefusedOverride: ``models_root`` holds files staging did not write, or cannot be emptied.
+    """
+    marker = models_root / STAGING_MARKER
+    try:
+        entries = sorted(models_root.iterdir())
+        if entries and not (stat.S_ISDIR(marker.lstat().st_mode) if marker in entries else False):
+            raise RefusedOverride(
+                f"{models_root} is not empty and holds no earlier staging's {STAGING_MARKER}: mount an empty "
+                "writable dir there (an emptyDir in Kubernetes)"
+            )
+        for entry in entries:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+        marker.mkdir()
     except OSError as exc:
-        raise RefusedOverride(
-            f"{layout.models_root} holds a previous copy that cannot be removed ({exc.strerror or exc})"
-        ) from None
-    check_deployment_config(layout, baked)
-    stage_versions(layout.claim_dir, layout.models_root, baked.models)
-    try:
-        verified, unsigned = verify_models(layout, baked)
-    except BaseException:
-        remove_staged(layout.models_root, baked.models)
-        raise
-    return VerifiedImage(baked=baked, tuning=[], verified=verified, unsigned=unsigned)
+        raise RefusedOverride(f"{models_root} cannot be emptied for staging ({exc.strerror or exc})") from None
 
 
 def prepare(argv: Sequence[str], environ: Mapping[str, str], layout: ImageLayout = ImageLayout()) -> list[str]:

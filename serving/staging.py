@@ -97,20 +97,30 @@ def stage_versions(claim: Path, models_root: Path, models: Mapping[str, Sequence
         UsageError: a copy cannot be written (no room in ``models_root``, say).
     """
     sources, problems = _served_sources(claim, models)
-    for source in sources.values():
-        problems += unservable_entries(source)
-    if problems:
-        raise VerificationError(" | ".join(problems))
-    copies: list[Path] = []
     try:
-        for (name, version), source in sources.items():
-            target = models_root / name / str(version)
-            _make_dir(models_root / name, exist_ok=True)
-            _copy_version(claim, source, target)
-            copies.append(target)
-    except BaseException:
-        remove_staged(models_root, models)
-        raise
+        for source in sources.values():
+            problems += unservable_entries(source)
+        if problems:
+            raise VerificationError(" | ".join(problems))
+        copies: list[Path] = []
+        try:
+            for (name, version), source in sources.items():
+                target = models_root / name / str(version)
+                _make_dir(models_root / name, exist_ok=True)
+                _copy_version(claim, source, target)
+                copies.append(target)
+        except BaseException:
+            remove_staged(models_root, models)
+            raise
+    # What a hostile or changing claim can still raise past the named checks: an entry gone
+    # between listing and stat, a tree nested deeper than Python recurses. Both refuse (exit 3).
+    except RecursionError:
+        raise VerificationError(f"{claim} holds a version dir nested too deep to be a model: refusing it") from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise VerificationError(
+            f"the claim changed or cannot be read while it was checked or copied: {exc.strerror or exc}{where}"
+        ) from None
     return copies
 
 

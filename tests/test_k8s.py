@@ -687,3 +687,50 @@ def test_the_startup_window_grows_with_the_model(tmp_path: Path) -> None:
 def test_out_of_range_labels_are_usage_errors(label: str, value: str) -> None:
     with pytest.raises(UsageError, match=f"label {re.escape(label)}=.* is out of range"):
         facts_from_config(IMAGE, _config(**{label: value}), pinned=True)
+
+
+def test_labels_with_more_digits_than_any_number_are_usage_errors_not_crashes() -> None:
+    for label in ("dev.tfpack.model.half.versions", "dev.tfpack.model.half.1.bytes"):
+        with pytest.raises(UsageError):
+            facts_from_config(IMAGE, _config(**{label: "9" * 5000}), pinned=True)
+    with pytest.raises(UsageError, match="runs as user"):
+        facts_from_config(IMAGE, {**_config(), "User": "9" * 5000}, pinned=True)
+    with pytest.raises(UsageError, match="not a list of versions"):
+        facts_from_config(IMAGE, _config(**{"dev.tfpack.model.half.versions": "1,x,2"}), pinned=True)
+    with pytest.raises(UsageError, match="out of range"):
+        facts_from_config(IMAGE, _config(**{"dev.tfpack.model.half.2.towers": "4x"}), pinned=True)
+
+
+@pytest.mark.parametrize(
+    ("base", "capable"),
+    [
+        ("tensorflow/serving:2.21.0-gpu", True),
+        ("tensorflow/serving:2.21.0-gpu@sha256:" + "ab" * 32, True),
+        ("registry:5000/tensorflow/serving:2.21.0-gpu", True),
+        ("tensorflow/serving@sha256:" + "ab" * 32, False),
+        ("registry:5000/serving-gpu", False),
+        ("tensorflow/serving:2.21.0", False),
+        ("embedded", False),
+    ],
+)
+def test_a_gpu_runtime_is_read_from_the_base_tag(base: str, capable: bool) -> None:
+    assert image_facts(base=base).gpu_capable is capable
+
+
+def test_a_canary_name_longer_than_a_label_value_is_refused(tmp_path: Path) -> None:
+    model = "m" * 57
+    facts = image_facts(models={model: [1]}, version_bytes={model: {1: 1}})
+    with pytest.raises(UsageError, match="longer than the 63 characters"):
+        render_from_facts(
+            facts, model, tmp_path / "k8s", canary=dataclasses.replace(facts, reference=CANARY), canary_weight=50
+        )
+    ok = "m" * 56
+    facts = image_facts(models={ok: [1]}, version_bytes={ok: {1: 1}})
+    render_from_facts(facts, ok, tmp_path / "ok", canary=dataclasses.replace(facts, reference=CANARY), canary_weight=50)
+    validate_strictly(kustomize(tmp_path / "ok"))
+
+
+def test_the_volume_variant_asks_for_the_node_disk_its_copy_takes(volume_tree: Path, cpu_tree: Path) -> None:
+    requests = model_server_container(kustomize(volume_tree / "overlays/cpu"))["resources"]["requests"]
+    assert requests["ephemeral-storage"] == f"{int(MODEL_BYTES * 1.1 / 2**20) + 1}Mi"
+    assert "ephemeral-storage" not in model_server_container(kustomize(cpu_tree))["resources"]["requests"]

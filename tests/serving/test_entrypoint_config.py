@@ -840,6 +840,8 @@ def test_serving_verify_stages_the_served_versions_from_the_claim_and_verifies_t
         f"{models}/half/1, {models}/half/2, {models}/twin/3; not serving"
     ]
     copied = _tree(models)
+    # Besides the copy, only the marker that lets a retry empty the dir again.
+    assert copied.pop(".tfpack-staging")[1] is None
     assert {path: data for path, (_, data) in copied.items()} == {path: data for path, (_, data) in served.items()}
     assert {mode for _, (mode, data) in copied.items() if data is None} == {0o755}
     assert {mode for _, (mode, data) in copied.items() if data is not None} == {0o644}
@@ -946,15 +948,24 @@ def test_staging_replaces_a_previous_copy_left_in_the_empty_dir(
     """An emptyDir outlives its initContainer: a retry finds the killed attempt's partial copy (or
     a planted file) and must stage afresh, neither refuse forever nor serve what it found."""
     from serving import verify
+    from serving.entrypoint import STAGING_MARKER
 
     layout = _stage_layout(image_root, signing_keys)
     models = layout.models_root
+    # Files staging did not write (a store mounted there by mistake) are refused, never deleted.
+    (models / "precious").mkdir()
+    assert verify.main(["--stage-from", str(layout.claim_dir)], {}, layout) == 2
+    assert "is not empty and holds no earlier staging's" in capsys.readouterr().err
+    assert sorted(p.name for p in models.iterdir()) == ["precious"]
+    (models / "precious").rmdir()
+    # A staging killed mid-copy left its marker and a partial copy: the next one starts afresh.
+    (models / STAGING_MARKER).mkdir()
     (models / "half" / "1").mkdir(parents=True)
     (models / "half" / "1" / "saved_model.pb").write_bytes(b"half a copy")
     (models / "stray.txt").write_text("planted\n")
     (models / "link").symlink_to(layout.claim_dir)
     assert verify.main(["--stage-from", str(layout.claim_dir)], {}, layout) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in models.iterdir()) == ["half", "twin"]
+    assert sorted(p.name for p in models.iterdir()) == [STAGING_MARKER, "half", "twin"]
     staged = models / "half" / "1" / "saved_model.pb"
     assert staged.read_bytes() == (layout.claim_dir / "half" / "1" / "saved_model.pb").read_bytes()
     assert (layout.claim_dir / "half").is_dir()  # the symlink was removed, not what it pointed at
@@ -1061,3 +1072,40 @@ def test_the_copy_itself_never_follows_a_link_that_appears_after_the_check(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and f"{layout.claim_dir}/{named}" in lines[0], lines
     assert list(layout.models_root.iterdir()) == []
+
+
+def test_a_volume_image_serves_from_an_empty_dir_never_from_another_kubernetes_volume(tmp_path: Path) -> None:
+    """In a pod, what is mounted at /models says where it comes from: the kubelet's emptyDir (the
+    verified copy) is served; a claim mounted there directly, which others may write while the
+    server loads, is refused. (docker run binds stay the operator's own directory.)"""
+    layout = ImageLayout(mountinfo=tmp_path / "mountinfo")
+    pods = "/var/lib/kubelet/pods/0b1c/volumes"
+    base = ["1 0 0:1 / / ro,relatime - overlay overlay rw"]
+    for root, refused in (
+        (f"{pods}/kubernetes.io~empty-dir/models", False),
+        (f"{pods}/kubernetes.io~csi/pvc-12/mount", True),
+        (f"{pods}/kubernetes.io~nfs/models", True),
+        ("/srv/models", False),
+    ):
+        layout.mountinfo.write_text("\n".join([*base, f"3 1 8:1 {root} /models ro,relatime - ext4 /dev/sda rw"]) + "\n")
+        problems = check_mounts(layout, models_from_volume=True)
+        assert bool(problems) == refused, (root, problems)
+        if refused:
+            assert "is a Kubernetes volume other than an emptyDir" in problems[0]
+
+
+def test_staging_refuses_a_models_dir_that_is_the_claims_own_store(tmp_path: Path) -> None:
+    layout = ImageLayout(mountinfo=tmp_path / "mountinfo", claim_dir=Path("/tfpack-claim"))
+    base = "1 0 0:1 / / ro,relatime - overlay overlay rw"
+    for models_root, claim_root, refused in (
+        ("/pvc", "/pvc", True),
+        ("/pvc/staging", "/pvc", True),
+        ("/pvc", "/pvc/models", True),
+        ("/pods/empty-dir/models", "/pvc", False),
+    ):
+        layout.mountinfo.write_text(
+            f"{base}\n3 1 8:1 {claim_root} /tfpack-claim ro - ext4 /dev/sda rw\n"
+            f"4 1 8:1 {models_root} /models rw - ext4 /dev/sda rw\n"
+        )
+        problems = check_mounts(layout, scope="stage", models_from_volume=True)
+        assert any("are the same store" in p for p in problems) == refused, (models_root, claim_root, problems)
