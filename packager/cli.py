@@ -408,6 +408,65 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, as_j
 
 
 @cli.command()
+@click.argument("version_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["tflite", "tfjs", "frozen-pb"]))
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "dynamic", "float16"]),
+    default="none",
+    show_default=True,
+    help="TFLite weight quantization.",
+)
+@click.option("--select-tf-ops", is_flag=True, help="Let TFLite use TensorFlow kernels for ops its builtins lack.")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="Bound of the proof [default: the conversion's; 0.05 for dynamic, 0.01 for float16].",
+)
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path), help="Writes OUTPUT_DIR/NAME.pb|.tflite.")
+@json_option
+def export(
+    version_dir: Path,
+    fmt: str,
+    quantize: str,
+    select_tf_ops: bool,
+    tolerance: float | None,
+    output_dir: Path,
+    as_json: bool,
+) -> None:
+    """Export VERSION_DIR to another format, proved against its goldens in that format's runtime."""
+    from packager.formats import export_version
+
+    with _progress(as_json) as progress:
+        result = _run(
+            lambda: export_version(
+                version_dir,
+                fmt,
+                output_dir,
+                quantize=quantize,
+                select_tf_ops=select_tf_ops,
+                tolerance=tolerance,
+                progress=progress,
+            ),
+            as_json,
+        )
+
+    def human(r: Any) -> None:
+        _stdout.print(f"wrote {r.path} ({r.format}, {r.bytes} bytes, sha256 {r.sha256[:12]})", markup=False)
+        _stdout.print(f"  inputs:  {', '.join(f'{k} {v}' for k, v in r.inputs.items())}", markup=False)
+        _stdout.print(f"  outputs: {', '.join(f'{k} {v}' for k, v in r.outputs.items())}", markup=False)
+        errors = ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_error.items())
+        _stdout.print(
+            f"  equal to the goldens in {r.runtime}: max |error| {errors} (tolerance {r.tolerance:g})", markup=False
+        )
+        if r.select_tf_ops_needed:
+            _stdout.print(f"  Select TF ops: {', '.join(r.select_tf_ops_needed)}", markup=False)
+
+    _emit(result, as_json, human)
+
+
+@cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--allow-op", "allowed_ops", multiple=True, metavar="OP", help="An op type to accept; may repeat.")
 @source_options

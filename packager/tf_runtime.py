@@ -22,8 +22,13 @@ ENV_VERBOSE = "TFPACK_TF_LOGS"
 
 
 @contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up lines bypass Python."""
+def stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ lines (start-up notices, the TFLite
+    converter's error trace) bypass Python; tfpack says what went wrong itself, in one line.
+    TFPACK_TF_LOGS=1 keeps them."""
+    if os.environ.get(ENV_VERBOSE):
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -47,7 +52,7 @@ def tensorflow() -> ModuleType:
     if os.environ.get(ENV_VERBOSE):
         import tensorflow as tf
     else:
-        with _stderr_silenced():
+        with stderr_silenced():
             import tensorflow as tf
 
             tf.config.list_physical_devices()
