@@ -19,6 +19,8 @@ from packager.equivalence import compare_outputs
 from packager.errors import UsageError, VerificationError
 from packager.formats.frozen_pb import freeze_serving_default, run_frozen_graph
 from packager.formats.report import ExportReport
+from packager.formats.tfjs import RUNTIME as TFJS_RUNTIME
+from packager.formats.tfjs import convert_to_tfjs, files_digest, require_tfjs_runtime, run_tfjs, write_model_dir
 from packager.formats.tflite import (
     QUANTIZE_DYNAMIC,
     QUANTIZE_FLOAT16,
@@ -61,8 +63,9 @@ def export_version(
 ) -> ExportReport:
     """Export the serving_default signature of ``version_dir`` to ``fmt`` and prove it.
 
-    Writes ``output_dir/NAME.pb`` (frozen-pb) or ``output_dir/NAME.tflite`` (tflite), NAME being
-    the model name the version dir was converted under, replacing a file of that name.
+    Writes ``output_dir/NAME.pb`` (frozen-pb), ``output_dir/NAME.tflite`` (tflite) or the graph
+    model dir ``output_dir/NAME_tfjs/`` (tfjs: model.json and its weight shards), NAME being the
+    model name the version dir was converted under, replacing a file or model of that name.
 
     Args:
         version_dir: a version dir written by ``tfpack convert`` (it holds the goldens).
@@ -89,6 +92,7 @@ def export_version(
     bound = tolerance if tolerance is not None else QUANTIZED_TOLERANCE.get(quantize, provenance.tolerance)
     what = f"the {fmt} export of {version_dir}"
     select_tf_ops_needed: list[str] = []
+    tfjs_files: dict[str, bytes] = {}
     if fmt == FORMAT_FROZEN_PB:
         progress.step(f"freezing serving_default of {version_dir}")
         frozen = freeze_serving_default(version_dir)
@@ -97,6 +101,15 @@ def export_version(
         actual = run_frozen_graph(frozen, goldens.inputs)
         content, inputs, outputs, runtime = frozen.content, frozen.inputs, frozen.outputs, FROZEN_PB_RUNTIME
         filename = f"{provenance.model_name}.pb"
+    elif fmt == FORMAT_TFJS:
+        require_tfjs_runtime()  # before a conversion that would be wasted
+        progress.step(f"converting {version_dir} to a TensorFlow.js graph model")
+        graph_model = convert_to_tfjs(version_dir, progress)
+        _check_inputs(goldens, graph_model.inputs, what)
+        progress.step("running the graph model in Node.js with @tensorflow/tfjs on the goldens")
+        actual = run_tfjs(graph_model, goldens.inputs, progress)
+        content, inputs, outputs, runtime = b"", graph_model.inputs, graph_model.outputs, TFJS_RUNTIME
+        tfjs_files, filename = graph_model.files, f"{provenance.model_name}_tfjs"
     else:
         require_litert()  # before a conversion that would be wasted
         progress.step(f"converting {version_dir} to TFLite (quantize {quantize})")
@@ -119,12 +132,17 @@ def export_version(
     except VerificationError as exc:
         raise VerificationError(f"{exc}; nothing was written to {output_dir}") from None
     progress.step(f"writing {output_dir / filename}")
-    path = _write_atomically(output_dir / filename, content)
+    if fmt == FORMAT_TFJS:
+        path = write_model_dir(output_dir / filename, tfjs_files)
+        size, digest = sum(len(data) for data in tfjs_files.values()), files_digest(tfjs_files)
+    else:
+        path = _write_atomically(output_dir / filename, content)
+        size, digest = len(content), hashlib.sha256(content).hexdigest()
     return ExportReport(
         format=fmt,
         path=path,
-        bytes=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
+        bytes=size,
+        sha256=digest,
         version_dir=version_dir,
         runtime=runtime,
         inputs=inputs,
@@ -137,8 +155,6 @@ def export_version(
 
 
 def _check_flags(fmt: str, quantize: str, select_tf_ops: bool, tolerance: float | None) -> None:
-    if fmt == FORMAT_TFJS:
-        raise UsageError("--format tfjs is not available in this tfpack yet")
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if quantize not in QUANTIZE_MODES:

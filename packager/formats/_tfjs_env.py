@@ -1,0 +1,275 @@
+"""The two environments a TensorFlow.js export needs, each managed by tfpack under its cache dir.
+
+- Python: tensorflowjs's SavedModel converter. Its package declares tensorflow-decision-forests
+  (which pins an older TensorFlow), jax and flax; the SavedModel → graph model path uses none of
+  them. So tensorflowjs is installed with ``--no-deps`` into a directory of its own
+  (``CACHE/tfjs-python/VERSION``, never the project's site-packages), and imported with
+  placeholders standing in for those modules during the import only.
+- Node.js: ``@tensorflow/tfjs`` (the pure-JS CPU backend; tfjs-node downloads a native binary and
+  cannot be installed here), pinned, in ``CACHE/tfjs-node-env/VERSION`` with a small runner that
+  loads a graph model from disk and runs it on JSON inputs.
+
+Both are created on first use, under a lock, into a temp dir renamed into place: a concurrent or
+interrupted install never leaves a half-populated environment that later runs trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+from packager._runtime_base import cache_dir
+from packager.errors import ToolError, UsageError, shorten
+from packager.progress import Progress
+
+TENSORFLOWJS_VERSION = "4.22.0"  # the Python converter, installed without its dependencies
+TFJS_VERSION = "4.22.0"  # @tensorflow/tfjs, the runtime the proof runs in
+RUNNER_FILE = "run_graph_model.js"
+_INSTALL_TIMEOUT_S = 900
+# Imported at module level by tensorflowjs but used only by conversions tfpack never runs
+# (decision forests' custom ops, TF Hub modules). JAX is reached through tensorflowjs's own
+# jax_conversion module, stood in for itself: a placeholder named jax would be found by every
+# later `import jax` in the process (Keras probes for it).
+_UNUSED_IMPORTS = ("tensorflow_decision_forests", "tensorflow_hub")
+_JAX_CONVERSION = "tensorflowjs.converters.jax_conversion"
+
+# Loads model.json and its weight shards with fs (the pure-JS package has no file:// handler for
+# Node), runs the graph model on the CPU backend, and writes the outputs to a JSON file: tfjs
+# prints notices on stdout, so stdout cannot carry the result.
+RUNNER_SOURCE = """\
+// Written by tfpack: runs a TensorFlow.js graph model on JSON inputs with the pure-JS CPU backend.
+// usage: node run_graph_model.js MODEL_DIR REQUEST.json RESULT.json
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const tf = require('@tensorflow/tfjs');
+
+function fileHandler(modelDir) {
+  return {
+    load: async () => {
+      const model = JSON.parse(fs.readFileSync(path.join(modelDir, 'model.json'), 'utf8'));
+      const weightSpecs = [];
+      const shards = [];
+      for (const group of model.weightsManifest) {
+        weightSpecs.push(...group.weights);
+        for (const shard of group.paths) shards.push(fs.readFileSync(path.join(modelDir, shard)));
+      }
+      const weights = Buffer.concat(shards);
+      return {
+        modelTopology: model.modelTopology,
+        format: model.format,
+        generatedBy: model.generatedBy,
+        convertedBy: model.convertedBy,
+        signature: model.signature,
+        userDefinedMetadata: model.userDefinedMetadata,
+        modelInitializer: model.modelInitializer,
+        weightSpecs,
+        weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength),
+      };
+    },
+  };
+}
+
+async function main() {
+  const [modelDir, requestFile, resultFile] = process.argv.slice(2);
+  const request = JSON.parse(fs.readFileSync(requestFile, 'utf8'));
+  await tf.setBackend('cpu');
+  const model = await tf.loadGraphModel(fileHandler(modelDir));
+  const feeds = {};
+  for (const [key, value] of Object.entries(request.inputs)) {
+    feeds[key] = tf.tensor(value.values, value.shape, value.dtype);
+  }
+  // Signature keys in and out: the graph model maps them to its tensors by model.json's signature.
+  const keys = request.outputs;
+  let results = await model.executeAsync(feeds, keys);
+  if (!Array.isArray(results)) results = [results];
+  const outputs = {};
+  for (let i = 0; i < keys.length; i++) {
+    const values = Array.from(await results[i].data());
+    outputs[keys[i]] = { dtype: results[i].dtype, shape: results[i].shape, values };
+  }
+  fs.writeFileSync(resultFile, JSON.stringify({ backend: tf.getBackend(), outputs }));
+}
+
+main().catch((error) => {
+  const message = error && error.message ? error.message : String(error);
+  process.stderr.write(`tfjs: ${message.split('\\n')[0]}\\n`);
+  process.exit(1);
+});
+"""
+
+
+def node_env_dir() -> Path:
+    """Where the pinned @tensorflow/tfjs and the runner live."""
+    return cache_dir() / "tfjs-node-env" / TFJS_VERSION
+
+
+def python_env_dir() -> Path:
+    """Where tensorflowjs is installed without its declared dependencies."""
+    return cache_dir() / "tfjs-python" / TENSORFLOWJS_VERSION
+
+
+def require_node() -> str:
+    """Return the path of ``node``.
+
+    Raises:
+        UsageError: node or npm is not on PATH (the message says what to install).
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise UsageError(
+            "tfpack export --format tfjs proves the model in Node.js: install Node.js 18 or newer with npm "
+            "(e.g. apt-get install nodejs npm) and put node and npm on PATH"
+        )
+    return node
+
+
+def ensure_node_env(progress: Progress) -> Path:
+    """Return the runner script, installing @tensorflow/tfjs and writing the runner on first use.
+
+    Raises:
+        UsageError: node or npm is missing.
+        ToolError: npm cannot install @tensorflow/tfjs (registry unreachable, disk full).
+    """
+    require_node()
+    target = node_env_dir()
+    runner = target / RUNNER_FILE
+    if _node_env_ready(target):
+        return runner
+    with _install_lock(target.parent):
+        if _node_env_ready(target):  # another process installed it while this one waited
+            return runner
+        progress.step(f"installing @tensorflow/tfjs@{TFJS_VERSION} with npm into {target} (once)")
+        with _staging_dir(target) as staging:
+            (staging / "package.json").write_text(json.dumps({"private": True, "description": "tfpack tfjs runner"}))
+            _run_installer(
+                ["npm", "install", "--no-save", "--no-audit", "--no-fund", f"@tensorflow/tfjs@{TFJS_VERSION}"],
+                staging,
+                f"npm install @tensorflow/tfjs@{TFJS_VERSION}",
+                "check that the npm registry is reachable (npm config get registry)",
+            )
+            (staging / RUNNER_FILE).write_text(RUNNER_SOURCE)
+    return runner
+
+
+def _node_env_ready(target: Path) -> bool:
+    package = target / "node_modules" / "@tensorflow" / "tfjs" / "package.json"
+    runner = target / RUNNER_FILE
+    try:
+        installed = json.loads(package.read_text()).get("version")
+        return installed == TFJS_VERSION and runner.read_text() == RUNNER_SOURCE
+    except (OSError, ValueError):
+        return False
+
+
+def load_saved_model_converter(progress: Progress) -> types.ModuleType:
+    """Return ``tensorflowjs.converters.tf_saved_model_conversion_v2``, installing it on first use.
+
+    Raises:
+        ToolError: pip cannot install tensorflowjs, or it cannot be imported with this TensorFlow.
+    """
+    target = python_env_dir()
+    if not (target / "tensorflowjs" / "__init__.py").is_file():
+        with _install_lock(target.parent):
+            if not (target / "tensorflowjs" / "__init__.py").is_file():
+                progress.step(f"installing tensorflowjs=={TENSORFLOWJS_VERSION} without its dependencies into {target}")
+                with _staging_dir(target) as staging:
+                    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+                    _run_installer(
+                        [
+                            *pip,
+                            "--no-deps",
+                            "--no-compile",
+                            "--target",
+                            str(staging),
+                            f"tensorflowjs=={TENSORFLOWJS_VERSION}",
+                        ],
+                        staging,
+                        f"pip install --no-deps tensorflowjs=={TENSORFLOWJS_VERSION}",
+                        "check that pip works in this Python and PyPI is reachable",
+                    )
+    if str(target) not in sys.path:
+        sys.path.append(str(target))  # appended: it must never shadow the project's own packages
+    # Placeholders only for modules that are absent, only for the import, then removed again: the
+    # rest of the process sees exactly what is installed.
+    placeholders = {name: types.ModuleType(name) for name in _UNUSED_IMPORTS if not _importable(name)}
+    if _JAX_CONVERSION not in sys.modules:
+        # tensorflowjs.converters imports convert_jax from it; it stays the placeholder once
+        # imported, and says so if ever called.
+        jax_conversion = types.ModuleType(_JAX_CONVERSION)
+        jax_conversion.convert_jax = _jax_conversion_unavailable  # type: ignore[attr-defined]  # a bare module
+        sys.modules[_JAX_CONVERSION] = jax_conversion
+    sys.modules.update(placeholders)
+    try:
+        return importlib.import_module("tensorflowjs.converters.tf_saved_model_conversion_v2")
+    except ImportError as exc:
+        raise ToolError(
+            f"tensorflowjs {TENSORFLOWJS_VERSION} cannot be imported: {shorten(str(exc))} "
+            "(pip install 'tfpack[tfjs]' installs what its converter needs)"
+        ) from None
+    finally:
+        for name, module in placeholders.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+def _jax_conversion_unavailable(*args: object, **kwargs: object) -> None:
+    raise ToolError("tfpack installs tensorflowjs without JAX: its JAX conversion is not available")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _run_installer(command: list[str], cwd: Path, what: str, hint: str) -> None:
+    try:
+        result = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolError(f"{what} failed: {shorten(str(exc))}; {hint}") from None
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        # npm ends with the path of its debug log; the cause is its first error line.
+        errors = [line for line in lines if line.startswith("npm error") and "complete log" not in line]
+        cause = errors[0] if errors else lines[-1] if lines else "no output"
+        raise ToolError(f"{what} failed: {shorten(cause)}; {hint}")
+
+
+@contextlib.contextmanager
+def _staging_dir(target: Path) -> Iterator[Path]:
+    """A temp dir beside ``target``, renamed to it when the block succeeds, removed otherwise."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    try:
+        yield staging
+        shutil.rmtree(target, ignore_errors=True)  # an older, incomplete or stale install
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _install_lock(directory: Path) -> Iterator[None]:
+    """Serialise installs on this machine: parallel test runs or CI jobs install once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
