@@ -252,9 +252,19 @@ def _run_installer(command: list[str], cwd: Path, what: str, hint: str) -> None:
 
 @contextlib.contextmanager
 def _staging_dir(target: Path) -> Iterator[Path]:
-    """A temp dir beside ``target``, renamed to it when the block succeeds, removed otherwise."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    """A temp dir beside ``target``, renamed to it when the block succeeds, removed otherwise.
+
+    Raises:
+        ToolError: tfpack's cache dir cannot be written (the message names it).
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    except OSError as exc:
+        raise ToolError(
+            f"cannot write tfpack's cache dir {target.parent}: {exc.strerror or exc} (set TFPACK_CACHE_DIR "
+            "to a writable dir)"
+        ) from None
     try:
         yield staging
         shutil.rmtree(target, ignore_errors=True)  # an older, incomplete or stale install
@@ -266,8 +276,15 @@ def _staging_dir(target: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def _install_lock(directory: Path) -> Iterator[None]:
     """Serialise installs on this machine: parallel test runs or CI jobs install once."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".install.lock").open("w") as lock:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(directory / ".install.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ToolError(
+            f"cannot write tfpack's cache dir {directory}: {exc.strerror or exc} (set TFPACK_CACHE_DIR "
+            "to a writable dir)"
+        ) from None
+    with os.fdopen(descriptor, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -68,9 +68,13 @@ def convert_to_tfjs(version_dir: Path, progress: Progress = SILENT) -> TfjsModel
                 converter.convert_tf_saved_model(
                     str(version_dir), scratch, signature_def=DEFAULT_SIGNATURE, saved_model_tags="serve"
                 )
-        except (ValueError, TypeError, KeyError, RuntimeError, tf.errors.OpError) as exc:
+        except (ValueError, TypeError, KeyError, RuntimeError, AttributeError, AssertionError, OSError) as exc:
+            raise UsageError(f"TensorFlow.js conversion failed: {first_line(exc)}") from None
+        except tf.errors.OpError as exc:
             raise UsageError(f"TensorFlow.js conversion failed: {first_line(exc)}") from None
         files = {path.name: path.read_bytes() for path in sorted(Path(scratch).iterdir()) if path.is_file()}
+    if MODEL_JSON not in files:
+        raise ToolError(f"the TensorFlow.js converter wrote no {MODEL_JSON} for {version_dir}")
     signature = json.loads(files[MODEL_JSON]).get("signature", {})
     return TfjsModel(
         files=files,
@@ -122,8 +126,19 @@ def _to_json_tensor(key: str, value: np.ndarray) -> dict[str, object]:
     array = np.asarray(value)
     values: list[float] | list[int] | list[bool]
     if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            # JSON has no NaN or Infinity: JSON.parse would refuse them, JSON.stringify null them.
+            raise UsageError(f"input {key!r} holds NaN or infinite goldens: the TensorFlow.js proof cannot feed them")
         dtype, values = "float32", array.astype(np.float32).ravel().tolist()
     elif np.issubdtype(array.dtype, np.integer):
+        # tfjs stores integers in an Int32Array: a wider value would wrap silently and the proof
+        # would compare the wrong computation (or pass by coincidence).
+        info = np.iinfo(np.int32)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise UsageError(
+                f"input {key!r} ({array.dtype}) holds values outside int32, which TensorFlow.js cannot represent: "
+                "the export would compute on wrapped values"
+            )
         dtype, values = "int32", array.astype(np.int64).ravel().tolist()
     elif array.dtype == np.bool_:
         dtype, values = "bool", array.ravel().tolist()
@@ -150,8 +165,10 @@ def files_digest(files: dict[str, bytes]) -> str:
 def write_model_dir(path: Path, files: dict[str, bytes]) -> Path:
     """Write ``files`` as the directory ``path``: a temp dir beside it, then a rename.
 
-    A graph model already at ``path`` (a dir holding model.json) is replaced; a reader sees the
-    old model or the new one, never a model.json without its shards.
+    A graph model already at ``path`` (a dir holding model.json) is replaced: moved aside, the new
+    one renamed in, the old one deleted only then (a dir cannot be renamed over a non-empty one,
+    so for that instant ``path`` is absent — never half a model). Interrupted or failed between
+    the two renames, the old model is put back.
 
     Raises:
         UsageError: ``path`` is a file or a directory that is not a TensorFlow.js model, or the
@@ -178,11 +195,12 @@ def write_model_dir(path: Path, files: dict[str, bytes]) -> Path:
         if path.exists():
             os.replace(path, retired)  # a dir cannot be renamed over a non-empty one: moved aside first
         os.replace(staging, path)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C and SIGTERM too: the old model back rather than none
         if retired.exists() and not path.exists():
-            os.replace(retired, path)  # the old model back rather than none
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
+            os.replace(retired, path)
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    shutil.rmtree(retired, ignore_errors=True)  # only once the new model is in place
     return path

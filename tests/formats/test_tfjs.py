@@ -171,3 +171,49 @@ def test_the_converter_leaves_no_placeholder_modules_behind(tfjs_runner: Path) -
         if importlib.util.find_spec(name) is None:
             assert name not in sys.modules
     assert (tfjs_runner.parent / RUNNER_FILE) == tfjs_runner
+
+
+def test_inputs_tfjs_cannot_represent_are_refused_not_wrapped() -> None:
+    from packager.errors import UsageError
+    from packager.formats.tfjs import _to_json_tensor
+
+    with pytest.raises(UsageError, match="outside int32"):
+        _to_json_tensor("ids", np.array([2**31 + 5], dtype=np.int64))
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        _to_json_tensor("x", np.array([1.0, np.inf], dtype=np.float32))
+    assert _to_json_tensor("ids", np.array([2**31 - 1], dtype=np.int64))["values"] == [2**31 - 1]
+
+
+def test_an_interrupted_replacement_puts_the_earlier_export_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from packager.formats import tfjs
+
+    target = tfjs.write_model_dir(tmp_path / "m_tfjs", {"model.json": b"old", "group1-shard1of1.bin": b"1"})
+    real_replace = os.replace
+    calls = []
+
+    def interrupted(source, destination):  # type: ignore[no-untyped-def]
+        calls.append(destination)
+        if len(calls) == 2:  # the new model's rename, after the old one was moved aside
+            raise KeyboardInterrupt
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(tfjs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tfjs.write_model_dir(target, {"model.json": b"new"})
+    monkeypatch.setattr(tfjs.os, "replace", real_replace)
+    assert (target / "model.json").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_tfjs"]
+
+
+def test_an_unwritable_cache_dir_is_a_one_line_exit_2(version_dirs, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TFPACK_CACHE_DIR", "/proc/tfpack-cache")
+    result = run_tfpack_in_process(
+        "export", version_dirs["keras"], "--format", "tfjs", "--output-dir", tmp_path / "out"
+    )
+    assert result.exit_code == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]
+    assert len(errors) == 1 and "TFPACK_CACHE_DIR" in errors[0], result.stderr
