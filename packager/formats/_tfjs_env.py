@@ -110,6 +110,10 @@ main().catch((error) => {
 """
 
 
+# package.json and package-lock.json of the Node side, shipped with tfpack (package data).
+NPM_PROJECT_DIR = Path(__file__).resolve().parent / "tfjs_runner"
+
+
 def node_env_dir() -> Path:
     """Where the pinned @tensorflow/tfjs and the runner live."""
     return cache_dir() / "tfjs-node-env" / TFJS_VERSION
@@ -152,11 +156,14 @@ def ensure_node_env(progress: Progress) -> Path:
             return runner
         progress.step(f"installing @tensorflow/tfjs@{TFJS_VERSION} with npm into {target} (once)")
         with _staging_dir(target) as staging:
-            (staging / "package.json").write_text(json.dumps({"private": True, "description": "tfpack tfjs runner"}))
+            # The lockfile tfpack ships pins every package and its integrity hash, and npm ci
+            # installs exactly that; no package's install script runs.
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(NPM_PROJECT_DIR / name, staging / name)
             _run_installer(
-                ["npm", "install", "--no-save", "--no-audit", "--no-fund", f"@tensorflow/tfjs@{TFJS_VERSION}"],
+                ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
                 staging,
-                f"npm install @tensorflow/tfjs@{TFJS_VERSION}",
+                f"npm ci (@tensorflow/tfjs@{TFJS_VERSION}, pinned by tfpack's package-lock.json)",
                 "check that the npm registry is reachable (npm config get registry)",
             )
             (staging / RUNNER_FILE).write_text(RUNNER_SOURCE)
@@ -168,7 +175,8 @@ def _node_env_ready(target: Path) -> bool:
     runner = target / RUNNER_FILE
     try:
         installed = json.loads(package.read_text()).get("version")
-        return installed == TFJS_VERSION and runner.read_text() == RUNNER_SOURCE
+        locked = (target / "package-lock.json").read_bytes() == (NPM_PROJECT_DIR / "package-lock.json").read_bytes()
+        return installed == TFJS_VERSION and locked and runner.read_text() == RUNNER_SOURCE
     except (OSError, ValueError):
         return False
 
@@ -212,7 +220,15 @@ def load_saved_model_converter(progress: Progress) -> types.ModuleType:
         sys.modules[_JAX_CONVERSION] = jax_conversion
     sys.modules.update(placeholders)
     try:
-        return importlib.import_module("tensorflowjs.converters.tf_saved_model_conversion_v2")
+        converter = importlib.import_module("tensorflowjs.converters.tf_saved_model_conversion_v2")
+        # The cache dir is appended to sys.path, so a tensorflowjs installed in this Python would
+        # win: proving with another version than the one named would be a lie.
+        if not Path(converter.__file__ or "").resolve().is_relative_to(target.resolve()):
+            raise ToolError(
+                f"a tensorflowjs other than tfpack's pinned {TENSORFLOWJS_VERSION} is installed in this Python "
+                f"({converter.__file__}): uninstall it (pip uninstall tensorflowjs); tfpack installs its own"
+            )
+        return converter
     except ImportError as exc:
         raise ToolError(
             f"tensorflowjs {TENSORFLOWJS_VERSION} cannot be imported: {shorten(str(exc))} "

@@ -217,3 +217,17 @@ def test_an_unwritable_cache_dir_is_a_one_line_exit_2(version_dirs, tmp_path: Pa
     assert result.exit_code == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]
     assert len(errors) == 1 and "TFPACK_CACHE_DIR" in errors[0], result.stderr
+
+
+def test_the_shipped_lockfile_pins_the_runtime_with_integrity_hashes() -> None:
+    from packager.formats._tfjs_env import NPM_PROJECT_DIR, TFJS_VERSION
+
+    lock = json.loads((NPM_PROJECT_DIR / "package-lock.json").read_text())
+    packages = {name: info for name, info in lock["packages"].items() if name}
+    assert packages["node_modules/@tensorflow/tfjs"]["version"] == TFJS_VERSION
+    assert json.loads((NPM_PROJECT_DIR / "package.json").read_text())["dependencies"] == {
+        "@tensorflow/tfjs": TFJS_VERSION
+    }
+    assert all(info.get("integrity", "").startswith("sha512-") for info in packages.values()), [
+        name for name, info in packages.items() if not info.get("integrity")
+    ]
