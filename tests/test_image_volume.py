@@ -19,7 +19,6 @@ import io
 import json
 import shutil
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,8 @@ from typing import Any
 import docker
 import docker.errors
 import grpc
-import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import CliResult, new_image_tag
-from tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from packager.errors import UsageError
 from packager.image import (
@@ -55,11 +46,9 @@ from serving.entrypoint import EMBEDDED_SERVER, BakedServing, deployment_model_c
 from tests.factories.half_plus_two import write_half_plus_two_tf2
 from tests.smoke.support import MODEL as SMOKE_MODEL
 from tests.smoke.support import golden_y, write_assets
-from tests.test_image_trust import write_model
+from tests.test_image_trust import AVAILABLE, _predict, _statuses, _wait_available, write_model
 
 MODEL = "half"
-AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
-START_DEADLINE_S = 180
 EXIT_DEADLINE_S = 120
 ENTRYPOINT_PYTHON = "/opt/tfpack/venv/bin/python"
 VERIFY = [ENTRYPOINT_PYTHON, "-I", "-m", "serving.verify"]
@@ -330,21 +319,6 @@ def test_the_image_holds_no_model_and_says_so(client: docker.DockerClient, image
     assert [(m.name, m.isdir(), m.uid, m.mode & 0o7777) for m in members] == [("models", True, 0, 0o755)]
 
 
-def _statuses(channel: grpc.Channel) -> list[tuple[int, int]]:
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = MODEL
-    reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
-    return sorted((s.version, s.state) for s in reply.model_version_status)
-
-
-def _predict(channel: grpc.Channel, x: float) -> tuple[float, int]:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([x], np.float32)))
-    reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    return float(tf.make_ndarray(reply.outputs["y"])[0]), reply.model_spec.version.value
-
-
 def _memory_mib(container: Any) -> dict[str, float]:
     """A running container's memory as docker stats reads its cgroup (v1 or v2), in MiB.
 
@@ -419,20 +393,9 @@ def test_the_verifier_stages_the_claim_and_the_server_serves_the_read_only_copy(
     try:
         container.reload()
         with grpc.insecure_channel(f"127.0.0.1:{container.ports['8500/tcp'][0]['HostPort']}") as channel:
-            deadline = time.monotonic() + START_DEADLINE_S
-            while True:
-                container.reload()
-                if container.status == "exited":
-                    pytest.fail(f"the server exited: {container.logs().decode(errors='replace')}")
-                try:
-                    if _statuses(channel) == [(1, AVAILABLE)]:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{MODEL} not AVAILABLE in {START_DEADLINE_S}s: {container.logs()!r}")
-                time.sleep(0.5)
-            assert _predict(channel, 2.0) == (3.0, 1)
+            _wait_available(container, channel, MODEL)
+            assert _statuses(channel, MODEL) == [(1, AVAILABLE)]
+            assert _predict(channel, MODEL, 2.0) == (3.0, 1)
             # What pods are sized from (printed; run with -s to see it).
             memory = ", ".join(f"{name} {value:.0f} MiB" for name, value in _memory_mib(container).items())
             print(f"\nthe volume image with {MODEL} AVAILABLE (embedded base): {memory}")

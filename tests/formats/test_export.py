@@ -17,6 +17,7 @@ from packager.convert import ConvertOptions, convert
 from packager.formats import ExportReport, export_version
 from packager.layout import GOLDENS_FILE, Goldens
 from packager.tf_runtime import tensorflow
+from tests.formats import support
 
 pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
@@ -67,18 +68,7 @@ def version_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def fresh_feeds(version_dir: Path) -> dict[str, np.ndarray]:
-    """Inputs other than the goldens (same shapes and dtypes, other values, a larger batch)."""
-    goldens = Goldens.load(version_dir / GOLDENS_FILE)
-    rng = np.random.default_rng(11)
-    return {
-        key: rng.uniform(-1, 1, size=(5, *value.shape[1:])).astype(value.dtype) for key, value in goldens.inputs.items()
-    }
-
-
-def serve_saved_model(version_dir: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    tf = tensorflow()
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    return {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in feeds.items()}).items()}
+    return support.fresh_feeds(version_dir, rows=5, seed=11)
 
 
 def run_frozen_pb(report: ExportReport, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -112,7 +102,7 @@ def test_frozen_pb_export_matches_the_saved_model_in_a_tf1_session(kind: str, ve
     assert set(report.inputs) == set(goldens.inputs) and set(report.outputs) == set(goldens.outputs)
     assert all(error <= report.tolerance for error in report.max_abs_error.values())
     feeds = fresh_feeds(version_dir)
-    want = serve_saved_model(version_dir, feeds)
+    want = support.serve_saved_model(version_dir, feeds)
     got = run_frozen_pb(report, feeds)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
@@ -129,7 +119,7 @@ def test_tflite_export_matches_the_saved_model_in_litert(kind: str, version_dirs
     assert report.quantize == "none" and report.select_tf_ops_needed == []
     assert all(error <= report.tolerance for error in report.max_abs_error.values())
     feeds = fresh_feeds(version_dir)
-    want = serve_saved_model(version_dir, feeds)
+    want = support.serve_saved_model(version_dir, feeds)
     got = run_tflite_file(report, feeds)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5)

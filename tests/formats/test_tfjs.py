@@ -18,13 +18,12 @@ from conftest import run_tfpack_in_process
 from factories.sources import write_frozen_classifier, write_keras3
 from factories.tf1_graphs import write_two_tower
 
-from packager.convert import ConvertOptions, convert
 from packager.formats import ExportReport, export_version
 from packager.formats._tfjs_env import RUNNER_FILE, ensure_node_env, load_saved_model_converter
 from packager.formats.tfjs import files_digest
 from packager.layout import GOLDENS_FILE, Goldens
 from packager.progress import SILENT
-from packager.tf_runtime import tensorflow
+from tests.formats import support
 
 pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
@@ -47,24 +46,11 @@ def version_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "towers": write_two_tower(root / "towers").prefix,
     }
     models = root / "models"
-    return {
-        kind: convert(path, ConvertOptions(name=kind, output_dir=models)).version_dir for kind, path in sources.items()
-    }
+    return support.convert_sources(sources, models)
 
 
 def fresh_feeds(version_dir: Path) -> dict[str, np.ndarray]:
-    """Inputs other than the goldens (same shapes and dtypes, other values, a larger batch)."""
-    goldens = Goldens.load(version_dir / GOLDENS_FILE)
-    rng = np.random.default_rng(7)
-    return {
-        key: rng.uniform(-1, 1, size=(3, *value.shape[1:])).astype(value.dtype) for key, value in goldens.inputs.items()
-    }
-
-
-def serve_saved_model(version_dir: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    tf = tensorflow()
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    return {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in feeds.items()}).items()}
+    return support.fresh_feeds(version_dir, rows=3, seed=7)
 
 
 def run_in_node(
@@ -109,7 +95,7 @@ def test_tfjs_export_matches_the_saved_model_in_node(
     assert all(error <= report.tolerance for error in report.max_abs_error.values())
     assert not [p for p in report.path.parent.iterdir() if p.name.startswith(".")]  # no staging left
     feeds = fresh_feeds(version_dir)
-    want = serve_saved_model(version_dir, feeds)
+    want = support.serve_saved_model(version_dir, feeds)
     got = run_in_node(tfjs_runner, report, feeds, tmp_path)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5)
