@@ -196,11 +196,24 @@ def source_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _source_options(
-    checkpoint: Path | None, builder: str | None, custom_objects: str | None, unsafe: bool, ema: EmaMode
+    checkpoint: Path | None,
+    builder: str | None,
+    custom_objects: str | None,
+    unsafe: bool,
+    ema: EmaMode,
+    *,
+    channels_last: bool = False,
 ) -> Any:
     from packager.sources import SourceOptions
 
-    return SourceOptions(checkpoint=checkpoint, builder=builder, custom_objects=custom_objects, unsafe=unsafe, ema=ema)
+    return SourceOptions(
+        checkpoint=checkpoint,
+        builder=builder,
+        custom_objects=custom_objects,
+        unsafe=unsafe,
+        ema=ema,
+        channels_last=channels_last,
+    )
 
 
 def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -248,6 +261,12 @@ def proof_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 "--batch-dependent", is_flag=True, help="Serve outputs that mix the samples of a batch on purpose."
             ),
             click.option(
+                "--channels-last",
+                is_flag=True,
+                help="ONNX source: serve inputs and outputs of rank 3 to 5 channels-last (NHWC) instead of as "
+                "the model declares them (NCHW).",
+            ),
+            click.option(
                 "--sample-inputs",
                 type=click.Path(path_type=Path),
                 help="Real inputs for the proof, goldens and warmup: .npz, TF Serving REST JSON, or "
@@ -280,7 +299,12 @@ def _proof_options(flags: dict[str, Any]) -> dict[str, Any]:
         "sample_inputs": flags["sample_inputs"],
         "tolerance": flags["tolerance"],
         "source": _source_options(
-            flags["checkpoint"], flags["builder"], flags["custom_objects"], flags["unsafe"], flags["ema"]
+            flags["checkpoint"],
+            flags["builder"],
+            flags["custom_objects"],
+            flags["unsafe"],
+            flags["ema"],
+            channels_last=flags["channels_last"],
         ),
     }
 
@@ -424,7 +448,17 @@ def convert(source: Path, name: str, output_dir: Path, version: int | None, as_j
     default=None,
     help="Bound of the proof [default: the conversion's; 0.05 for dynamic, 0.01 for float16].",
 )
-@click.option("--output-dir", required=True, type=click.Path(path_type=Path), help="Writes OUTPUT_DIR/NAME.pb|.tflite.")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Writes OUTPUT_DIR/NAME.pb|.tflite|_tfjs/ (or give --into-version).",
+)
+@click.option(
+    "--into-version",
+    is_flag=True,
+    help="--format tflite: write model.tflite into the unsigned VERSION_DIR itself, served by TF Serving's TFLite path.",
+)
 @json_option
 def export(
     version_dir: Path,
@@ -432,7 +466,8 @@ def export(
     quantize: str,
     select_tf_ops: bool,
     tolerance: float | None,
-    output_dir: Path,
+    output_dir: Path | None,
+    into_version: bool,
     as_json: bool,
 ) -> None:
     """Export VERSION_DIR to another format, proved against its goldens in that format's runtime."""
@@ -447,6 +482,7 @@ def export(
                 quantize=quantize,
                 select_tf_ops=select_tf_ops,
                 tolerance=tolerance,
+                into_version=into_version,
                 progress=progress,
             ),
             as_json,
@@ -462,6 +498,10 @@ def export(
         )
         if r.select_tf_ops_needed:
             _stdout.print(f"  Select TF ops: {', '.join(r.select_tf_ops_needed)}", markup=False)
+        if r.served_max_abs_error is not None:
+            served = ", ".join(f"{k} {v:.3g}" for k, v in r.served_max_abs_error.items())
+            _stdout.print(f"  served from it by the model server's TFLite loader: max |error| {served}", markup=False)
+            _stdout.print(f"  sign the version dir now: tfpack sign {r.version_dir} ...", markup=False)
 
     _emit(result, as_json, human)
 

@@ -4,6 +4,12 @@ The contract is what clients depend on: per signature, its method and the dtype 
 every input and output key. A change breaks clients when a request that worked before can fail
 (a signature, input or output gone, a new input, a dtype change, a shape that accepts less or
 returns something else) — ``contract diff`` exits 5 on those, and lists compatible changes too.
+
+A version dir's contract is that of the model it serves (:func:`packager.layout.served_format`):
+its SavedModel's 'serve' meta graph, or, when it holds a model.tflite, the SignatureDefs TF
+Serving builds for that model — exactly those tfpack's own runtime builds
+(:func:`serving.tflite.load_tflite_servable`), so a SavedModel version followed by a TFLite one
+is compared by what clients are served.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packager.errors import ContractBreak, SourceError, UsageError
-from packager.layout import SERVING_TAG, is_version_dir
+from packager.layout import (
+    SAVED_MODEL_FILE,
+    SERVED_TFLITE,
+    SERVING_TAG,
+    TFLITE_MODEL_FILE,
+    is_version_dir,
+    served_format,
+)
 
 if TYPE_CHECKING:
-    from tensorflow.core.protobuf.meta_graph_pb2 import TensorInfo
+    from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef, TensorInfo
 
 Shape = list[int | None] | None  # None: unknown rank
 
@@ -111,22 +124,66 @@ def _shape_text(shape: Shape) -> str:
 
 
 def read_contract(version_dir: Path) -> Contract:
-    """Read the serving contract of a SavedModel version dir (its 'serve' meta graph)."""
+    """Read the serving contract of a version dir: that of the model it serves.
+
+    Its SavedModel's 'serve' meta graph, or the SignatureDefs of its model.tflite when it holds
+    one (see the module docstring).
+
+    Raises:
+        UsageError: not a version dir.
+        SourceError: its model cannot be read.
+    """
+    if not version_dir.is_dir() or not is_version_dir(version_dir):
+        raise UsageError(f"{version_dir} is not a version dir (neither saved_model.pb nor {TFLITE_MODEL_FILE})")
+    if served_format(version_dir) == SERVED_TFLITE:
+        return contract_of_signature_defs(version_dir, _tflite_signature_defs(version_dir))
+    return read_saved_model_contract(version_dir)
+
+
+def read_saved_model_contract(version_dir: Path) -> Contract:
+    """The contract of the version dir's SavedModel, even when a model.tflite beside it is served.
+
+    Raises:
+        SourceError: saved_model.pb is missing or unreadable, or has no 'serve' meta graph.
+    """
+    return contract_of_signature_defs(version_dir, _saved_model_signature_defs(version_dir))
+
+
+def _saved_model_signature_defs(version_dir: Path) -> Mapping[str, SignatureDef]:
+    """The SignatureDefs of the SavedModel's 'serve' meta graph."""
     from packager.tf_runtime import tensorflow
 
-    tf = tensorflow()
+    tensorflow()
     from google.protobuf import message
     from tensorflow.core.protobuf import saved_model_pb2
 
-    if not version_dir.is_dir() or not is_version_dir(version_dir):
-        raise UsageError(f"{version_dir} is not a SavedModel version dir (no saved_model.pb)")
     try:
-        saved_model = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+        saved_model = saved_model_pb2.SavedModel.FromString((version_dir / SAVED_MODEL_FILE).read_bytes())
     except (OSError, message.DecodeError) as exc:
-        raise SourceError(f"{version_dir}/saved_model.pb is not a readable SavedModel: {exc}") from None
+        raise SourceError(f"{version_dir}/{SAVED_MODEL_FILE} is not a readable SavedModel: {exc}") from None
     meta_graph = next((m for m in saved_model.meta_graphs if SERVING_TAG in m.meta_info_def.tags), None)
     if meta_graph is None:
         raise SourceError(f"{version_dir} has no meta graph tagged '{SERVING_TAG}'")
+    return meta_graph.signature_def
+
+
+def _tflite_signature_defs(version_dir: Path) -> Mapping[str, SignatureDef]:
+    """The SignatureDefs the runtime serves for the version dir's model.tflite."""
+    from serving.servables import LoadError
+    from serving.tflite import load_tflite_servable
+
+    try:
+        # Name and version only label the servable's log line: nothing is served.
+        return load_tflite_servable(version_dir.parent.name, 0, version_dir).signature_defs
+    except LoadError as exc:
+        raise SourceError(f"{version_dir}/{TFLITE_MODEL_FILE} is not a readable TFLite model: {exc}") from None
+
+
+def contract_of_signature_defs(version_dir: Path, signature_defs: Mapping[str, SignatureDef]) -> Contract:
+    """The contract of ``signature_defs`` (``__`` ones left out), as served from ``version_dir``."""
+    from packager.tf_runtime import tensorflow
+
+    tf = tensorflow()
 
     def tensors(infos: Mapping[str, TensorInfo]) -> dict[str, TensorContract]:
         result = {}
@@ -144,7 +201,7 @@ def read_contract(version_dir: Path) -> Contract:
         version_dir,
         {
             name: SignatureContract(signature.method_name, tensors(signature.inputs), tensors(signature.outputs))
-            for name, signature in meta_graph.signature_def.items()
+            for name, signature in signature_defs.items()
             if not name.startswith("__")  # __saved_model_init_op is no client contract
         },
     )
@@ -165,7 +222,17 @@ def diff_contracts(old_dir: Path, new_dir: Path) -> ContractDiff:
     Raises:
         ContractBreak: any breaking change (exit 5); the diff is attached for --json.
     """
-    old, new = read_contract(old_dir), read_contract(new_dir)
+    diff = compare_contracts(read_contract(old_dir), read_contract(new_dir))
+    if diff.breaking:
+        raise ContractBreak(
+            f"breaking serving-contract change {old_dir} -> {new_dir}: {'; '.join(diff.breaking)}",
+            result=diff.to_json(),
+        )
+    return diff
+
+
+def compare_contracts(old: Contract, new: Contract) -> ContractDiff:
+    """What changed from ``old`` to ``new``, breaking and compatible (see :class:`ContractDiff`)."""
     breaking: list[str] = []
     compatible: list[str] = []
     for name in sorted(old.signatures.keys() - new.signatures.keys()):
@@ -204,10 +271,4 @@ def diff_contracts(old_dir: Path, new_dir: Path) -> ContractDiff:
                 compatible.append(
                     f"{name}: output {key} shape relaxed {_shape_text(was.shape)} -> {_shape_text(now.shape)}"
                 )
-    diff = ContractDiff(old_dir, new_dir, tuple(breaking), tuple(compatible))
-    if diff.breaking:
-        raise ContractBreak(
-            f"breaking serving-contract change {old_dir} -> {new_dir}: {'; '.join(diff.breaking)}",
-            result=diff.to_json(),
-        )
-    return diff
+    return ContractDiff(old.version_dir, new.version_dir, tuple(breaking), tuple(compatible))

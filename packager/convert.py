@@ -8,6 +8,10 @@
 
 ``prepare`` is everything before writing; ``inspect`` runs it too, so a user can iterate on the
 signature flags and see every readiness verdict without writing a file.
+
+A .tflite source is no graph to cut: :func:`convert` hands it to :mod:`packager.convert_tflite`,
+which writes it as TF Serving's TFLite layout. What both paths share (golden inputs, the records
+beside the model) is :mod:`packager.version_assets`.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import packager
-from packager.equivalence import compare_outputs, free_dimension_ladder, generate_inputs
+from packager.convert_tflite import REFERENCE as TFLITE_REFERENCE
+from packager.convert_tflite import SOURCE_FORMAT as TFLITE_FORMAT
+from packager.convert_tflite import convert_tflite, is_tflite_source
+from packager.equivalence import compare_outputs
 from packager.errors import SourceError, UsageError, VerificationError, first_line
 from packager.export import (
     SignatureRunner,
@@ -31,7 +37,6 @@ from packager.export import (
     loaded_saved_model,
     staged_version_dir,
     write_saved_model,
-    write_warmup_requests,
 )
 from packager.graph.constants import ControlPlaceholder, parse_constants
 from packager.graph.frozen_model import VARIABLE_OPS, TensorRef
@@ -42,31 +47,20 @@ from packager.graph.serving_path import derandomize, random_ops_as_constants, re
 from packager.graph.signature import Reference, SignaturePlan, plan_signature
 from packager.graph.surgery import prune_for_serving
 from packager.graph.towers import TowerFamily
-from packager.layout import (
-    DEFAULT_SIGNATURE,
-    GOLDENS_FILE,
-    PROVENANCE_FILE,
-    WARMUP_FILE,
-    Goldens,
-    Provenance,
-    check_model_name,
-    file_sha256,
-    next_version,
-)
+from packager.layout import DEFAULT_SIGNATURE, check_model_name, file_sha256, next_version
 from packager.modes import BATCHNORM_MODES, BatchNormMode, ServedTowerMode, TowerMode
 from packager.progress import SILENT, Progress
-from packager.provenance import write_provenance_statement
 from packager.readiness import (
     ReadinessReport,
     Verdict,
     check_batch_independence,
     check_determinism,
-    check_finite,
     independence_batch,
     raise_first_failure,
 )
 from packager.sources import SourceOptions, load_source
 from packager.tf_runtime import reference_session, tensorflow
+from packager.version_assets import DefaultSignature, SampleRecord, golden_run, write_version_records
 
 if TYPE_CHECKING:
     from tensorflow.core.framework.graph_pb2 import GraphDef
@@ -85,15 +79,6 @@ LOOKUP_TABLE_OPS = frozenset(
         "MutableDenseHashTableV2",
     }
 )
-
-
-class SampleRecord(TypedDict):
-    """The --sample-inputs file a conversion was proven on, as the provenance records it."""
-
-    path: str
-    sha256: str
-    format: str
-    batch: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,7 +176,7 @@ class SourceFacts:
 
 
 @dataclass
-class Prepared:
+class Prepared(DefaultSignature):
     """A source read, its serving graph cut, its goldens run and its source-side readiness proven:
     everything ``convert`` has before it writes, and everything ``inspect`` shows.
 
@@ -230,14 +215,6 @@ class Prepared:
     def reference(self) -> str:
         """What the written model is proven equal to."""
         return "serving graph (deliberately not the source: see rewrites)" if self.reference_graph else "source"
-
-    @property
-    def inputs(self) -> list[TensorRef]:
-        return self.signatures[DEFAULT_SIGNATURE][0]
-
-    @property
-    def outputs(self) -> list[TensorRef]:
-        return self.signatures[DEFAULT_SIGNATURE][1]
 
 
 def _run_source(reference: Reference, feeds: Mapping[str, np.ndarray], source_path: Path) -> dict[str, np.ndarray]:
@@ -308,70 +285,6 @@ def _outputs_verdict(plan: SignaturePlan) -> Verdict:
     )
 
 
-def _golden_run(
-    plan_inputs: dict[str, list[TensorRef]],
-    run: SignatureRunner,
-    options: ProofOptions,
-    graph_def: GraphDef,
-    source_path: Path,
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]], SampleRecord | None, Verdict]:
-    """Choose golden inputs and run the reference on them; the outputs must be finite.
-
-    Generated inputs respect what the graph tells (index bounds, positive domains); unknown
-    non-batch dimensions climb a ladder of sizes until the source runs and gives finite outputs.
-
-    Returns:
-        (goldens, expected, sample record or None, finite Verdict)
-    """
-    if options.sample_inputs is not None:
-        from packager.sample_inputs import load_sample_inputs
-
-        # One file for every signature: the per-tower signatures of split towers take the same
-        # inputs as serving_default, which is the signature the file is read (and named) for.
-        default_inputs = plan_inputs[DEFAULT_SIGNATURE]
-        sample = load_sample_inputs(options.sample_inputs, default_inputs, DEFAULT_SIGNATURE)
-        records: SampleRecord = {
-            "path": str(options.sample_inputs),
-            "sha256": sample.sha256,
-            "format": sample.format,
-            "batch": sample.batch,
-        }
-        goldens = {}
-        for name, inputs in plan_inputs.items():
-            same = [(r.key, r.dtype) for r in inputs] == [(r.key, r.dtype) for r in default_inputs]
-            goldens[name] = sample.arrays if same else load_sample_inputs(options.sample_inputs, inputs, name).arrays
-        expected = {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
-        verdict = check_finite(expected, f"--sample-inputs {options.sample_inputs.name}")
-        if verdict.status == "failed":
-            raise SourceError(f"{verdict.detail}: the source gives non-finite outputs on your sample inputs")
-        return goldens, expected, records, verdict
-    constraints = {name: derive_input_constraints(graph_def, inputs) for name, inputs in plan_inputs.items()}
-    ladder = free_dimension_ladder([r for inputs in plan_inputs.values() for r in inputs])
-    failure = ""
-    for size in ladder:
-        goldens = {
-            name: generate_inputs(inputs, constraints=constraints[name], free_dimension=size)
-            for name, inputs in plan_inputs.items()
-        }
-        try:
-            expected = {name: _run_source(_reference_of(run, name), goldens[name], source_path) for name in goldens}
-        except SourceError as exc:
-            if len(ladder) == 1:
-                raise  # no size to vary: the source itself cannot run
-            failure = str(exc)
-            continue
-        empty = [f"{name}/{key}" for name, values in expected.items() for key, v in values.items() if np.size(v) == 0]
-        verdict = check_finite(expected, "generated inputs" + (f" (free dimensions {size})" if len(ladder) > 1 else ""))
-        if verdict.status == "passed" and not empty:
-            return goldens, expected, None, verdict
-        failure = verdict.detail if verdict.status == "failed" else f"output(s) {', '.join(empty)} are empty"
-    sizes = f" (free dimensions tried: {', '.join(map(str, ladder))})" if len(ladder) > 1 else ""
-    raise SourceError(
-        f"no generated input exercises the model{sizes}: {failure}: give real inputs with --sample-inputs FILE "
-        "(.npz, a TF Serving REST JSON body, or a warmup TFRecord)"
-    )
-
-
 def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILENT, *, strict: bool = True) -> Prepared:
     """Read the source, cut the serving graph and prove everything that needs no written model.
 
@@ -393,7 +306,9 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
 
     progress.step(f"loading {source_path}")
     source = load_source(
-        source_path, replace(options.source, batchnorm=options.batchnorm, allowed_ops=frozenset(options.allowed_ops))
+        source_path,
+        replace(options.source, batchnorm=options.batchnorm, allowed_ops=frozenset(options.allowed_ops)),
+        progress,
     )
     plan = plan_signature(
         source,
@@ -461,8 +376,11 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
         run = lambda name, feeds: plan.signatures[name].reference(feeds)  # noqa: E731
     progress.step("running the source on " + ("--sample-inputs" if options.sample_inputs else "generated inputs"))
     try:
-        goldens, expected, sample_record, finite = _golden_run(
-            {name: spec.inputs for name, spec in plan.signatures.items()}, run, options, graph_def, source_path
+        goldens, expected, sample_record, finite = golden_run(
+            {name: spec.inputs for name, spec in plan.signatures.items()},
+            lambda name, feeds: _run_source(_reference_of(run, name), feeds, source_path),
+            options.sample_inputs,
+            lambda inputs: derive_input_constraints(graph_def, inputs),
         )
     except SourceError as exc:
         if strict:
@@ -592,8 +510,71 @@ def file_digests(files: list[Path], root: Path) -> dict[str, str]:
     return digests
 
 
+def check_tflite_flags(options: ProofOptions) -> None:
+    """Refuse the flags that reshape or load a TensorFlow graph: a .tflite source is served as it
+    is, with the signature TF Serving gives it.
+
+    Raises:
+        UsageError: one of them was given (the message names it).
+    """
+    given = [
+        flag
+        for flag, used in (
+            ("--inputs", options.inputs is not None),
+            ("--outputs", options.outputs is not None),
+            ("--constant", bool(options.constants)),
+            ("--towers", options.towers != "auto"),
+            ("--batchnorm", options.batchnorm != "auto"),
+            ("--allow-random", options.allow_random),
+            ("--allow-op", bool(options.allowed_ops)),
+            ("--checkpoint", options.source.checkpoint is not None),
+            ("--builder", options.source.builder is not None),
+            ("--custom-objects", options.source.custom_objects is not None),
+            ("--unsafe", options.source.unsafe),
+            ("--ema", options.source.ema != "auto"),
+            ("--channels-last", options.source.channels_last),
+        )
+        if used
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]} does not apply to a .tflite source: it is served as it is, with the signature "
+            "TF Serving gives it (see 'tfpack inspect')"
+        )
+
+
+def _convert_tflite(source_path: Path, options: ConvertOptions, version: int, progress: Progress) -> ConvertResult:
+    """Convert a .tflite source (see packager.convert_tflite): served as TFLite, not a SavedModel."""
+    check_tflite_flags(options)
+    converted = convert_tflite(
+        source_path,
+        name=options.name,
+        output_dir=options.output_dir,
+        version=version,
+        tolerance=options.tolerance,
+        sample_inputs=options.sample_inputs,
+        batch_dependent=options.batch_dependent,
+        options=options.to_json(),
+        progress=progress,
+    )
+    return ConvertResult(
+        version_dir=converted.version_dir,
+        source_format=TFLITE_FORMAT,
+        inputs=converted.inputs,
+        outputs=converted.outputs,
+        max_abs_error=converted.max_abs_error,
+        tolerance=options.tolerance,
+        signatures=sorted(converted.signatures),
+        readiness=converted.readiness,
+        reference=TFLITE_REFERENCE,
+    )
+
+
 def convert(source_path: Path, options: ConvertOptions, progress: Progress = SILENT) -> ConvertResult:
     """Convert ``source_path`` into ``options.output_dir/NAME/N``; prove it equivalent and ready.
+
+    A SavedModel is written, or, for a .tflite source, the file itself as ``N/model.tflite``
+    (:func:`packager.convert_tflite.convert_tflite`).
 
     Raises:
         UsageError / SourceError: bad flags or a bad source (exit 2); nothing is written.
@@ -608,6 +589,8 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
         raise UsageError(f"--output-dir {options.output_dir} exists and is not a directory")
     check_writable(options.output_dir)
     version = options.version or next_version(options.output_dir / options.name)
+    if is_tflite_source(source_path):
+        return _convert_tflite(source_path, options, version, progress)
     with _collecting_only_new_objects():
         prepared = prepare(source_path, options, progress)
         # The loaded source (a Keras model, a reference session and graph) is garbage now, but
@@ -645,19 +628,16 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
             progress.step("one sample alone vs inside a batch: batch independent?")
             report.add(check_batch_independence_of(run, prepared, options, written_graph_def(staging)))
         raise_first_failure(report)
-        Goldens(inputs=prepared.goldens[DEFAULT_SIGNATURE], outputs=prepared.expected[DEFAULT_SIGNATURE]).save(
-            staging / GOLDENS_FILE
-        )
-        write_warmup_requests(staging / WARMUP_FILE, options.name, prepared.goldens[DEFAULT_SIGNATURE])
-        provenance = Provenance(
+        write_version_records(
+            staging,
             model_name=options.name,
             version=version,
             source=prepared.source_record,
-            tfpack_version=packager.__version__,
-            tensorflow_version=tensorflow().__version__,
             options=options.to_json(),
-            inputs={r.key: r.summary() for r in prepared.inputs},
-            outputs={r.key: r.summary() for r in prepared.outputs},
+            inputs=prepared.inputs,
+            outputs=prepared.outputs,
+            goldens=prepared.goldens[DEFAULT_SIGNATURE],
+            expected=prepared.expected[DEFAULT_SIGNATURE],
             tolerance=options.tolerance,
             max_abs_error=max_error,
             extra={
@@ -669,9 +649,6 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
                 "reference": prepared.reference,
             },
         )
-        provenance.save(staging / PROVENANCE_FILE)
-        # Last, so the statement's subject digest covers every other file of the version.
-        write_provenance_statement(staging, provenance)
     return ConvertResult(
         version_dir=options.output_dir / options.name / str(version),
         source_format=prepared.source_record["format"],

@@ -87,6 +87,8 @@ from packager.layout import (
     PROVENANCE_FILE,
     PUBLIC_KEY_FILE,
     REST_PORT,
+    SERVED_TFLITE,
+    TFLITE_MODEL_FILE,
     TRUST_DIR,
     Provenance,
     Trust,
@@ -96,6 +98,7 @@ from packager.layout import (
     load_certificates,
     load_ec_public_key,
     numeric_versions,
+    served_format,
     version_dirs,
 )
 from packager.progress import SILENT, Progress
@@ -228,7 +231,7 @@ def find_models(model_dir: Path) -> dict[str, list[Path]]:
         models[_model_name(child)] = _version_dirs(child)
     if not models:
         raise UsageError(
-            f"{model_dir} holds no model: expected {model_dir}/1/saved_model.pb "
+            f"{model_dir} holds no model: expected {model_dir}/1/saved_model.pb (or model.tflite) "
             f"or {model_dir}/NAME/1/saved_model.pb (as written by 'tfpack convert')"
         )
     return models
@@ -246,12 +249,25 @@ def _model_name(model_base_path: Path) -> str:
 
 
 def _version_dirs(model_base_path: Path) -> list[Path]:
-    """The version dirs of a model base path (layout's rule), each of which must be a SavedModel."""
+    """The version dirs of a model base path (layout's rule), each holding a SavedModel or a model.tflite."""
     dirs = list(version_dirs(model_base_path).values())
     for version_dir in dirs:
         if not is_version_dir(version_dir):
-            raise UsageError(f"{version_dir} holds no saved_model.pb: not a SavedModel version dir")
+            raise UsageError(
+                f"{version_dir} holds no saved_model.pb (nor {TFLITE_MODEL_FILE}): not a version dir 'tfpack convert' "
+                "wrote"
+            )
     return dirs
+
+
+def prefers_tflite(models: dict[str, list[Path]]) -> bool:
+    """Whether the server must run with --prefer_tflite_model: a version dir holds a model.tflite.
+
+    TF Serving's flag is global, so every version holding one is then served from it (the
+    SavedModel beside it, if any, is not): what :func:`packager.layout.served_format` says, and
+    what the contract and the smoke test read.
+    """
+    return any(served_format(version_dir) == SERVED_TFLITE for dirs in models.values() for version_dir in dirs)
 
 
 def verify_signatures(
@@ -308,19 +324,20 @@ def verify_signatures(
 def scan_models(models: dict[str, list[Path]], verified: dict[Path, str], progress: Progress = SILENT) -> None:
     """Refuse any version dir whose op scan finds a denied or unknown op.
 
-    Ops a verified dir's signed provenance allowed at convert (``--allow-op``) stay allowed; an
-    unsigned dir's own record is not trusted to allow anything.
+    Every model file of a dir is scanned: its SavedModel and its model.tflite (Select TF ops and
+    custom ops), whichever it holds. Ops a verified dir's signed provenance allowed at convert
+    (``--allow-op``) stay allowed; an unsigned dir's own record is not trusted to allow anything.
 
     Raises:
         UsageError: the first dir that fails, with the scan's summary.
     """
-    from packager.graph.op_scan import scan_saved_model
     from packager.provenance import recorded_allowed_ops
+    from packager.version_scan import scan_version_dir
 
     for version_dir in (d for dirs in models.values() for d in dirs):
         progress.step(f"scanning the ops of {version_dir}")
         allowed = recorded_allowed_ops(version_dir) if version_dir in verified else frozenset()
-        result = scan_saved_model(version_dir, allowed)
+        result = scan_version_dir(version_dir, allowed)
         if result.blocking:
             raise UsageError(
                 f"{result.summary()}: 'tfpack build' refuses a model whose op scan fails "
@@ -448,6 +465,7 @@ def build_image(
         batching=batching_parameters is not None,
         models_from_volume=models_from_volume,
         digests=served_digests(models, digests),
+        prefer_tflite_model=prefers_tflite(models),
     )
     layers = image_layers(
         models,
@@ -866,8 +884,9 @@ def image_labels(
     What Kubernetes sizes pods and picks GPUs from is here too: each version dir's bytes
     (``dev.tfpack.model.NAME.N.bytes``), the tower count of a merged-towers version
     (``dev.tfpack.model.NAME.N.towers``, from its provenance record) and
-    ``dev.tfpack.models-from-volume`` for an image that holds no model. The same dirs and options
-    give the same labels (so the same image ID).
+    ``dev.tfpack.models-from-volume`` for an image that holds no model.
+    ``dev.tfpack.prefer-tflite-model`` says the server runs with --prefer_tflite_model (a version
+    holds a model.tflite). The same dirs and options give the same labels (so the same image ID).
 
     Args:
         created: the image's fixed time (RFC 3339) for org.opencontainers.image.created.
@@ -916,6 +935,8 @@ def image_labels(
             labels[f"{LABEL_PREFIX}.batching"] = "true"
         if serving.models_from_volume:
             labels[f"{LABEL_PREFIX}.models-from-volume"] = "true"
+        if serving.prefer_tflite_model:
+            labels[f"{LABEL_PREFIX}.prefer-tflite-model"] = "true"
         labels[f"{LABEL_PREFIX}.serving.sha256"] = hashlib.sha256(serving.dumps().encode()).hexdigest()
         labels[f"{LABEL_PREFIX}.reload-config"] = (
             "verified"

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.convert import ProofOptions, check_batch_independence_of, graph_runner, prepare
+from packager.convert import ProofOptions, check_batch_independence_of, check_tflite_flags, graph_runner, prepare
+from packager.convert_tflite import SOURCE_FORMAT as TFLITE_FORMAT
+from packager.convert_tflite import check_tflite_batch_independence, is_tflite_source, prepare_tflite
 from packager.graph.constants import ControlPlaceholder
 from packager.graph.frozen_model import TensorRef
 from packager.graph.io_discovery import OutputCandidate
@@ -68,8 +70,11 @@ def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress:
     """Describe ``path`` and run every readiness check on what convert would serve.
 
     Batch independence runs on the serving graph itself (convert runs it on the written model,
-    which the equivalence proof shows computes the same).
+    which the equivalence proof shows computes the same); for a .tflite source, on the LiteRT
+    interpreter of the source.
     """
+    if is_tflite_source(path):
+        return _inspect_tflite(path, options, progress)
     prepared = prepare(path, options, progress, strict=False)
     report = prepared.readiness
     if prepared.goldens:
@@ -97,6 +102,35 @@ def inspect_source(path: Path, options: ProofOptions = ProofOptions(), progress:
         candidates=facts.candidates,
         training_subgraphs=facts.training_subgraphs,
         details={k: v for k, v in details.items() if k not in ("training_subgraphs", "variables")},
+        signatures=sorted(prepared.signatures),
+        readiness=report.to_json(),
+    )
+
+
+def _inspect_tflite(path: Path, options: ProofOptions, progress: Progress) -> InspectReport:
+    """A .tflite source: the signatures TF Serving serves it with, and the verdicts that apply."""
+    check_tflite_flags(options)
+    prepared = prepare_tflite(
+        path, tolerance=options.tolerance, sample_inputs=options.sample_inputs, progress=progress, strict=False
+    )
+    report = prepared.readiness
+    if prepared.goldens:
+        progress.step("one sample alone vs inside a batch: batch independent?")
+    report.add(
+        check_tflite_batch_independence(prepared.reference, prepared, options.tolerance, options.batch_dependent)
+    )
+    return InspectReport(
+        path=path,
+        source_format=TFLITE_FORMAT,
+        inputs=prepared.inputs,
+        outputs=prepared.outputs,
+        op_count=prepared.operator_count,
+        serving_op_count=prepared.operator_count,
+        variable_count=0,
+        constant_count=prepared.constant_count,
+        training_ops=0,
+        devices=[],
+        details=prepared.details,
         signatures=sorted(prepared.signatures),
         readiness=report.to_json(),
     )

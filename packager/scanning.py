@@ -13,6 +13,7 @@ from packager.layout import is_version_dir
 from packager.progress import SILENT, Progress
 from packager.sources import SourceOptions, detect_format, load_source, scan_restore
 from packager.sources.graph_def import read_graph_def
+from packager.version_scan import scan_tflite_model, scan_version_dir
 
 
 def scan_target(
@@ -30,9 +31,14 @@ def scan_target(
     """
     progress.step(f"scanning {target}")
     source_format = "saved_model" if target.is_dir() and is_version_dir(target) else detect_format(target)
-    if source_format == "saved_model":
+    if source_format == "saved_model" and target.is_dir():
         # Read, never loaded: loading a SavedModel runs its init ops, which are what is scanned.
-        result = scan_saved_model(target if target.is_dir() else target.parent, allowed)
+        # A version dir may hold a model.tflite too (or only one): what it serves is scanned.
+        result = scan_version_dir(target, allowed)
+    elif source_format == "saved_model":
+        result = scan_saved_model(target.parent, allowed)
+    elif source_format == "tflite":
+        result = scan_tflite_model(target, allowed)
     elif (
         source_format == "checkpoint"
         and options.builder is None

@@ -6,7 +6,8 @@ reads only those, never the environment:
 
     /etc/tfpack/serving.json          the models and versions, their labels and signed digests,
                                       the server, allow-unsigned, allow-reload-config,
-                                      monitoring, batching, models-from-volume (BakedServing)
+                                      monitoring, batching, models-from-volume,
+                                      prefer-tflite-model (BakedServing)
     /etc/tfpack/models.config         the ModelServerConfig: each model pinned to every version
                                       baked for it, with its version labels; must equal the one
                                       serving.json implies
@@ -44,7 +45,8 @@ it), else the image refuses to serve (exit 3).
 
 The server's command line is built here: the baked config file (versions pinned, so a version
 dir that appears later is never loaded), file-system polling off, the baked monitoring and
-batching files, and for tfpack-model-server config reloads refused (or, in an image built to allow
+batching files, --prefer_tflite_model=true when a baked version holds a model.tflite, and for
+tfpack-model-server config reloads refused (or, in an image built to allow
 them, each newly loaded dir verified against the baked trust first).
 """
 
@@ -249,6 +251,9 @@ class BakedServing:
     # model -> version ("N", as JSON keys are) -> "sha256:<hex>", the signed digest the build
     # verified: a served version must verify to exactly that, not to any dir the trust signed.
     digests: dict[str, dict[str, str]] = field(default_factory=dict)
+    # A served version holds a model.tflite: the server runs with --prefer_tflite_model=true, so
+    # every version holding one is served from it (TF Serving's flag is global).
+    prefer_tflite_model: bool = False
 
     def __post_init__(self) -> None:
         if self.model_server not in SERVER_PATHS:
@@ -269,6 +274,8 @@ class BakedServing:
             raise UsageError("allow_unsigned, allow_reload_config, monitoring and batching must be true or false")
         if not isinstance(self.models_from_volume, bool):
             raise UsageError("models_from_volume must be true or false")
+        if not isinstance(self.prefer_tflite_model, bool):
+            raise UsageError("prefer_tflite_model must be true or false")
         if self.trust not in ("public_key", "cert_chain", "none"):
             raise UsageError("trust must be public_key, cert_chain or none")
         if self.trust == "none" and not self.allow_unsigned:
@@ -348,6 +355,7 @@ class BakedServing:
             "batching": self.batching,
             "models_from_volume": self.models_from_volume,
             "digests": self.digests,
+            "prefer_tflite_model": self.prefer_tflite_model,
         }
 
     def dumps(self) -> str:
@@ -385,6 +393,7 @@ class BakedServing:
             "batching",
             "models_from_volume",
             "digests",
+            "prefer_tflite_model",
         )
         try:
             return cls(
@@ -1047,6 +1056,10 @@ def baked_flags(layout: ImageLayout, baked: BakedServing) -> dict[str, tuple[str
     if baked.batching:
         flags["enable_batching"] = ("--enable_batching", "--batching")
         flags["batching_parameters_file"] = (f"--batching_parameters_file={layout.batching_config}", "--batching")
+    if baked.prefer_tflite_model:
+        # Both servers take it; a run-time --prefer_tflite_model=false would serve another model
+        # (the SavedModel beside a model.tflite, or none) than the one the smoke test checked.
+        flags["prefer_tflite_model"] = ("--prefer_tflite_model=true", "from a version dir holding model.tflite")
     if baked.labels and baked.model_server == TF_SERVING_SERVER:
         # tensorflow_model_server assigns its first config's labels before it loads any version
         # (ServerCore::ReloadConfig runs UpdateModelVersionLabelMap first) and without this flag

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from factories.tflite_models import as_tf_serving_serves_it
 
 from packager.tf_runtime import tensorflow
 
@@ -79,3 +81,35 @@ def test_contract_diff_json_on_a_break(versions, tfpack_cli) -> None:
 def test_contract_usage(tfpack_cli, tmp_path: Path) -> None:
     assert tfpack_cli("contract", "diff", tmp_path).exit_code == 2
     assert tfpack_cli("contract", tmp_path).exit_code == 2
+
+
+def _tflite_version(converted: Path, target: Path, *, beside: Path | None = None) -> Path:
+    """A version dir holding the TFLite conversion of ``converted`` as model.tflite: alone (TF
+    Serving's TFLite layout), or beside the SavedModel ``beside`` (served from model.tflite)."""
+    if beside is not None:
+        shutil.copytree(beside, target)
+    else:
+        target.mkdir(parents=True)
+    converter = tensorflow().lite.TFLiteConverter.from_saved_model(str(converted))
+    (target / "model.tflite").write_bytes(as_tf_serving_serves_it(converter.convert()))
+    return target
+
+
+def test_a_tflite_version_dirs_contract_is_what_the_runtime_serves_from_model_tflite(
+    versions, tfpack_cli, tmp_path: Path
+) -> None:
+    from serving.tflite import load_tflite_servable
+
+    alone = _tflite_version(versions["v1"], tmp_path / "alone")
+    result = tfpack_cli("contract", alone, "--json")
+    assert result.exit_code == 0, result.stderr
+    served = load_tflite_servable("m", 1, alone).signature_defs["serving_default"]
+    signature = json.loads(result.stdout)["signatures"]["serving_default"]
+    assert set(signature["inputs"]) == set(served.inputs) == {"x"}
+    assert signature["inputs"]["x"] == {"dtype": "float32", "shape": [None, 4]}
+    # SavedModel v1 -> its TFLite conversion: nothing a client relies on changed.
+    assert tfpack_cli("contract", "diff", versions["v1"], alone).exit_code == 0
+    # v1's SavedModel beside a model.tflite that lost "probs": model.tflite is what is served.
+    dual = _tflite_version(versions["renamed_output"], tmp_path / "dual", beside=versions["v1"])
+    broken = tfpack_cli("contract", "diff", versions["v1"], dual)
+    assert broken.exit_code == 5 and "output probs removed" in broken.stderr

@@ -28,6 +28,7 @@ import pytest
 import requests
 import tensorflow as tf
 from factories.half_plus_two import write_half_plus_two_tf1, write_half_plus_two_tf2
+from factories.tflite_models import as_tf_serving_serves_it
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     input_pb2,
@@ -233,7 +234,7 @@ def _write_models(root: Path, scratch: Path) -> None:
         lambda x: {"y": 0.5 * x + TFLITE_OFFSET}, input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")]
     )
     tf.saved_model.save(module, str(scratch), signatures={"serving_default": module.serving_default})
-    tflite = tf.lite.TFLiteConverter.from_saved_model(str(scratch)).convert()
+    tflite = as_tf_serving_serves_it(tf.lite.TFLiteConverter.from_saved_model(str(scratch)).convert())
     (root / TFLITE_MODEL / "1" / "model.tflite").write_bytes(tflite)
     (root / "models.config").write_text(
         "model_config_list {\n"

@@ -2,41 +2,43 @@
 
 - Python: tensorflowjs's SavedModel converter. Its package declares tensorflow-decision-forests
   (which pins an older TensorFlow), jax and flax; the SavedModel → graph model path uses none of
-  them. So tensorflowjs is installed with ``--no-deps`` into a directory of its own
-  (``CACHE/tfjs-python/VERSION``, never the project's site-packages), and imported with
-  placeholders standing in for those modules during the import only.
+  them. So tensorflowjs is installed alone, its wheel pinned by hash, into a directory of its own
+  (``CACHE/tfjs-python/VERSION``, never the project's site-packages: see
+  :mod:`packager._isolated_packages`), and imported with placeholders standing in for those
+  modules during the import only.
 - Node.js: ``@tensorflow/tfjs`` (the pure-JS CPU backend; tfjs-node downloads a native binary and
   cannot be installed here), pinned, in ``CACHE/tfjs-node-env/VERSION`` with a small runner that
   loads a graph model from disk and runs it on JSON inputs.
 
-Both are created on first use, under a lock, into a temp dir renamed into place: a concurrent or
-interrupted install never leaves a half-populated environment that later runs trust.
+Both are created on first use, under a lock, into a temp dir renamed into place (the machinery of
+:mod:`packager._isolated_packages`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
+from packager._isolated_packages import PinnedWheel, ensure_wheel, install_lock, run_installer, staging_dir
 from packager._runtime_base import cache_dir
 from packager.errors import ToolError, UsageError, shorten
 from packager.progress import Progress
 
 TENSORFLOWJS_VERSION = "4.22.0"  # the Python converter, installed without its dependencies
+TENSORFLOWJS_WHEEL = PinnedWheel(
+    distribution="tensorflowjs",
+    version=TENSORFLOWJS_VERSION,
+    sha256="bd4deb1e7feab538ee7f2625fe85446742bb4765bebab345b534688ab41e3e1c",  # py3-none-any
+    module="tensorflowjs",
+    directory="tfjs-python",
+)
 TFJS_VERSION = "4.22.0"  # @tensorflow/tfjs, the runtime the proof runs in
 RUNNER_FILE = "run_graph_model.js"
-_INSTALL_TIMEOUT_S = 900
 # Imported at module level by tensorflowjs but used only by conversions tfpack never runs
 # (decision forests' custom ops, TF Hub modules). JAX is reached through tensorflowjs's own
 # jax_conversion module, stood in for itself: a placeholder named jax would be found by every
@@ -121,7 +123,7 @@ def node_env_dir() -> Path:
 
 def python_env_dir() -> Path:
     """Where tensorflowjs is installed without its declared dependencies."""
-    return cache_dir() / "tfjs-python" / TENSORFLOWJS_VERSION
+    return TENSORFLOWJS_WHEEL.install_dir()
 
 
 def require_node() -> str:
@@ -151,16 +153,16 @@ def ensure_node_env(progress: Progress) -> Path:
     runner = target / RUNNER_FILE
     if _node_env_ready(target):
         return runner
-    with _install_lock(target.parent):
+    with install_lock(target.parent):
         if _node_env_ready(target):  # another process installed it while this one waited
             return runner
         progress.step(f"installing @tensorflow/tfjs@{TFJS_VERSION} with npm into {target} (once)")
-        with _staging_dir(target) as staging:
+        with staging_dir(target) as staging:
             # The lockfile tfpack ships pins every package and its integrity hash, and npm ci
             # installs exactly that; no package's install script runs.
             for name in ("package.json", "package-lock.json"):
                 shutil.copyfile(NPM_PROJECT_DIR / name, staging / name)
-            _run_installer(
+            run_installer(
                 ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
                 staging,
                 f"npm ci (@tensorflow/tfjs@{TFJS_VERSION}, pinned by tfpack's package-lock.json)",
@@ -187,26 +189,7 @@ def load_saved_model_converter(progress: Progress) -> types.ModuleType:
     Raises:
         ToolError: pip cannot install tensorflowjs, or it cannot be imported with this TensorFlow.
     """
-    target = python_env_dir()
-    if not (target / "tensorflowjs" / "__init__.py").is_file():
-        with _install_lock(target.parent):
-            if not (target / "tensorflowjs" / "__init__.py").is_file():
-                progress.step(f"installing tensorflowjs=={TENSORFLOWJS_VERSION} without its dependencies into {target}")
-                with _staging_dir(target) as staging:
-                    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-                    _run_installer(
-                        [
-                            *pip,
-                            "--no-deps",
-                            "--no-compile",
-                            "--target",
-                            str(staging),
-                            f"tensorflowjs=={TENSORFLOWJS_VERSION}",
-                        ],
-                        staging,
-                        f"pip install --no-deps tensorflowjs=={TENSORFLOWJS_VERSION}",
-                        "check that pip works in this Python and PyPI is reachable",
-                    )
+    target = ensure_wheel(TENSORFLOWJS_WHEEL, progress)
     if str(target) not in sys.path:
         sys.path.append(str(target))  # appended: it must never shadow the project's own packages
     # Placeholders only for modules that are absent, only for the import, then removed again: the
@@ -249,60 +232,3 @@ def _importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _run_installer(command: list[str], cwd: Path, what: str, hint: str) -> None:
-    try:
-        result = subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolError(f"{what} failed: {shorten(str(exc))}; {hint}") from None
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        # npm ends with the path of its debug log; the cause is its first error line.
-        errors = [line for line in lines if line.startswith("npm error") and "complete log" not in line]
-        cause = errors[0] if errors else lines[-1] if lines else "no output"
-        raise ToolError(f"{what} failed: {shorten(cause)}; {hint}")
-
-
-@contextlib.contextmanager
-def _staging_dir(target: Path) -> Iterator[Path]:
-    """A temp dir beside ``target``, renamed to it when the block succeeds, removed otherwise.
-
-    Raises:
-        ToolError: tfpack's cache dir cannot be written (the message names it).
-    """
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
-    except OSError as exc:
-        raise ToolError(
-            f"cannot write tfpack's cache dir {target.parent}: {exc.strerror or exc} (set TFPACK_CACHE_DIR "
-            "to a writable dir)"
-        ) from None
-    try:
-        yield staging
-        shutil.rmtree(target, ignore_errors=True)  # an older, incomplete or stale install
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _install_lock(directory: Path) -> Iterator[None]:
-    """Serialise installs on this machine: parallel test runs or CI jobs install once."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(directory / ".install.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise ToolError(
-            f"cannot write tfpack's cache dir {directory}: {exc.strerror or exc} (set TFPACK_CACHE_DIR "
-            "to a writable dir)"
-        ) from None
-    with os.fdopen(descriptor, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

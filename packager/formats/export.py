@@ -2,7 +2,9 @@
 
 The artefact is built in memory, run in its format's own runtime on the version dir's golden
 inputs, compared with the golden outputs, and only then written (temp file + rename): a failed
-proof leaves nothing in the output dir, and a reader never sees half a file.
+proof leaves nothing in the output dir, and a reader never sees half a file. With
+``into_version`` a TFLite model is written into the version dir itself, as model.tflite, and
+proved again as the model server serves it (:mod:`.into_version`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from packager.equivalence import compare_outputs
 from packager.errors import UsageError, VerificationError
 from packager.formats.frozen_pb import freeze_serving_default, run_frozen_graph
+from packager.formats.into_version import SERVED_RUNTIME, check_into_version, place_tflite
 from packager.formats.report import ExportReport
 from packager.formats.tfjs import RUNTIME as TFJS_RUNTIME
 from packager.formats.tfjs import convert_to_tfjs, files_digest, require_tfjs_runtime, run_tfjs, write_model_dir
@@ -31,7 +34,7 @@ from packager.formats.tflite import (
     run_tflite,
 )
 from packager.formats.tflite import RUNTIME as TFLITE_RUNTIME
-from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, Goldens, Provenance
+from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, SAVED_MODEL_FILE, TFLITE_MODEL_FILE, Goldens, Provenance
 from packager.progress import SILENT, Progress
 
 FORMAT_TFLITE = "tflite"
@@ -54,27 +57,32 @@ FROZEN_PB_RUNTIME = "tf.compat.v1.Session"
 def export_version(
     version_dir: Path,
     fmt: str,
-    output_dir: Path,
+    output_dir: Path | None,
     *,
     quantize: str = QUANTIZE_NONE,
     select_tf_ops: bool = False,
     tolerance: float | None = None,
+    into_version: bool = False,
     progress: Progress = SILENT,
 ) -> ExportReport:
     """Export the serving_default signature of ``version_dir`` to ``fmt`` and prove it.
 
     Writes ``output_dir/NAME.pb`` (frozen-pb), ``output_dir/NAME.tflite`` (tflite) or the graph
     model dir ``output_dir/NAME_tfjs/`` (tfjs: model.json and its weight shards), NAME being the
-    model name the version dir was converted under, replacing a file or model of that name.
+    model name the version dir was converted under, replacing a file or model of that name; or,
+    with ``into_version``, ``version_dir/model.tflite`` (see :mod:`.into_version`).
 
     Args:
         version_dir: a version dir written by ``tfpack convert`` (it holds the goldens).
         fmt: one of :data:`EXPORT_FORMATS`.
-        output_dir: where the artefact is written; created if absent.
+        output_dir: where the artefact is written; created if absent. None with ``into_version``.
         quantize: TFLite weight quantization, one of :data:`QUANTIZE_MODES`.
         select_tf_ops: allow TensorFlow kernels for ops TFLite's builtins lack.
         tolerance: the bound of the proof; by default the tolerance the conversion met, or for
             a quantized export the mode's :data:`QUANTIZED_TOLERANCE`.
+        into_version: write the TFLite model into the (unsigned) version dir as model.tflite,
+            which TF Serving then serves with --prefer_tflite_model; ``fmt`` must be tflite,
+            unquantized, and ``output_dir`` None.
         progress: receives a line per step.
 
     Returns:
@@ -82,13 +90,21 @@ def export_version(
 
     Raises:
         UsageError: bad flags, a version dir without goldens, a model the format cannot hold
-            (TFLite ops that need --select-tf-ops), or a missing optional dependency.
+            (TFLite ops that need --select-tf-ops), or a missing optional dependency; with
+            ``into_version`` a signed version dir or a SavedModel with signatures besides
+            serving_default.
         ToolError: the format's runtime cannot run the artefact.
-        VerificationError: the artefact's outputs differ from the goldens beyond the tolerance.
+        VerificationError: the artefact's outputs differ from the goldens beyond the tolerance
+            (or, with ``into_version``, the served model's outputs or contract differ).
     """
     _check_flags(fmt, quantize, select_tf_ops, tolerance)
+    _check_destination(output_dir, into_version, fmt)
     goldens, provenance = _read_version_dir(version_dir)
-    _check_output_dir(output_dir, version_dir)
+    if output_dir is not None:
+        _check_output_dir(output_dir, version_dir)
+    else:
+        check_into_version(version_dir, quantize, tolerance, provenance)
+    destination = version_dir if output_dir is None else output_dir
     bound = tolerance if tolerance is not None else QUANTIZED_TOLERANCE.get(quantize, provenance.tolerance)
     what = f"the {fmt} export of {version_dir}"
     select_tf_ops_needed: list[str] = []
@@ -130,12 +146,19 @@ def export_version(
         else:
             per_output = _compare_to_range(goldens, actual, bound, f"{what} in {runtime}")
     except VerificationError as exc:
-        raise VerificationError(f"{exc}; nothing was written to {output_dir}") from None
-    progress.step(f"writing {output_dir / filename}")
-    if fmt == FORMAT_TFJS:
+        raise VerificationError(f"{exc}; nothing was written to {destination}") from None
+    served_error: dict[str, float] | None = None
+    if output_dir is None:
+        progress.step(f"writing {version_dir / TFLITE_MODEL_FILE} and proving it in {SERVED_RUNTIME}")
+        placed = place_tflite(version_dir, content, goldens, provenance, bound, _write_atomically)
+        path, served_error = placed.path, placed.max_abs_error
+        size, digest = len(content), hashlib.sha256(content).hexdigest()
+    elif fmt == FORMAT_TFJS:
+        progress.step(f"writing {output_dir / filename}")
         path = write_model_dir(output_dir / filename, tfjs_files)
         size, digest = sum(len(data) for data in tfjs_files.values()), files_digest(tfjs_files)
     else:
+        progress.step(f"writing {output_dir / filename}")
         path = _write_atomically(output_dir / filename, content)
         size, digest = len(content), hashlib.sha256(content).hexdigest()
     return ExportReport(
@@ -151,7 +174,22 @@ def export_version(
         tolerance=bound,
         quantize=quantize,
         select_tf_ops_needed=select_tf_ops_needed,
+        into_version=into_version,
+        served_max_abs_error=served_error,
     )
+
+
+def _check_destination(output_dir: Path | None, into_version: bool, fmt: str) -> None:
+    """Exactly one of --output-dir and --into-version; the latter for TFLite only."""
+    if into_version and output_dir is not None:
+        raise UsageError(
+            "give --output-dir DIR or --into-version, not both: --into-version writes model.tflite into the "
+            "version dir itself"
+        )
+    if not into_version and output_dir is None:
+        raise UsageError("give --output-dir DIR (or, for --format tflite, --into-version)")
+    if into_version and fmt != FORMAT_TFLITE:
+        raise UsageError(f"--into-version goes with --format tflite only (TF Serving serves model.tflite), not {fmt}")
 
 
 def _check_flags(fmt: str, quantize: str, select_tf_ops: bool, tolerance: float | None) -> None:
@@ -204,8 +242,16 @@ def _check_output_dir(output_dir: Path, version_dir: Path) -> None:
 
 
 def _read_version_dir(version_dir: Path) -> tuple[Goldens, Provenance]:
-    if not (version_dir / "saved_model.pb").is_file():
-        raise UsageError(f"{version_dir} is not a SavedModel version dir: export a dir 'tfpack convert' wrote")
+    if not (version_dir / SAVED_MODEL_FILE).is_file():
+        tflite_only = (version_dir / TFLITE_MODEL_FILE).is_file()
+        raise UsageError(
+            f"{version_dir} holds no {SAVED_MODEL_FILE}: "
+            + (
+                f"a TFLite version dir is exported already (its {TFLITE_MODEL_FILE})"
+                if tflite_only
+                else "export a version dir 'tfpack convert' wrote"
+            )
+        )
     if not (version_dir / GOLDENS_FILE).is_file() or not (version_dir / PROVENANCE_FILE).is_file():
         raise UsageError(
             f"{version_dir} has no goldens to prove an export against: convert the model with 'tfpack convert' "

@@ -28,6 +28,10 @@ class ExportReport:
     tolerance: float
     quantize: str
     select_tf_ops_needed: list[str] = field(default_factory=list)
+    # --into-version: ``path`` is VERSION_DIR/model.tflite, and the served model's error (the
+    # model server's own TFLite loader on the goldens) is ``served_max_abs_error``.
+    into_version: bool = False
+    served_max_abs_error: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as ``tfpack export --json`` prints it."""
@@ -44,4 +48,6 @@ class ExportReport:
             "tolerance": self.tolerance,
             "quantize": self.quantize,
             "select_tf_ops_needed": list(self.select_tf_ops_needed),
+            "into_version": self.into_version,
+            "served_max_abs_error": None if self.served_max_abs_error is None else dict(self.served_max_abs_error),
         }

@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from packager.errors import ToolError, UsageError, first_line
+from packager.formats.tflite_signatures import signature_defs_from_native, with_signature_defs
 from packager.layout import DEFAULT_SIGNATURE
 from packager.tf_runtime import stderr_silenced, tensorflow
 
@@ -77,7 +78,7 @@ def convert_to_tflite(version_dir: Path, quantize: str, select_tf_ops: bool) -> 
     from tensorflow.lite.python.convert_phase import ConverterError
 
     try:
-        return TfliteModel(_convert(version_dir, quantize, with_select_tf_ops=False), [])
+        return TfliteModel(_servable(_convert(version_dir, quantize, with_select_tf_ops=False)), [])
     except ConverterError as exc:
         message, failure = str(exc), first_line(exc)
         select_ops = _op_list(_SELECT_OPS, message)
@@ -94,7 +95,18 @@ def convert_to_tflite(version_dir: Path, quantize: str, select_tf_ops: bool) -> 
             f"TFLite builtins lack {', '.join(select_ops)}: rerun with --select-tf-ops to use TensorFlow "
             "kernels for them (the app then needs the Select TF ops runtime)"
         )
-    return TfliteModel(_convert(version_dir, quantize, with_select_tf_ops=True), select_ops)
+    return TfliteModel(_servable(_convert(version_dir, quantize, with_select_tf_ops=True)), select_ops)
+
+
+def _servable(content: bytes) -> bytes:
+    """``content`` with its serving_default also stored as signature_defs_metadata.
+
+    TF Serving serves a model.tflite's metadata SignatureDefs and never the converter's own
+    signatures: without this copy it would key the model by tensor names
+    ("serving_default_x", "StatefulPartitionedCall") instead of the version's input and output
+    keys. Interpreters ignore the metadata, so the artefact runs the same everywhere else.
+    """
+    return with_signature_defs(content, signature_defs_from_native(content, {DEFAULT_SIGNATURE: DEFAULT_SIGNATURE}))
 
 
 def _convert(version_dir: Path, quantize: str, *, with_select_tf_ops: bool) -> bytes:

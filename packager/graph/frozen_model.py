@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
     from tensorflow.core.framework.graph_pb2 import GraphDef
 
-SourceFormat = Literal["saved_model", "checkpoint", "frozen_graph", "keras"]
+SourceFormat = Literal["saved_model", "checkpoint", "frozen_graph", "keras", "tflite", "onnx"]
 
 # Ops that hold state a frozen graph must not have: their values live in a checkpoint.
 VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp", "AutoReloadVariable"})

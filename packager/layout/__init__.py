@@ -2,7 +2,8 @@
 
 A model base path ``DIR/NAME`` holds numeric version dirs ``DIR/NAME/N`` (TF Serving's layout);
 :mod:`.paths` names the files a version dir holds and where a serving image keeps things,
-:mod:`.versions` is the one rule for which directories are versions, :mod:`.names` checks model
+:mod:`.versions` is the one rule for which directories are versions (a SavedModel, a
+model.tflite or both) and which model of one is served, :mod:`.names` checks model
 names and image references, :mod:`.artifacts` reads the goldens and provenance records,
 :mod:`.bundle` reads a signature bundle, and :mod:`.trust` is the check every version dir passes
 before ``tfpack build`` bakes it or a server loads it.
@@ -36,9 +37,12 @@ from packager.layout.paths import (
     PROVENANCE_FILE,
     PUBLIC_KEY_FILE,
     REST_PORT,
+    SAVED_MODEL_FILE,
+    SAVED_MODEL_TEXT_FILE,
     SERVING_TAG,
     SIGNATURE_FILE,
     STATEMENT_FILE,
+    TFLITE_MODEL_FILE,
     TRUST_DIR,
     WARMUP_FILE,
 )
@@ -46,13 +50,18 @@ from packager.layout.trust import Trust, VerifiedModel, check_statement_subject,
 from packager.layout.trust_material import SUPPORTED_CURVES, load_certificates, load_ec_public_key, require_file
 from packager.layout.versions import (
     MAX_VERSION,
+    SERVED_SAVED_MODEL,
+    SERVED_TFLITE,
+    ServedFormat,
     find_version_dirs,
+    holds_saved_model,
     is_version_dir,
     is_version_name,
     latest_version_dir,
     next_version,
     numeric_versions,
     require_version_dir,
+    served_format,
     version_dirs,
 )
 
@@ -71,16 +80,22 @@ __all__ = [
     "PROVENANCE_FILE",
     "PUBLIC_KEY_FILE",
     "REST_PORT",
+    "SAVED_MODEL_FILE",
+    "SAVED_MODEL_TEXT_FILE",
+    "SERVED_SAVED_MODEL",
+    "SERVED_TFLITE",
     "SERVING_TAG",
     "SIGNATURE_FILE",
     "STATEMENT_FILE",
     "STATEMENT_TYPE",
     "SUPPORTED_CURVES",
+    "TFLITE_MODEL_FILE",
     "TRUST_DIR",
     "WARMUP_FILE",
     "Bundle",
     "Goldens",
     "Provenance",
+    "ServedFormat",
     "TensorSummary",
     "Trust",
     "VerifiedModel",
@@ -90,6 +105,7 @@ __all__ = [
     "file_sha256",
     "find_version_dirs",
     "hashing_config",
+    "holds_saved_model",
     "is_version_dir",
     "is_version_name",
     "latest_version_dir",
@@ -102,6 +118,7 @@ __all__ = [
     "read_signed_statement",
     "require_file",
     "require_version_dir",
+    "served_format",
     "signed_digest",
     "verify_version_dir",
     "version_dirs",

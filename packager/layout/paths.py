@@ -1,6 +1,7 @@
 """Where things are: the files of a version dir, and a serving image's paths, trust dir and ports.
 
-A version dir written by tfpack holds, besides the SavedModel itself::
+A version dir written by tfpack holds the model, a SavedModel (saved_model.pb and variables/) or
+a TFLite flatbuffer (model.tflite, TF Serving's TFLite layout) or both, and besides it::
 
     assets.extra/tf_serving_warmup_requests    PredictionLog TFRecords TF Serving replays at load
     assets.extra/tfpack_goldens.npz            inputs the converter fed and the outputs it verified
@@ -12,6 +13,10 @@ A version dir written by tfpack holds, besides the SavedModel itself::
 
 from __future__ import annotations
 
+SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"
+# TF Serving serves it instead of the SavedModel beside it (if any) with --prefer_tflite_model.
+TFLITE_MODEL_FILE = "model.tflite"
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = f"{ASSETS_EXTRA}/tf_serving_warmup_requests"
 GOLDENS_FILE = f"{ASSETS_EXTRA}/tfpack_goldens.npz"

@@ -284,7 +284,7 @@ class Trust:
         Raises:
             VerificationError: the signature does not verify, the dir is unsigned and unsigned
                 dirs are not allowed, or it is signed and there is nothing to verify it with.
-            UsageError: the dir's layout is unusable (e.g. no saved_model.pb).
+            UsageError: the dir's layout is unusable (neither saved_model.pb nor model.tflite).
         """
         if not (version_dir / SIGNATURE_FILE).is_file():
             if self.allow_unsigned:

@@ -6,14 +6,24 @@ directory the entrypoint did not check. A version dir is named by ASCII digits (
 Unicode digits pass ``str.isdigit`` and are not versions); leading zeros are allowed ("00000123" is
 version 123, as TF Serving reads it); the number is an int64 (ModelSpec.version, TF Serving's
 ParseVersionNumber).
+
+A version dir holds a SavedModel (saved_model.pb or .pbtxt), a TFLite model (model.tflite, TF
+Serving's TFLite layout), or both: :func:`served_format` says which one a server started with
+--prefer_tflite_model serves, as every image ``tfpack build`` makes of such a dir is.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from packager.errors import UsageError
+from packager.layout.paths import SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE, TFLITE_MODEL_FILE
+
+ServedFormat = Literal["saved_model", "tflite"]
+SERVED_SAVED_MODEL: ServedFormat = "saved_model"
+SERVED_TFLITE: ServedFormat = "tflite"
 
 _VERSION_NAME = re.compile(r"[0-9]+")
 # A directory naming a larger number is no version TF Serving would load.
@@ -32,9 +42,25 @@ def is_version_name(name: str) -> bool:
     return bool(_VERSION_NAME.fullmatch(name))  # fullmatch: "1\n" is no version
 
 
+def holds_saved_model(path: Path) -> bool:
+    """Whether ``path`` holds a SavedModel (saved_model.pb or .pbtxt)."""
+    return (path / SAVED_MODEL_FILE).is_file() or (path / SAVED_MODEL_TEXT_FILE).is_file()
+
+
 def is_version_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a SavedModel version dir (it holds saved_model.pb or .pbtxt)."""
-    return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    """Whether ``path`` looks like a version dir: it holds a SavedModel or a model.tflite."""
+    return holds_saved_model(path) or (path / TFLITE_MODEL_FILE).is_file()
+
+
+def served_format(version_dir: Path) -> ServedFormat:
+    """What a server started with --prefer_tflite_model serves of ``version_dir``.
+
+    Its model.tflite when it holds one (the SavedModel beside it, if any, is then not served),
+    else its SavedModel. ``tfpack build`` starts the server so whenever a version dir it bakes
+    holds a model.tflite, so this is what its images serve; the contract and the smoke test read
+    the same file.
+    """
+    return SERVED_TFLITE if (version_dir / TFLITE_MODEL_FILE).is_file() else SERVED_SAVED_MODEL
 
 
 def find_version_dirs(model_base_path: Path) -> tuple[dict[int, Path], list[str]]:
@@ -124,13 +150,16 @@ def latest_version_dir(model_base_path: Path) -> Path:
 
 
 def require_version_dir(version_dir: Path) -> Path:
-    """Return ``version_dir`` resolved if it is a SavedModel version dir, else raise UsageError.
+    """Return ``version_dir`` resolved if it is a version dir (:func:`is_version_dir`), else raise UsageError.
 
     Raises:
-        UsageError: not a directory, or no saved_model.pb in it.
+        UsageError: not a directory, or neither saved_model.pb nor model.tflite in it.
     """
     if not version_dir.is_dir():
         raise UsageError(f"{version_dir} is not a directory: give a version dir such as models/NAME/1")
     if not is_version_dir(version_dir):
-        raise UsageError(f"{version_dir} holds no saved_model.pb: give a version dir written by 'tfpack convert'")
+        raise UsageError(
+            f"{version_dir} holds no saved_model.pb (nor {TFLITE_MODEL_FILE}): give a version dir written by "
+            "'tfpack convert'"
+        )
     return version_dir.resolve()

@@ -81,7 +81,8 @@ def sign(
     """Sign every file of ``version_dir`` into ``version_dir/model.sig``.
 
     Args:
-        version_dir: a SavedModel version dir; sign it after everything else is written into it.
+        version_dir: a version dir (a SavedModel, a model.tflite or both); sign it after
+            everything else is written into it.
         private_key: PEM elliptic-curve private key (P-256, P-384 or P-521); exactly one of
             ``private_key`` and ``pkcs11_uri``.
         password: the private key's password when it is encrypted, or the token's PIN with
@@ -173,8 +174,8 @@ def _refuse_failed_scan(version_dir: Path, allowed: frozenset[str]) -> None:
     image serves was scanned. Only the signer decides what is allowed (``allowed``): the
     provenance inside the dir is the caller's file until it is signed, so one that allows more
     (which ``tfpack build`` would then honour) is refused too."""
-    from packager.graph.op_scan import scan_saved_model
     from packager.provenance import recorded_allowed_ops
+    from packager.version_scan import scan_version_dir
 
     unvouched = sorted(recorded_allowed_ops(version_dir) - allowed)
     if unvouched:
@@ -182,9 +183,8 @@ def _refuse_failed_scan(version_dir: Path, allowed: frozenset[str]) -> None:
             f"{version_dir}'s provenance allows {', '.join(unvouched)} on the serving path: sign it with "
             f"--allow-op {' --allow-op '.join(unvouched)} to vouch for that, or reconvert without --allow-op"
         )
-    if not any((version_dir / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
-        return  # a TFLite-only dir: nothing for the TensorFlow op scan to read
-    result = scan_saved_model(version_dir, allowed)
+    # Its SavedModel and its model.tflite, whichever it holds: either can be what a server runs.
+    result = scan_version_dir(version_dir, allowed)
     if result.blocking:
         raise UsageError(
             f"{result.summary()}: 'tfpack sign' refuses a model whose op scan fails "

@@ -5,11 +5,11 @@
     SignatureExpectation one signature of it
 
 The signatures come from the version dir's serving contract (packager.contract.read_contract of
-its saved_model.pb): every signature a client can call. A version dir without saved_model.pb (a
-TFLite layout, or a copy holding only assets.extra) falls back to the provenance's record of
-serving_default, the one signature tfpack convert writes goldens for. The goldens file holds
-serving_default's goldens; a signature without goldens is checked by its metadata (and, for
-Classify/Regress signatures, by a call) only.
+the model it serves: its model.tflite when it holds one, else its saved_model.pb): every
+signature a client can call. A version dir holding neither (a copy holding only assets.extra)
+falls back to the provenance's record of serving_default, the one signature tfpack convert
+writes goldens for. The goldens file holds serving_default's goldens; a signature without
+goldens is checked by its metadata (and, for Classify/Regress signatures, by a call) only.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ tf = tensorflow()
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-SAVED_MODEL_FILE = "saved_model.pb"
-CONTRACT = "contract"  # the expectation's signatures come from the version dir's saved_model.pb
+SAVED_MODEL_FILE = layout.SAVED_MODEL_FILE
+TFLITE_MODEL_FILE = layout.TFLITE_MODEL_FILE
+# The files a version dir's contract is read from, the one served first (layout.served_format).
+MODEL_FILES = (TFLITE_MODEL_FILE, SAVED_MODEL_FILE)
+CONTRACT = "contract"  # the expectation's signatures come from the version dir's served model
 PROVENANCE = "provenance"  # ... from the provenance's serving_default record only
 
 
@@ -79,7 +82,7 @@ class Expectation:
     Attributes:
         signatures: By name.
         source: CONTRACT when the signatures are the version dir's whole serving contract;
-            PROVENANCE when only serving_default is known (no saved_model.pb).
+            PROVENANCE when only serving_default is known (neither saved_model.pb nor model.tflite).
         tolerance: The largest absolute error the converter accepted against the source.
     """
 
@@ -94,12 +97,12 @@ class Expectation:
         Raises:
             UsageError: The version dir was not written by tfpack convert (no goldens, or a
                 provenance without the signature or the tolerance).
-            SourceError: Its saved_model.pb cannot be read.
+            SourceError: Its saved_model.pb or model.tflite cannot be read.
         """
         goldens = layout.Goldens.load(version_dir / layout.GOLDENS_FILE)
         provenance = layout.Provenance.load(version_dir / layout.PROVENANCE_FILE)
         signatures: dict[str, SignatureExpectation]
-        if (version_dir / SAVED_MODEL_FILE).is_file():
+        if any((version_dir / name).is_file() for name in MODEL_FILES):
             contract = read_contract(version_dir)
             source = CONTRACT
             signatures = {

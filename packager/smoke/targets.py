@@ -37,7 +37,7 @@ from packager import docker_engine, layout
 from packager.docker_engine import DockerEngineError, ImageNotFound, PathNotFound
 from packager.errors import TfpackError, UsageError
 from packager.progress import Progress
-from packager.smoke.expectation import SAVED_MODEL_FILE, Expectation
+from packager.smoke.expectation import MODEL_FILES, Expectation
 from packager.tf_runtime import tensorflow
 
 tensorflow()  # imported quietly, before tensorflow_serving imports it noisily
@@ -150,7 +150,8 @@ class StartedImage(SmokeTarget):
     (the server's config, so exactly what it loads), the labels of /etc/tfpack/serving.json
     (``labels``: model -> label -> version; else the config's version_labels). An image without
     them (not built by tfpack) is checked for --model's highest AVAILABLE version. Each version's
-    contract and goldens are copied out of /models/MODEL/N (saved_model.pb and assets.extra).
+    contract and goldens are copied out of /models/MODEL/N (the model it serves, model.tflite or
+    saved_model.pb, and assets.extra).
     """
 
     def __init__(self, image: str, model: str | None, models_dir: Path | None = None) -> None:
@@ -261,7 +262,10 @@ class StartedImage(SmokeTarget):
         return self._plan
 
     def expectation(self, model: str, version: int) -> Expectation:
-        """Copy saved_model.pb and assets.extra of /models/MODEL/VERSION out of the container and read them.
+        """Copy the served model file and assets.extra of /models/MODEL/VERSION out of the container and read them.
+
+        The model file is model.tflite when the version holds one (the image's server then runs
+        with --prefer_tflite_model and serves it), else saved_model.pb.
 
         With a models dir mounted, they are read from it: the same files, verified by the entrypoint.
         """
@@ -276,7 +280,7 @@ class StartedImage(SmokeTarget):
             raise UsageError(
                 f"image {self._image} has no {source}: build it from a version dir written by 'tfpack convert'"
             ) from None
-        saved_model = _file_in_container(container, f"{version_path}/{SAVED_MODEL_FILE}")
+        model_file = _served_model_file(container, version_path)
         wanted = {layout.GOLDENS_FILE, layout.PROVENANCE_FILE}
         with tempfile.TemporaryDirectory(prefix="tfpack-smoke-") as scratch:
             version_dir = Path(scratch) / str(version)
@@ -294,8 +298,9 @@ class StartedImage(SmokeTarget):
                 raise UsageError(
                     f"image {self._image} lacks {where}: build it from a version dir written by 'tfpack convert'"
                 )
-            if saved_model is not None:
-                (version_dir / SAVED_MODEL_FILE).write_bytes(saved_model)
+            if model_file is not None:
+                name, content = model_file
+                (version_dir / name).write_bytes(content)
             return Expectation.from_version_dir(version_dir)
 
     def exit_status(self) -> str | None:
@@ -347,6 +352,16 @@ def _file_in_container(container: docker_engine.Container, path: str) -> bytes |
         if extracted is None:
             raise DockerEngineError(f"{path} in the container is not a regular file")
         return extracted.read()
+
+
+def _served_model_file(container: docker_engine.Container, version_path: str) -> tuple[str, bytes] | None:
+    """(name, content) of the model file the version at ``version_path`` is served from: its
+    model.tflite when it holds one, else its saved_model.pb; None when it holds neither."""
+    for name in MODEL_FILES:
+        content = _file_in_container(container, f"{version_path}/{name}")
+        if content is not None:
+            return name, content
+    return None
 
 
 def _read_json(data: bytes | None, where: str) -> dict[str, Any]:

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 from packager.errors import SourceError, UsageError
 from packager.graph.frozen_model import LoadedSource, SourceFormat
 from packager.modes import BatchNormMode, EmaMode
+from packager.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from packager.graph.op_scan import ScanResult
 
 GRAPH_SUFFIXES = frozenset({".pb", ".pbtxt", ".graphdef"})
 KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
+TFLITE_SUFFIX = ".tflite"
+ONNX_SUFFIX = ".onnx"
 
 __all__ = ["SourceOptions", "detect_format", "load_source"]
 
@@ -36,6 +39,8 @@ class SourceOptions:
             with training=True become (graph sources are rewritten by graph.batchnorm instead).
         allowed_ops: op types the op scan lets through (``--allow-op``); a SavedModel or a
             checkpoint's restore path is scanned with them before any of it runs.
+        channels_last: serve an ONNX model's inputs and outputs of rank 3 to 5 channels-last
+            (NCHW → NHWC) instead of in its own layout.
     """
 
     checkpoint: Path | None = None
@@ -45,6 +50,7 @@ class SourceOptions:
     ema: EmaMode = "auto"
     batchnorm: BatchNormMode = "auto"
     allowed_ops: frozenset[str] = frozenset()
+    channels_last: bool = False
 
 
 def detect_format(path: Path) -> SourceFormat:
@@ -85,11 +91,15 @@ def detect_format(path: Path) -> SourceFormat:
         return "frozen_graph"
     if suffix in KERAS_SUFFIXES:
         return "keras"
+    if suffix == TFLITE_SUFFIX:
+        return "tflite"
+    if suffix == ONNX_SUFFIX:
+        return "onnx"
     if suffix == ".index" or ".data-" in path.name:
         raise SourceError(f"{path} is one file of a checkpoint: give its prefix ({path.name.split('.')[0]}...)")
     raise SourceError(
         f"{path}: unsupported source type {suffix or '(no suffix)'}: expected a SavedModel directory, "
-        "a TF1 checkpoint, .pb/.pbtxt (GraphDef) or .keras/.h5 (Keras)"
+        "a TF1 checkpoint, .pb/.pbtxt (GraphDef), .keras/.h5 (Keras), .onnx (ONNX) or .tflite (TFLite)"
     )
 
 
@@ -114,8 +124,9 @@ def refuse_unscanned_restore(path: Path, allowed_ops: frozenset[str] = frozenset
         raise UsageError(result.refusal())
 
 
-def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedSource:
-    """Load ``path`` in whatever supported format it is."""
+def load_source(path: Path, options: SourceOptions = SourceOptions(), progress: Progress = SILENT) -> LoadedSource:
+    """Load ``path`` in whatever supported format it is (``progress`` hears the long steps: an
+    ONNX conversion and its converter's first-use install)."""
     source_format = detect_format(path)
     if options.checkpoint is not None and source_format != "frozen_graph":
         raise UsageError(f"--checkpoint goes with a GraphDef source (.pb/.pbtxt), not a {source_format}")
@@ -126,6 +137,15 @@ def load_source(path: Path, options: SourceOptions = SourceOptions()) -> LoadedS
         raise UsageError(f"{flag} goes with a Keras source (.keras/.h5), not a {source_format}")
     if options.ema == "on" and source_format != "checkpoint":
         raise UsageError(f"--ema on needs a checkpoint with ExponentialMovingAverage shadows, not a {source_format}")
+    if options.channels_last and source_format != "onnx":
+        raise UsageError(f"--channels-last goes with an ONNX source (.onnx), not a {source_format}")
+    if source_format == "onnx":
+        from packager.sources.onnx_file import load_onnx_file
+
+        return load_onnx_file(path, channels_last=options.channels_last, progress=progress)
+    if source_format == "tflite":
+        # Served as it is, never read into a GraphDef: packager.convert_tflite converts it.
+        raise SourceError(f"{path} is a TFLite model, not a TensorFlow graph: 'tfpack convert' serves it as TFLite")
     if source_format == "saved_model":
         from packager.sources.saved_model import load_saved_model
 

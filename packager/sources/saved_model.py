@@ -7,7 +7,9 @@ analysis, export and equivalence proof as every other source.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +18,58 @@ from packager.graph.frozen_model import LoadedSource, TensorRef
 from packager.graph.op_scan import scan_saved_model
 from packager.layout import DEFAULT_SIGNATURE
 from packager.tf_runtime import numpy_dtype_name, shape_tuple, tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
+
+@dataclass(frozen=True)
+class FrozenSignature:
+    """A SavedModel signature with its variables folded into constants.
+
+    Attributes:
+        graph_def: the frozen graph.
+        inputs: keyed by the signature's input keys, in its flat (sorted key) order.
+        outputs: likewise for the outputs.
+    """
+
+    graph_def: GraphDef
+    inputs: list[TensorRef]
+    outputs: list[TensorRef]
+
+
+def freeze_signature(signature: tf.types.experimental.ConcreteFunction, description: str) -> FrozenSignature:
+    """Freeze one loaded SavedModel signature into a GraphDef and its keyed inputs and outputs.
+
+    Args:
+        signature: ``loaded.signatures[name]`` of a ``tf.saved_model.load``.
+        description: what the signature is, for the error message ("signature 'x' of DIR").
+
+    Raises:
+        SourceError: the signature cannot be frozen.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    input_specs = signature.structured_input_signature[1]
+    try:
+        frozen = convert_variables_to_constants_v2(signature)
+    except Exception as exc:
+        raise SourceError(f"cannot freeze {description}: {first_line(exc)}") from None
+    # A signature's flat inputs and outputs are ordered by sorted key (tf.nest order for dicts).
+    input_keys = sorted(input_specs)
+    output_keys = sorted(signature.structured_outputs)
+    inputs = [
+        TensorRef(
+            key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(input_specs[key].shape)
+        )
+        for key, t in zip(input_keys, frozen.inputs)
+    ]
+    outputs = [
+        TensorRef(key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(t.shape))
+        for key, t in zip(output_keys, frozen.outputs)
+    ]
+    return FrozenSignature(graph_def=frozen.graph.as_graph_def(), inputs=inputs, outputs=outputs)
 
 
 def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> LoadedSource:
@@ -30,8 +84,6 @@ def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> L
         SourceError: the SavedModel cannot be read, loaded or frozen.
     """
     tf = tensorflow()
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     scan = scan_saved_model(path, allowed_ops)
     if scan.blocking:
         raise UsageError(scan.refusal())
@@ -50,24 +102,7 @@ def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> L
             f"({', '.join(names) or 'none'}): re-export it with a serving_default signature"
         )
     signature = loaded.signatures[signature_name]
-    input_specs = signature.structured_input_signature[1]
-    try:
-        frozen = convert_variables_to_constants_v2(signature)
-    except Exception as exc:
-        raise SourceError(f"cannot freeze signature {signature_name!r} of {path}: {first_line(exc)}") from None
-    # A signature's flat inputs and outputs are ordered by sorted key (tf.nest order for dicts).
-    input_keys = sorted(input_specs)
-    output_keys = sorted(signature.structured_outputs)
-    inputs = [
-        TensorRef(
-            key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(input_specs[key].shape)
-        )
-        for key, t in zip(input_keys, frozen.inputs)
-    ]
-    outputs = [
-        TensorRef(key=key, tensor_name=t.name, dtype=numpy_dtype_name(t.dtype), shape=shape_tuple(t.shape))
-        for key, t in zip(output_keys, frozen.outputs)
-    ]
+    frozen = freeze_signature(signature, f"signature {signature_name!r} of {path}")
 
     def run_reference(
         feeds: Mapping[str, np.ndarray],
@@ -83,9 +118,9 @@ def load_saved_model(path: Path, allowed_ops: frozenset[str] = frozenset()) -> L
     return LoadedSource(
         path=path,
         format="saved_model",
-        graph_def=frozen.graph.as_graph_def(),
-        inputs=inputs,
-        outputs=outputs,
+        graph_def=frozen.graph_def,
+        inputs=frozen.inputs,
+        outputs=frozen.outputs,
         files=files,
         run_reference=run_reference,
         details={"signature": signature_name, "signatures": names},

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from packager.layout import MAX_VERSION, find_version_dirs, is_version_name
+from packager.errors import UsageError
+from packager.layout import (
+    MAX_VERSION,
+    find_version_dirs,
+    is_version_dir,
+    is_version_name,
+    require_version_dir,
+    served_format,
+)
 
 pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
@@ -27,3 +35,22 @@ def test_a_dir_named_with_a_trailing_newline_is_not_served(tmp_path: Path) -> No
         (tmp_path / name / "saved_model.pb").write_bytes(b"")
     found, _ = find_version_dirs(tmp_path)
     assert sorted(found) == [1]
+
+
+def test_a_version_dir_holds_a_saved_model_a_model_tflite_or_both(tmp_path: Path) -> None:
+    saved_model, tflite, both, neither = (tmp_path / name for name in ("sm", "lite", "both", "neither"))
+    for directory, files in (
+        (saved_model, ["saved_model.pb"]),
+        (tflite, ["model.tflite"]),
+        (both, ["saved_model.pb", "model.tflite"]),
+        (neither, ["assets.extra"]),
+    ):
+        directory.mkdir()
+        for name in files:
+            (directory / name).write_bytes(b"")
+    assert [is_version_dir(d) for d in (saved_model, tflite, both, neither)] == [True, True, True, False]
+    # With --prefer_tflite_model (set by tfpack build) a model.tflite is served, the SavedModel not.
+    assert [served_format(d) for d in (saved_model, tflite, both)] == ["saved_model", "tflite", "tflite"]
+    assert require_version_dir(tflite) == tflite.resolve()
+    with pytest.raises(UsageError, match=r"holds no saved_model.pb \(nor model.tflite\)"):
+        require_version_dir(neither)
