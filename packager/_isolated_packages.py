@@ -14,8 +14,11 @@ environment that later runs trust.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import csv
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -110,20 +113,64 @@ def ensure_wheel(wheel: PinnedWheel, progress: Progress) -> Path:
                 "check that pip works in this Python and PyPI is reachable",
             )
             requirements.unlink()
-            (staging / STAMP_FILE).write_text(json.dumps({"requirement": wheel.requirement}) + "\n")
+            record = _record_file(wheel, staging)
+            stamp = {"requirement": wheel.requirement, "record_sha256": _digest(record) if record else None}
+            (staging / STAMP_FILE).write_text(json.dumps(stamp) + "\n")
     return target
 
 
 def _installed(wheel: PinnedWheel, target: Path) -> bool:
+    """Whether ``target`` holds exactly what pip installed from the pinned wheel: every file the
+    wheel's RECORD lists with the digest it lists, and no other Python file in its packages.
+
+    A deleted, changed or added file (a disk error, another tool, someone's edit) makes it
+    installed again rather than imported: the code runs in the same process as the user's model.
+    """
     try:
         stamp = json.loads((target / STAMP_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return (
-        isinstance(stamp, dict)
-        and stamp.get("requirement") == wheel.requirement
-        and (target / wheel.module / "__init__.py").is_file()
-    )
+    if not (isinstance(stamp, dict) and stamp.get("requirement") == wheel.requirement):
+        return False
+    record = _record_file(wheel, target)
+    if record is None or stamp.get("record_sha256") != _digest(record):
+        return False
+    try:
+        rows = list(csv.reader(record.read_text().splitlines()))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return False
+    listed: set[Path] = set()
+    packages: set[Path] = set()
+    for row in rows:
+        if len(row) < 2 or row[0].startswith("..") or Path(row[0]).is_absolute():
+            continue  # scripts pip puts outside the target (bin/), which tfpack never runs
+        file = target / row[0]
+        listed.add(file)
+        if not row[1]:
+            continue  # RECORD itself and pip's markers (INSTALLER, REQUESTED) carry no digest
+        algorithm, _, expected = row[1].partition("=")
+        if algorithm != "sha256" or not file.is_file() or _digest(file) != f"sha256={expected}":
+            return False
+        top = Path(row[0]).parts[0]
+        if not top.endswith(".dist-info"):
+            packages.add(target / top)
+    if (target / wheel.module / "__init__.py") not in listed:
+        return False
+    return not any(extra not in listed for package in packages if package.is_dir() for extra in package.rglob("*.py"))
+
+
+def _record_file(wheel: PinnedWheel, target: Path) -> Path | None:
+    record = target / f"{wheel.distribution.replace('-', '_')}-{wheel.version}.dist-info" / "RECORD"
+    return record if record.is_file() else None
+
+
+def _digest(file: Path) -> str:
+    """``sha256=`` and the urlsafe base64 digest without padding, as a wheel's RECORD writes it."""
+    try:
+        digest = hashlib.sha256(file.read_bytes()).digest()
+    except OSError:
+        return "unreadable"  # matches no digest: the install is made again
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def run_installer(command: list[str], cwd: Path, what: str, hint: str) -> None:

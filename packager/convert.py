@@ -40,7 +40,7 @@ from packager.export import (
 )
 from packager.graph.constants import ControlPlaceholder, parse_constants
 from packager.graph.frozen_model import VARIABLE_OPS, TensorRef
-from packager.graph.input_constraints import derive_input_constraints
+from packager.graph.input_constraints import InputConstraint, derive_input_constraints
 from packager.graph.io_discovery import OutputCandidate, has_batch_dimension, training_subgraphs
 from packager.graph.op_scan import ScanResult, scan_graph_def
 from packager.graph.serving_path import derandomize, random_ops_as_constants, reachable_random_ops
@@ -261,6 +261,22 @@ def written_graph_def(export_dir: Path) -> GraphDef:
     return saved_model.meta_graphs[0].graph_def
 
 
+def _input_constraints(
+    graph_def: GraphDef, inputs: list[TensorRef], index_bounds: Mapping[str, int]
+) -> dict[str, InputConstraint]:
+    """What the graph says each input's generated values must meet, plus the index bounds the
+    source format itself declares where the graph shows none: an ONNX Gather's table size is
+    hidden inside the graph onnx2tf writes, and without it the goldens would try ids 0 and 1 only.
+    """
+    constraints = derive_input_constraints(graph_def, inputs)
+    for ref in inputs:
+        bound = index_bounds.get(ref.key)
+        known = constraints.get(ref.key, InputConstraint())
+        if bound is not None and known.upper_bound is None:
+            constraints[ref.key] = replace(known, upper_bound=bound, uses=(*known.uses, "an index, per the source"))
+    return constraints
+
+
 def _control_flags(controls: list[ControlPlaceholder]) -> list[str]:
     """``--constant`` suggestions for the control placeholders that may switch training
     behaviour (dropout, batch statistics) off: a bool flag to false, a scalar without default
@@ -380,7 +396,7 @@ def prepare(source_path: Path, options: ProofOptions, progress: Progress = SILEN
             {name: spec.inputs for name, spec in plan.signatures.items()},
             lambda name, feeds: _run_source(_reference_of(run, name), feeds, source_path),
             options.sample_inputs,
-            lambda inputs: derive_input_constraints(graph_def, inputs),
+            lambda inputs: _input_constraints(graph_def, inputs, source.details.get("index_bounds", {})),
         )
     except SourceError as exc:
         if strict:

@@ -63,17 +63,18 @@ from packager.version_assets import (
     golden_run,
     write_version_records,
 )
+from packager.version_scan import RANDOM_BUILTINS, operator_codes
 
 if TYPE_CHECKING:
     from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef, TensorInfo
 
+    from serving.examples import ExampleInference
+    from serving.inference import Inference
     from serving.tflite import TfLiteServable
 
 SOURCE_FORMAT = "tflite"
 REFERENCE = "source run by the LiteRT interpreter"
 MISSING_EXTRA = "a .tflite source is proven with the LiteRT interpreter: pip install 'tfpack[tflite]'"
-# TFLite builtins that draw random numbers: a rerun of the same input differs.
-RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 # check_batch_independence's advice names a graph rewrite a TFLite source cannot take.
 _GRAPH_ONLY_FIX = "for batch norm use --batchnorm inference, or "
 
@@ -143,13 +144,11 @@ class PreparedTflite(DefaultSignature):
             "bytes": len(self.model_bytes),
             "operators": self.operators,
             "custom_ops": self.custom_ops,
-            # A synthesised signature shows the tensors' current dims, a stored one what it was
-            # written with; requests may resize them. An added one has the model's own shapes.
+            # The interpreter's shape signature (None: any size), whatever the served
+            # SignatureDef shows (a synthesised one: the tensors' current dims).
             "accepted_input_shapes": {
                 r.key: list(r.shape) if r.shape is not None else None for r in self.golden_inputs[DEFAULT_SIGNATURE]
-            }
-            if self.served.native_key is None
-            else {},
+            },
         }
 
     @property
@@ -235,7 +234,7 @@ def _read_model(path: Path, progress: Progress) -> tuple[bytes, Any]:  # Any: ai
     try:
         interpreter.allocate_tensors()
     except RuntimeError as exc:
-        custom = _operator_codes(model_bytes)[1]
+        custom = operator_codes(model_bytes)[1]
         if custom and all(op.startswith("Flex") for op in custom):
             raise SourceError(
                 f"the LiteRT interpreter cannot prepare {path}: it needs Select TF ops ({', '.join(custom)}) and "
@@ -246,28 +245,9 @@ def _read_model(path: Path, progress: Progress) -> tuple[bytes, Any]:  # Any: ai
     return model_bytes, interpreter
 
 
-def _operator_codes(model_bytes: bytes) -> tuple[list[str], list[str]]:
-    """The builtin operator names and custom op codes (Select TF ops are "Flex..." customs) the
-    model declares; read only from a flatbuffer the interpreter has verified."""
-    tensorflow()
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.Model.GetRootAsModel(model_bytes, 0)
-    builtin_names = {number: name for name, number in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    builtins, custom = set(), set()
-    for index in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(index)
-        # Codes past 127 live in builtin_code; older files keep theirs in deprecated_builtin_code.
-        number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if number == schema.BuiltinOperator.CUSTOM:
-            custom.add((code.CustomCode() or b"").decode("utf-8", "replace"))
-        else:
-            builtins.add(builtin_names.get(number, str(number)))
-    return sorted(builtins), sorted(custom)
-
-
 def _model_counts(model_bytes: bytes) -> tuple[int, int]:
     """(operators in every subgraph, tensors holding constant data) of a verified flatbuffer."""
+    tensorflow()
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.Model.GetRootAsModel(model_bytes, 0)
@@ -312,11 +292,8 @@ def served_model(path: Path, model_bytes: bytes) -> ServedModel:
     keys = native_signature_keys(model_bytes)
     if not keys:
         return ServedModel(model_bytes, None, None, "synthesised from the model's inputs and outputs")
-    if DEFAULT_SIGNATURE in keys:
-        native_key = DEFAULT_SIGNATURE
-    elif len(keys) == 1:
-        native_key = keys[0]
-    else:
+    native_key = _native_serving_key(keys)
+    if native_key is None:
         raise SourceError(
             f"{path} has signatures {', '.join(keys)} and none named {DEFAULT_SIGNATURE}: TF Serving serves a "
             f"TFLite model's signatures only from its signature_defs_metadata, where tfpack writes one of them as "
@@ -358,14 +335,15 @@ def _accepted_shapes(interpreter: Any, signatures: Signatures) -> dict[str, list
 
 
 def litert_reference(
-    path: Path, interpreter: Any, signatures: Signatures, native_key: str | None
+    path: Path, interpreter: Any, signatures: Signatures, natives: Mapping[str, str]
 ) -> SignatureRunner:  # Any: LiteRT
     """The source run by the LiteRT interpreter: signature NAME on feeds keyed by input key.
 
-    A serving_default written from the model's own signature ``native_key`` runs through LiteRT's
-    signature runner of that signature, by its input and output names (independently of the
-    tensor names the written metadata gives them); any other signature is fed and fetched by the
-    tensor names of the served SignatureDef.
+    A served signature that is one of the model's own (``natives``: served name -> native key)
+    runs through LiteRT's signature runner of that signature, by its input and output names,
+    independently of the tensor names the signature_defs_metadata gives them (checked to agree
+    with it beforehand); any other signature is fed and fetched by the tensor names of the
+    served SignatureDef.
 
     Raises (from the runner):
         SourceError: the interpreter cannot run the feeds.
@@ -385,20 +363,173 @@ def litert_reference(
         return {r.key: np.array(interpreter.get_tensor(fetched[r.tensor_name])) for r in outputs}
 
     def by_signature(name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        runner = interpreter.get_signature_runner(native_key)
+        runner = interpreter.get_signature_runner(natives[name])
         return {key: np.array(value) for key, value in runner(**feeds).items()}
-
-    run = by_tensor if native_key is None else by_signature
 
     def reference(name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            return run(name, feeds)
+            return (by_signature if name in natives else by_tensor)(name, feeds)
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise SourceError(
-                f"{path} fails to run on inputs of the signature's dtypes and shapes: {first_line(exc)}"
-            ) from None
+            raise SourceError(f"{path} fails to run on the signature's golden inputs: {first_line(exc)}") from None
 
     return reference
+
+
+def _native_serving_key(keys: list[str]) -> str | None:
+    """The model's own signature served as serving_default: that name, else the only one."""
+    if DEFAULT_SIGNATURE in keys:
+        return DEFAULT_SIGNATURE
+    return keys[0] if len(keys) == 1 else None
+
+
+def _native_counterparts(model_bytes: bytes, served: Mapping[str, SignatureDef]) -> dict[str, str]:
+    """served signature -> the model's own signature it must agree with (same name, or the
+    native serving signature for serving_default)."""
+    from packager.formats.tflite_signatures import native_signature_keys
+
+    keys = native_signature_keys(model_bytes)
+    pairs = {name: name for name in served if name in keys}
+    default = _native_serving_key(keys)
+    if DEFAULT_SIGNATURE in served and default is not None:
+        pairs[DEFAULT_SIGNATURE] = default
+    return pairs
+
+
+def check_metadata_signatures(
+    path: Path, interpreter: Any, model_bytes: bytes, served: Mapping[str, SignatureDef]
+) -> dict[str, str]:  # Any: LiteRT
+    """Check the SignatureDefs stored in the source's signature_defs_metadata against the model
+    itself, as nothing in TF Serving does: each signature feeds every interpreter input exactly
+    once (an input left out runs on uninitialised memory), declares each tensor's dtype and a
+    shape its shape signature accepts, and, where the model has a signature of its own under that
+    name (serving_default: its serving signature), maps the same keys to the same tensors.
+
+    Args:
+        served: the SignatureDefs as the runtime serves them (tensor names fixed).
+
+    Returns:
+        served signature -> the model's own signature it agrees with (the reference runs those).
+
+    Raises:
+        SourceError: the first disagreement, named.
+    """
+    from packager.formats.tflite_signatures import signature_defs_from_native
+
+    tf = tensorflow()
+    where = f"{path}'s signature_defs_metadata"
+    inputs = {str(d["name"]): d for d in interpreter.get_input_details()}
+    outputs = {str(d["name"]): d for d in interpreter.get_output_details()}
+    for name, signature in sorted(served.items()):
+        fed: dict[str, str] = {}
+        for key, info in sorted(signature.inputs.items()):
+            if info.name in fed:
+                raise SourceError(
+                    f"{where}: signature {name} feeds tensor {info.name} twice (inputs {fed[info.name]} and {key}): "
+                    "each interpreter input must have exactly one key"
+                )
+            fed[info.name] = key
+        unfed = sorted(set(inputs) - set(fed))
+        if unfed:
+            raise SourceError(
+                f"{where}: signature {name} leaves interpreter input {', '.join(unfed)} unfed: TF Serving would run "
+                "the model on whatever that memory holds; list every input in the signature"
+            )
+        for kind, infos, tensors in (("input", signature.inputs, inputs), ("output", signature.outputs, outputs)):
+            for key, info in sorted(infos.items()):
+                detail = tensors[info.name]
+                dtype = tf.as_dtype(np.dtype(detail["dtype"])).as_datatype_enum
+                if info.dtype != dtype:
+                    raise SourceError(
+                        f"{where}: signature {name} declares {kind} {key} {tf.as_dtype(info.dtype).name}, its tensor "
+                        f"{info.name} is {tf.as_dtype(dtype).name}"
+                    )
+                accepted = [int(d) for d in detail["shape_signature"]]
+                if info.HasField("tensor_shape") and not info.tensor_shape.unknown_rank:
+                    declared = [int(d.size) for d in info.tensor_shape.dim]
+                    if len(declared) != len(accepted) or any(
+                        d >= 0 and a >= 0 and d != a for d, a in zip(declared, accepted, strict=False)
+                    ):
+                        raise SourceError(
+                            f"{where}: signature {name} declares {kind} {key} with shape {declared}, its tensor "
+                            f"{info.name} has shape {accepted} (-1: any size)"
+                        )
+    natives = _native_counterparts(model_bytes, served)
+    for name, native_key in sorted(natives.items()):
+        try:
+            native = signature_defs_from_native(model_bytes, {native_key: name})[name]
+        except SourceError as exc:
+            raise SourceError(f"{where}: signature {name} cannot be checked against the model's own: {exc}") from None
+        for kind, stored, own in (
+            ("inputs", served[name].inputs, native.inputs),
+            ("outputs", served[name].outputs, native.outputs),
+        ):
+            stored_names = {key: info.name for key, info in stored.items()}
+            own_names = {key: info.name for key, info in own.items()}
+            if stored_names != own_names:
+                differ = sorted(
+                    k for k in stored_names.keys() | own_names.keys() if stored_names.get(k) != own_names.get(k)
+                )
+                raise SourceError(
+                    f"{where}: signature {name} disagrees with the model's own signature {native_key} on {kind} "
+                    + ", ".join(
+                        f"{k} (metadata: {stored_names.get(k, 'absent')}, model: {own_names.get(k, 'absent')})"
+                        for k in differ
+                    )
+                    + ": a client would get other tensors than the model's signature says; rewrite the metadata"
+                )
+    return natives
+
+
+def check_synthesised_keys(path: Path, interpreter: Any) -> None:  # Any: LiteRT
+    """Refuse a model without signatures whose tensors share a key once ':N' is cut from their
+    names: TF Serving's synthesised serving_default keeps only one of them.
+
+    Raises:
+        SourceError: two inputs or two outputs with one key.
+    """
+    for kind, details in (("inputs", interpreter.get_input_details()), ("outputs", interpreter.get_output_details())):
+        by_key: dict[str, list[str]] = {}
+        for detail in details:
+            name = str(detail["name"])
+            by_key.setdefault(name.split(":", 1)[0], []).append(name)
+        for key, names in sorted(by_key.items()):
+            if len(names) > 1:
+                raise SourceError(
+                    f"{path} has no signature and its {kind} {', '.join(sorted(names))} share the key {key} TF Serving "
+                    "serves them under (the name without ':N'), so only one is reachable: convert it with a "
+                    "signature (TFLiteConverter from a tf.function or a SavedModel signature)"
+                )
+
+
+def check_servable_inputs(
+    path: Path, interpreter: Any, golden_inputs: Mapping[str, list[TensorRef]], sample_inputs: Path | None
+) -> None:  # Any: LiteRT
+    """Refuse inputs TF Serving does not feed as the model expects, and inputs tfpack cannot
+    generate representative values for.
+
+    Raises:
+        SourceError: a string input of rank other than 1 (TF Serving resizes a string input to
+            [batch], tflite_session.cc); a quantized integer input without --sample-inputs.
+    """
+    quantized = {
+        str(d["name"]): d["quantization"]
+        for d in interpreter.get_input_details()
+        if np.issubdtype(np.dtype(d["dtype"]), np.integer) and d["quantization"][0] != 0
+    }
+    for name, refs in sorted(golden_inputs.items()):
+        for ref in refs:
+            if ref.dtype == "string" and (ref.shape is None or len(ref.shape) != 1):
+                raise SourceError(
+                    f"{path}: string input {ref.key} of signature {name} has shape "
+                    f"{list(ref.shape) if ref.shape is not None else 'unknown'}: TF Serving resizes a string input "
+                    "to [batch], so only rank-1 string inputs are served as the model expects"
+                )
+            if ref.tensor_name in quantized and sample_inputs is None:
+                scale, zero_point = quantized[ref.tensor_name]
+                raise SourceError(
+                    f"{path}: input {ref.key} is quantized (scale {scale:g}, zero point {zero_point}): generated "
+                    "integers say nothing of the real values it stands for; give --sample-inputs"
+                )
 
 
 def check_tflite_determinism(
@@ -413,7 +544,7 @@ def check_tflite_determinism(
     the model, RANDOM_RERUNS reruns to the last bit. A TFLite model is served as it is, so there is
     no flag to serve it stochastic: its random ops must go.
     """
-    random_ops = sorted(RANDOM_OPS.intersection(operators))
+    random_ops = sorted(RANDOM_BUILTINS.intersection(operators))
     tight = 0.0 if random_ops else min(tolerance, DETERMINISM_TOLERANCE)
     for _ in range(RANDOM_RERUNS if random_ops else 1):
         again = rerun()
@@ -495,8 +626,15 @@ def prepare_tflite(
             f"{', '.join(sorted(signature_defs))}): tfpack proves, warms up and smoke-tests {DEFAULT_SIGNATURE}: "
             f"write the model's signature_defs_metadata with a {DEFAULT_SIGNATURE}"
         )
+    if served.native_key is not None:
+        natives = {DEFAULT_SIGNATURE: served.native_key}
+    elif served.metadata is not None:
+        natives = check_metadata_signatures(path, interpreter, model_bytes, signature_defs)
+    else:
+        check_synthesised_keys(path, interpreter)
+        natives = {}
     signatures = _signatures(signature_defs)
-    operators, custom_ops = _operator_codes(model_bytes)
+    operators, custom_ops = operator_codes(model_bytes)
     inputs, outputs = signatures[DEFAULT_SIGNATURE]
     progress.step(
         f"inputs {', '.join(r.key for r in inputs)}; outputs {', '.join(r.key for r in outputs)}; signature "
@@ -505,7 +643,8 @@ def prepare_tflite(
     # The interpreter's shape signature says what the model accepts (a -1 batch), whatever the
     # served SignatureDef shows (a synthesised one: the current dims, 1).
     golden_inputs = _accepted_shapes(interpreter, signatures)
-    reference = litert_reference(path, interpreter, signatures, served.native_key)
+    check_servable_inputs(path, interpreter, golden_inputs, sample_inputs)
+    reference = litert_reference(path, interpreter, signatures, natives)
     report = ReadinessReport()
     progress.step("running the source on " + ("--sample-inputs" if sample_inputs else "generated inputs"))
     try:
@@ -592,19 +731,56 @@ def _load_served(staging: Path, name: str, version: int) -> TfLiteServable:
 
 
 def served_runner(servable: TfLiteServable) -> SignatureRunner:
-    """Run signature NAME of a loaded servable as a Predict request does: feeds and fetches by
-    the tensor names its SignatureDefs give for each key."""
+    """Run signature NAME of a loaded servable as a client's Predict request runs: a
+    PredictRequest of the feeds, handled by the runtime's Predict handler
+    (:meth:`serving.inference.Inference.predict_with`: its signature, key and dtype checks),
+    the outputs decoded from its response."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving import tensors
+
+    inference = _request_handlers()[0]
 
     def run(name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        signature = servable.signature_defs[name]
-        keys = sorted(signature.outputs)
-        values = servable.run(
-            {signature.inputs[key].name: value for key, value in feeds.items()},
-            [signature.outputs[key].name for key in keys],
-        )
-        return dict(zip(keys, values, strict=True))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = servable.name
+        request.model_spec.signature_name = name
+        for key, value in feeds.items():
+            request.inputs[key].CopyFrom(tensors.to_proto(np.asarray(value)))
+        response = inference.predict_with(servable, request)
+        return {key: tensors.to_ndarray(proto) for key, proto in response.outputs.items()}
 
     return run
+
+
+def _request_handlers() -> tuple[Inference, ExampleInference]:
+    """The runtime's Predict and example handlers as the model server makes them by default
+    (TF Serving's defaults: no method name check)."""
+    from serving.examples import ExampleInference
+    from serving.inference import Inference
+    from serving.manager import LoadPolicy, ModelManager
+
+    # The handlers resolve model specs through a manager; a proof hands them the servable.
+    manager = ModelManager(LoadPolicy())
+    return Inference(manager), ExampleInference(manager)
+
+
+def _replay_warmup(servable: TfLiteServable) -> None:
+    """Replay the staged version's warmup file as the model server does at load time.
+
+    Raises:
+        VerificationError: a request fails: the model server would not load the version.
+    """
+    from serving.servables import LoadError
+    from serving.warmup import Warmup
+
+    inference, examples = _request_handlers()
+    try:
+        Warmup(inference, examples)(servable)
+    except LoadError as exc:
+        raise VerificationError(
+            f"the model server would fail to load the written version at warmup: {_one_line(exc)}"
+        ) from None
 
 
 def _prove_served(servable: TfLiteServable, prepared: PreparedTflite, tolerance: float) -> float:
@@ -698,6 +874,8 @@ def convert_tflite(
                 "reference": REFERENCE,
             },
         )
+        progress.step("replaying its warmup requests as the model server does when it loads it")
+        _replay_warmup(servable)
     return TfliteConversion(
         version_dir=output_dir / name / str(version),
         signatures=prepared.signatures,

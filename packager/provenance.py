@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from packager.errors import UsageError
+from packager.errors import UsageError, VerificationError
 from packager.layout import (
     PREDICATE_TYPE,
     PROVENANCE_FILE,
@@ -43,6 +43,7 @@ from packager.layout import (
     STATEMENT_FILE,
     STATEMENT_TYPE,
     Provenance,
+    check_statement_subject,
     file_sha256,
     read_provenance_statement,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "STATEMENT_FILE",
     "STATEMENT_TYPE",
     "ProvenanceStatement",
+    "check_statement_current",
     "model_root_digest",
     "read_provenance_statement",
     "recorded_allowed_ops",
@@ -79,6 +81,14 @@ def model_root_digest(version_dir: Path) -> str:
     sorts them, hashed again); a test checks it against the reference CLI. Computed here with
     hashlib because importing model-signing alone costs a quarter of a second per conversion.
     """
+    root = hashlib.sha256()
+    for _, path in _subject_files(version_dir):
+        root.update(bytes.fromhex(file_sha256(path)))
+    return root.hexdigest()
+
+
+def _subject_files(version_dir: Path) -> list[tuple[PurePosixPath, Path]]:
+    """The files the statement's subject covers, in model-signing's canonical order."""
     ignored = {PurePosixPath(SIGNATURE_FILE), PurePosixPath(STATEMENT_FILE)}
     files: list[tuple[PurePosixPath, Path]] = []
     for path in version_dir.rglob("*"):
@@ -87,10 +97,37 @@ def model_root_digest(version_dir: Path) -> str:
             raise UsageError(f"{path} is a symlink: a version dir must hold regular files only")
         if path.is_file() and relative not in ignored:
             files.append((relative, path))
-    root = hashlib.sha256()
-    for _, path in sorted(files):
-        root.update(bytes.fromhex(file_sha256(path)))
-    return root.hexdigest()
+    return sorted(files)
+
+
+def check_statement_current(version_dir: Path, *, required: bool) -> None:
+    """Check that the provenance statement still describes the files of ``version_dir``, by the
+    same check ``tfpack verify`` runs on a signed dir (:func:`packager.layout.check_statement_subject`),
+    here over the files as they are now: a dir changed after tfpack wrote it is not what its
+    provenance says.
+
+    Args:
+        version_dir: a version dir, signed or not.
+        required: a dir without a statement fails too (else it passes: older tfpack wrote none).
+
+    Raises:
+        VerificationError: the statement is missing (with ``required``), unreadable, or its
+            subject is not the root digest of the files.
+    """
+    statement = version_dir / STATEMENT_FILE
+    if not statement.is_file():
+        if required:
+            raise VerificationError(
+                f"{version_dir} has no provenance statement ({STATEMENT_FILE}): nothing says its files are the "
+                "ones tfpack wrote; convert it again"
+            )
+        return
+    resources = [
+        {"name": relative.as_posix(), "algorithm": "sha256", "digest": file_sha256(path)}
+        for relative, path in _subject_files(version_dir)
+    ]
+    resources.append({"name": STATEMENT_FILE, "algorithm": "sha256", "digest": file_sha256(statement)})
+    check_statement_subject(version_dir, resources)
 
 
 def write_provenance_statement(version_dir: Path, provenance: Provenance) -> ProvenanceStatement:

@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 FLEX_PREFIX = "Flex"
 RANDOM_BUILTINS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 RANDOM_NOTICE = "draws random numbers: outputs vary between identical requests"
+# The flatbuffer file identifier of a TFLite model, at bytes 4 to 8.
+TFLITE_IDENTIFIER = b"TFL3"
 CUSTOM_OP = "TFLite custom op: code outside TFLite and TensorFlow that the scan cannot see into"
-_FLATBUFFER_IDENTIFIER = b"TFL3"
+
+
+def is_tflite_flatbuffer(content: bytes) -> bool:
+    """Whether ``content`` carries the TFLite flatbuffer file identifier (no more is checked)."""
+    return content[4:8] == TFLITE_IDENTIFIER
 
 
 def scan_version_dir(version_dir: Path, allowed: frozenset[str] = frozenset()) -> ScanResult:
@@ -78,7 +84,7 @@ def scan_tflite_model(path: Path, allowed: frozenset[str] = frozenset()) -> Scan
         content = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path} cannot be read: {exc.strerror or exc}") from None
-    if content[4:8] != _FLATBUFFER_IDENTIFIER:
+    if not is_tflite_flatbuffer(content):
         raise SourceError(f"{path} is not a TFLite model (no TFL3 flatbuffer identifier)")
     tensorflow()
     from tensorflow.core.framework import graph_pb2
@@ -115,6 +121,20 @@ def scan_tflite_model(path: Path, allowed: frozenset[str] = frozenset()) -> Scan
     )
 
 
+def operator_codes(content: bytes) -> tuple[list[str], list[str]]:
+    """The builtin operator names and the custom op codes (Select TF ops are "Flex...") the
+    operators of a verified TFLite flatbuffer run, each sorted."""
+    tensorflow()
+    builtins: set[str] = set()
+    custom: set[str] = set()
+    for _, code, _ in _operators(content):
+        if isinstance(code, str):
+            builtins.add(code)
+        else:
+            custom.add(code.decode("utf-8", "replace"))
+    return sorted(builtins), sorted(custom)
+
+
 def _operators(content: bytes) -> list[tuple[str, str | bytes, bytes]]:
     """(where, builtin name or custom code, custom options) of every operator, in order."""
     from tensorflow.lite.python import schema_py_generated as schema
@@ -149,13 +169,14 @@ def _flex_node_def(options: bytes) -> NodeDef | None:
     """The TensorFlow NodeDef a Flex op carries: its custom options are a FlexBuffer vector
     [op name, serialized NodeDef]. None when they are not."""
     from flatbuffers import flexbuffers
-    from google.protobuf.message import DecodeError
     from tensorflow.core.framework.node_def_pb2 import NodeDef
 
     try:
         serialized = flexbuffers.GetRoot(options).AsVector[1]
         # The converter writes it as a FlexBuffer string of raw bytes (no UTF-8 to decode).
         node = NodeDef.FromString(bytes(serialized.AsStringBytes if serialized.IsString else serialized.AsBlob))
-    except (IndexError, ValueError, TypeError, UnicodeError, DecodeError):
+    # Custom options are the model author's bytes, and the flexbuffers reader raises whatever a
+    # malformed buffer leads it to (KeyError for an unknown type byte, struct.error...).
+    except Exception:
         return None
     return node if node.op else None

@@ -98,11 +98,15 @@ class Inference:
         *,
         tensor_content: bool = False,
         max_request_tensor_bytes: int = 0,
+        check_method_names: bool = False,
     ) -> None:
         """Create the handlers.
 
         Args:
             manager: Resolves model specs to servables.
+            check_method_names: Refuse a signature whose method_name is not predict, classify
+                or regress (--enable_signature_method_name_check; off by default, as in TF
+                Serving's predict_util.cc VerifySignature).
             tensor_content: Pack Predict outputs into tensor_content
                 (--enable_serialization_as_tensor_content).
             max_request_tensor_bytes: The most bytes a request's input tensors may take once
@@ -111,6 +115,7 @@ class Inference:
         """
         self._manager = manager
         self._tensor_content = tensor_content
+        self._check_method_names = check_method_names
         self.max_request_tensor_bytes = (
             max_request_tensor_bytes if max_request_tensor_bytes > 0 else default_max_request_tensor_bytes()
         )
@@ -130,7 +135,7 @@ class Inference:
         """Predict on a given servable (used directly by model warmup)."""
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = find_signature(servable, signature_name)
-        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        if self._check_method_names and signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
             raise internal(
                 "Expected prediction signature method_name to be one of "
                 f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "

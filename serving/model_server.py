@@ -133,6 +133,7 @@ def _serve(options: ServerOptions, stop: _StopSignal) -> int:
         manager,
         tensor_content=options.enable_serialization_as_tensor_content,
         max_request_tensor_bytes=options.tfpack_max_request_tensor_bytes,
+        check_method_names=options.enable_signature_method_name_check,
     )
     examples = ExampleInference(manager, check_method_names=options.enable_signature_method_name_check)
     if options.enable_model_warmup:

@@ -42,7 +42,6 @@ serialized per servable, as in TF Serving.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import warnings
 from collections.abc import Mapping
@@ -58,14 +57,15 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
+# Re-exported: the model server's manager finds a version's model.tflite by this name.
+from packager.layout import DEFAULT_SIGNATURE
+from packager.layout import TFLITE_MODEL_FILE as TFLITE_MODEL_FILE
 from serving.batching import BatchScheduler
 from serving.servables import LoadError
 from serving.status import ServingError
 
 _LOG = logging.getLogger(__name__)
 
-TFLITE_MODEL_FILE = "model.tflite"
-DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 SIGNATURE_DEFS_METADATA = "signature_defs_metadata"
 _INVALID_SIGNATURE_DEFS = "Invalid SignatureDefs found in TfLite model: "
@@ -133,9 +133,13 @@ def _read_signature_def_map(model: tflite_schema.Model, buffer_index: int) -> di
             # AsString() of a value that is neither a string nor a key is the empty string.
             text = value.AsStringBytes if value.IsString or value.IsKey else b""
             serialized[key.AsKey] = bytes(text).split(b"\0", 1)[0]  # read through c_str()
-    # The flatbuffer was verified, its metadata's content was not: whatever reading it raises.
-    except (AttributeError, IndexError, TypeError, ValueError, UnicodeDecodeError, struct.error) as error:
-        raise LoadError(f"{_INVALID_SIGNATURE_DEFS}Error reading signature def map: {error}") from None
+    # The flatbuffer was verified, its metadata's content was not, and the flexbuffers reader
+    # raises whatever a malformed buffer leads it to (KeyError for an unknown type, IndexError,
+    # struct.error...): any of it is this version's load failure, never the server's.
+    except Exception as error:
+        raise LoadError(
+            f"{_INVALID_SIGNATURE_DEFS}Error reading signature def map: {type(error).__name__}: {error}"
+        ) from None
     return serialized
 
 
@@ -297,7 +301,10 @@ class TfLiteServable:
 
         Raises:
             ServingError: INTERNAL for an unknown tensor (TF Serving's code and message) or when
-                the interpreter fails, INVALID_ARGUMENT for a value it refuses.
+                the interpreter fails, INVALID_ARGUMENT for a value it refuses. A value of
+                another dtype than the tensor's is one: TF Serving copies the request's bytes
+                into the tensor unchecked (tflite_session.cc), which reads them as another type;
+                refusing them is the deliberate difference.
         """
         if self._batching is not None:
             return self._batching.run(feeds, fetches, timeout_ms)
@@ -363,7 +370,9 @@ def load_tflite_servable(
         servable = TfLiteServable(name, version, version_dir, interpreter, model_bytes, batch_scheduler)
     except LoadError:
         raise
-    except (OSError, ValueError, RuntimeError) as error:
-        raise LoadError(f"Cannot load TFLite model {path}: {error}") from None
+    # Whatever a malformed file makes the readers raise fails this version's load only: TF
+    # Serving keeps serving the others.
+    except Exception as error:
+        raise LoadError(f"Cannot load TFLite model {path}: {type(error).__name__}: {error}") from None
     _LOG.info("Loaded TFLite model %s version %d from %s", name, version, path)
     return servable

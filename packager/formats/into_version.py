@@ -4,6 +4,8 @@ TF Serving serves ``VERSION_DIR/model.tflite`` instead of the SavedModel beside 
 with ``--prefer_tflite_model`` (which ``tfpack build`` then sets). The version dir keeps one
 contract and one set of goldens, so the TFLite model must be the same model:
 
+* refused (VerificationError, before converting) when its files are not those its provenance
+  statement describes: the statement written again afterwards would vouch for them;
 * refused (UsageError, before converting) on a signed version dir (a file added breaks its
   signature: sign after), with quantization (a quantized model is a different model, proved by
   another bound), with a --tolerance looser than the conversion's, and for a SavedModel serving
@@ -42,7 +44,7 @@ from packager.layout import (
     Goldens,
     Provenance,
 )
-from packager.provenance import write_provenance_statement
+from packager.provenance import check_statement_current, write_provenance_statement
 
 SERVED_RUNTIME = "serving.tflite.load_tflite_servable (the model server's TFLite loader)"
 # What the provenance record gains: the model.tflite placed in the dir, and how it was proved.
@@ -66,12 +68,20 @@ def check_into_version(version_dir: Path, quantize: str, tolerance: float | None
     Raises:
         UsageError: a signed dir, quantization, a tolerance looser than the conversion's, or
             signatures besides serving_default.
+        VerificationError: the dir's files are not the ones its provenance statement describes
+            (changed after tfpack wrote them), or it has no statement.
     """
     if (version_dir / SIGNATURE_FILE).is_file():
         raise UsageError(
             f"{version_dir} is signed ({SIGNATURE_FILE}): a model.tflite added now would break its signature; "
             "export --into-version an unsigned version dir and sign after ('tfpack sign')"
         )
+    # The statement is written again over the dir once model.tflite is in: whatever replaced
+    # the files convert wrote would be vouched for by it (and then by the signature).
+    try:
+        check_statement_current(version_dir, required=True)
+    except VerificationError as exc:
+        raise VerificationError(f"{exc}: export --into-version adds to a version dir only as tfpack wrote it") from None
     if quantize != "none":
         raise UsageError(
             f"--into-version with --quantize {quantize}: the model served from the version dir must meet its own "

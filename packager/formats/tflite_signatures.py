@@ -30,6 +30,7 @@ from flatbuffers import flexbuffers
 
 from packager.errors import SourceError
 from packager.tf_runtime import tensorflow
+from packager.version_scan import is_tflite_flatbuffer
 
 if TYPE_CHECKING:
     from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef, TensorInfo
@@ -39,7 +40,6 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 # Past 2 GB a flatbuffer keeps its buffers after its end (at offsets): the object API cannot
 # write such a model back.
 _FLATBUFFER_LIMIT = 2**31 - 1
-_TFLITE_IDENTIFIER = b"TFL3"
 
 
 def native_signature_keys(model_bytes: bytes) -> list[str]:
@@ -181,7 +181,7 @@ def _model(model_bytes: bytes) -> Any:  # Any: the schema's generated Model (Ten
     Raises:
         SourceError: no TFLite file identifier.
     """
-    if model_bytes[4:8] != _TFLITE_IDENTIFIER:
+    if not is_tflite_flatbuffer(model_bytes):
         raise SourceError("not a TFLite model (no TFL3 file identifier)")
     tensorflow()
     from tensorflow.lite.python import schema_py_generated as schema

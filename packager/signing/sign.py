@@ -23,6 +23,7 @@ from packager.errors import UsageError
 from packager.layout import _model_signing_compat as compat
 from packager.layout import load_certificates, require_file, require_version_dir
 from packager.progress import SILENT, Progress
+from packager.provenance import check_statement_current
 from packager.signing.bundle import write_signature
 from packager.signing.keys import (
     certify_pkcs11_key,
@@ -105,11 +106,14 @@ def sign(
             a wrong) password, a certificate that does not belong to the key or cannot sign, an
             unusable PKCS#11 token or key, a failing op scan, a provenance allowing ops the
             signer did not vouch for.
+        VerificationError: the provenance statement describes other files than the dir holds.
     """
     version_dir = require_version_dir(version_dir)
     if (private_key is None) == (pkcs11_uri is None):
         raise UsageError("give exactly one signing key: --key KEY.pem or --pkcs11-uri URI")
     _refuse_private_keys(version_dir)
+    # A signature over a statement describing other files would only fail at verify time.
+    check_statement_current(version_dir, required=False)
     if chain and certificate is None:
         raise UsageError("a certificate chain goes with a signing certificate (--cert)")
     signing_certificate = None

@@ -1,8 +1,9 @@
 """ONNX models (``.onnx``, e.g. what ``torch.onnx.export`` writes), converted by onnx2tf and
 proven against onnxruntime.
 
-    read (onnx; external data beside the file) ─▶ check ─▶ every op convertible? ─▶ onnx2tf,
-    in a child process ─▶ SavedModel ─▶ frozen like any SavedModel signature, keyed by the
+    read (onnx; external data beside the file) ─▶ check ─▶ refuse what onnx2tf cannot serve
+    faithfully ─▶ every op convertible? ─▶ onnx2tf, in a child process (:mod:`._onnx2tf_child`)
+    ─▶ SavedModel ─▶ frozen like any SavedModel signature, keyed by the
     ONNX input and output names
 
 The reference the written model is proven equal to is onnxruntime running the file itself, never
@@ -10,8 +11,8 @@ onnx2tf's own output: a conversion that changes the numbers fails the proof.
 
 Layout: ONNX vision models are channels-first (NCHW). By default the signature keeps each tensor
 as the ONNX model declares it; ``channels_last`` moves axis 1 of every input and output of rank 3
-to 5 to the end (NCW/NCHW/NCDHW → NWC/NHWC/NDHWC), done by tfpack at the signature's edge so that the layout is
-exactly the declared one, whatever onnx2tf does inside.
+to 5 to the end (NCW/NCHW/NCDHW → NWC/NHWC/NDHWC), done by tfpack at the signature's edge so
+that the layout is exactly the declared one, whatever onnx2tf does inside.
 
 onnx2tf pins an older TensorFlow, numpy and protobuf, so it is installed alone into tfpack's cache
 dir (:mod:`packager._isolated_packages`). It runs in a child process because importing it changes
@@ -26,11 +27,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,12 @@ from packager._isolated_packages import PinnedWheel, ensure_wheel
 from packager.errors import SourceError, ToolError, UsageError, first_line, shorten
 from packager.graph.frozen_model import LoadedSource, TensorRef
 from packager.progress import SILENT, Progress
+from packager.sources._onnx2tf_child import (
+    CHANNELS_RANKS,
+    IMPORT_FAILED,
+    SIGNATURE,
+    UNSUPPORTED_OP,
+)
 from packager.sources.saved_model import freeze_signature
 from packager.tf_runtime import tensorflow
 
@@ -48,7 +54,6 @@ if TYPE_CHECKING:
     import onnx
     import onnxruntime  # type: ignore[import-untyped]  # ships no type information
     import tensorflow as tf
-    import tf_keras
 
 ONNX2TF_WHEEL = PinnedWheel(
     distribution="onnx2tf",
@@ -58,7 +63,9 @@ ONNX2TF_WHEEL = PinnedWheel(
     directory="onnx2tf",
 )
 EXTRA_HINT = "pip install 'tfpack[onnx]'"
-# Imported to read, run and convert an ONNX model (the onnx extra), by module and distribution.
+# Imported to read, run and convert an ONNX model, by module and distribution: the onnx extra of
+# pyproject.toml, which a test holds this equal to (a copy, since a source checkout run without
+# installing has no package metadata to read the extra from; the test extra names the extra).
 # onnx2tf imports the LiteRT interpreter at module level, although tfpack never asks it for TFLite.
 REQUIRED_MODULES = {
     "onnx": "onnx",
@@ -68,15 +75,15 @@ REQUIRED_MODULES = {
     "psutil": "psutil",
     "ai_edge_litert": "ai-edge-litert",
 }
-# The ranks of tensors with a channel axis to move: NCW, NCHW, NCDHW (what onnx2tf can keep, too).
-CHANNELS_RANKS = (3, 4, 5)
-# What the copy handed to onnx2tf calls the graph's inputs and outputs: onnx2tf rewrites names
+# The names the copy handed to onnx2tf gives the graph's inputs and outputs: onnx2tf rewrites names
 # with ':' and silently drops an output it then cannot find (1.29.24 renames only when none is
-# found), so it never sees the model's own names; the keys are mapped back by position.
-_INPUT_NAME = "tfpack_input_{}"
-_OUTPUT_NAME = "tfpack_output_{}"
-_SIGNATURE = "serving_default"
+# found), so it never sees the model's own names; the keys are mapped back by position. The
+# prefix is one no name in the graph starts with.
+_INPUT_PREFIX = "input_"
+_OUTPUT_PREFIX = "output_"
 _RESULT_FILE = "result.json"
+# The child may take long on a large model, but never forever (a hung onnx2tf must not hang CI).
+CHILD_TIMEOUT_S = 1800
 _ONNX_DOMAINS = ("", "ai.onnx")
 # Ops that draw random numbers on every run. onnx2tf folds some into one constant draw and fails
 # on others, so neither the proof nor --allow-random could make such a model what it claims.
@@ -130,7 +137,10 @@ def load_onnx_file(path: Path, *, channels_last: bool = False, progress: Progres
     inputs, outputs = _graph_tensors(model)
     if not outputs:
         raise SourceError(f"{path}: the ONNX graph has no outputs")
+    _refuse_unservable_names(path, inputs, outputs)
+    _refuse_constant_outputs(path, model, inputs, outputs)
     _refuse_training_behaviour(path, model)
+    _refuse_unfaithful_ops(path, model)
     onnx2tf_dir = ensure_wheel(ONNX2TF_WHEEL, progress)
     _refuse_unconvertible_ops(path, model, onnx2tf_dir)
     session = _reference_session(path)
@@ -140,22 +150,40 @@ def load_onnx_file(path: Path, *, channels_last: bool = False, progress: Progres
         "opset": {opset.domain or "ai.onnx": opset.version for opset in model.opset_import},
         "producer_name": model.producer_name,
         "producer_version": model.producer_version,
+        # Integer inputs looked up in a table of the model, and its size: the ids valid inputs hold.
+        "index_bounds": _index_bounds(model, inputs),
     }
+    prefix = _unused_prefix(model)
+    input_names = [f"{prefix}{_INPUT_PREFIX}{k}" for k in range(len(inputs))]
+    output_names_ = [f"{prefix}{_OUTPUT_PREFIX}{k}" for k in range(len(outputs))]
     progress.step(f"converting {path.name} with onnx2tf {ONNX2TF_WHEEL.version}")
     tf = tensorflow()
     with tempfile.TemporaryDirectory(prefix="tfpack-onnx-") as scratch:
         work = Path(scratch)
-        _write_renamed(model, inputs, outputs, work / "model.onnx")
+        _write_renamed(path, model, input_names, output_names_, work / "model.onnx")
         del model  # the child reads the copy; the weights need not stay in this process twice
-        result = _convert_in_child(path, work, onnx2tf_dir, inputs, outputs, transposed, channels_last)
+        result = _convert_in_child(
+            path,
+            work,
+            onnx2tf_dir,
+            {
+                "input_names": input_names,
+                "output_names": output_names_,
+                "input_shapes": [t.shape for t in inputs],
+                "output_shapes": [t.shape for t in outputs],
+                "channels_last_inputs": [t.name in transposed for t in inputs],
+                "channels_last": channels_last,
+            },
+        )
         try:
             loaded = tf.saved_model.load(str(work / "saved_model"))
         except Exception as exc:  # a SavedModel onnx2tf wrote but TensorFlow cannot read
             raise SourceError(f"{path}: onnx2tf's SavedModel does not load: {first_line(exc)}") from None
-        frozen = freeze_signature(loaded.signatures[_SIGNATURE], f"onnx2tf's conversion of {path}")
-    served_inputs = _keyed(frozen.inputs, _INPUT_NAME, inputs, path)
-    served_outputs = _keyed(frozen.outputs, _OUTPUT_NAME, outputs, path)
-    channels_last_outputs = {outputs[_position(name, _OUTPUT_NAME)].name for name in result["channels_last_outputs"]}
+        _refuse_failing_conversion(path, loaded.signatures[SIGNATURE], session, inputs, input_names, transposed)
+        frozen = freeze_signature(loaded.signatures[SIGNATURE], f"onnx2tf's conversion of {path}")
+    served_inputs = _keyed(frozen.inputs, input_names, inputs, path)
+    served_outputs = _keyed(frozen.outputs, output_names_, outputs, path)
+    channels_last_outputs = {outputs[output_names_.index(name)].name for name in result["channels_last_outputs"]}
     by_name = {t.name: t for t in inputs}
     output_names = [t.name for t in outputs]
 
@@ -266,13 +294,22 @@ def _external_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 def _external_file(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
     location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
-    data = (base / location).resolve()
+    shown = shorten(repr(location), 80)
+    try:
+        data = (base / location).resolve()
+        is_file = data.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name longer than the file system allows
+        raise SourceError(
+            f"{path}: tensor {tensor.name!r} names external data {shown}, not a usable file name"
+        ) from None
     if not location or not data.is_relative_to(base):
         # A location such as ../../secret would read a file the user never named as the source.
         raise SourceError(f"{path}: tensor {tensor.name!r} names external data outside the model's directory")
-    if not data.is_file():
+    if data.is_dir():
+        raise SourceError(f"{path}: tensor {tensor.name!r} names external data {shown}, a directory, not a file")
+    if not is_file:
         raise SourceError(
-            f"{path}: its weights are stored in {location}, which is not beside it: keep the data file "
+            f"{path}: its weights are stored in {shown}, which is not beside it: keep the data file "
             "torch.onnx.export wrote next to the .onnx"
         )
     return data
@@ -350,6 +387,147 @@ def _refuse_training_behaviour(path: Path, model: onnx.ModelProto) -> None:
         )
 
 
+def _refuse_unservable_names(path: Path, inputs: list[OnnxTensor], outputs: list[OnnxTensor]) -> None:
+    """Raise SourceError for graph outputs listed twice, and for inputs whose names TensorFlow
+    makes the same parameter name (it replaces what is not a letter or digit by ``_``): the
+    SavedModel would not load and the exports would fail on it."""
+    names = [t.name for t in outputs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SourceError(
+            f"{path}: the ONNX graph lists output(s) {', '.join(map(repr, twice))} more than once: a signature "
+            "serves each output under one key"
+        )
+    by_parameter: dict[str, list[str]] = {}
+    for tensor in inputs:
+        by_parameter.setdefault(_parameter_name(tensor.name), []).append(tensor.name)
+    clashes = [names for names in by_parameter.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(", ".join(map(repr, names)) for names in clashes[:3])
+        raise SourceError(
+            shorten(
+                f"{path}: input names {listed} all become the TensorFlow parameter name "
+                f"{_parameter_name(clashes[0][0])!r}: rename the inputs (input_names= in torch.onnx.export)"
+            )
+        )
+
+
+def _parameter_name(name: str) -> str:
+    """The name TensorFlow gives a function parameter called ``name`` (its sanitize_arg_name)."""
+    swapped = "".join(c if c.isalnum() else "_" for c in name)
+    return swapped if swapped[:1].isalpha() else "arg_" + swapped
+
+
+def _refuse_constant_outputs(
+    path: Path, model: onnx.ModelProto, inputs: list[OnnxTensor], outputs: list[OnnxTensor]
+) -> None:
+    """Raise SourceError for an output no input reaches: onnx2tf turns it into a constant layer
+    it cannot save behind a signature, and a server answering the same whatever it is sent is
+    almost certainly a mistaken export."""
+    reached = {t.name for t in inputs}
+
+    def names_used(node: onnx.NodeProto) -> set[str]:
+        used = set(node.input)
+        for attribute in node.attribute:  # a subgraph may read outer tensors by name
+            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                for inner in _graphs(graph):
+                    for each in inner.node:
+                        used.update(each.input)
+                    used.update(o.name for o in inner.output)
+        return used
+
+    changed = True
+    while changed:  # nodes are topologically sorted, but one pass is not relied on
+        changed = False
+        for node in model.graph.node:
+            if not set(node.output) <= reached and names_used(node) & reached:
+                reached.update(node.output)
+                changed = True
+    constant = [t.name for t in outputs if t.name not in reached]
+    if constant:
+        raise SourceError(
+            shorten(
+                f"{path}: output(s) {', '.join(map(repr, constant[:4]))} are constants of the model (they do not "
+                "depend on any input): export the model without them"
+            )
+        )
+
+
+def _refuse_unfaithful_ops(path: Path, model: onnx.ModelProto) -> None:
+    """Raise SourceError for ops onnx2tf converts into something that computes other numbers on
+    some inputs: Mod with fmod=1 (C's remainder, torch.fmod, integer division's remainder in a
+    torch export) becomes floor modulo, which differs whenever the operands' signs differ."""
+    refused = [
+        f"Mod (node {node.name})" if node.name else "Mod"
+        for graph in _graphs(model.graph)
+        for node in graph.node
+        if node.domain in _ONNX_DOMAINS
+        and node.op_type == "Mod"
+        and any(a.name == "fmod" and a.i for a in node.attribute)
+    ]
+    if refused:
+        raise SourceError(
+            f"{path}: {', '.join(refused[:4])} takes the remainder with fmod=1 (torch.fmod, C's remainder): "
+            f"onnx2tf {ONNX2TF_WHEEL.version} computes floor modulo instead, which differs for negative values; "
+            "export it with floor semantics (torch.remainder, %) or avoid the op"
+        )
+
+
+def _index_bounds(model: onnx.ModelProto, inputs: list[OnnxTensor]) -> dict[str, int]:
+    """The exclusive upper bound of each integer input used as Gather indices into a table the
+    model holds (an Embedding's weights), read from the ONNX graph: onnx2tf's TensorFlow graph
+    wraps such a lookup in index arithmetic (negative ids) the TensorFlow-side analysis does not
+    follow. Ids only pass through ops that keep values (Cast, Reshape, ...) on the way."""
+    keeps_values = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand"}
+    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    bounds: dict[str, int] = {}
+    for tensor in inputs:
+        if not np.issubdtype(tensor.dtype, np.integer):
+            continue
+        reached, frontier, found = {tensor.name}, [tensor.name], []
+        while frontier:
+            name = frontier.pop()
+            for node in consumers.get(name, []):
+                if node.op_type in keeps_values and node.input[0] == name:
+                    fresh = [out for out in node.output[:1] if out not in reached]
+                    reached.update(fresh)
+                    frontier.extend(fresh)
+                elif node.op_type == "Gather" and node.input[1] == name and node.input[0] in tables:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    dims = tables[node.input[0]]
+                    if -len(dims) <= axis < len(dims):
+                        found.append(dims[axis])
+        if found:
+            bounds[tensor.name] = min(found)
+    return bounds
+
+
+def _unused_prefix(model: onnx.ModelProto) -> str:
+    """A prefix for tfpack's names of the graph's inputs and outputs that no tensor, node or
+    graph of the model starts with, so that a renamed input never joins a tensor of the graph."""
+    names: set[str] = set()
+    for graph in _graphs(model.graph):
+        names.update(value.name for value in [*graph.input, *graph.output, *graph.value_info])
+        names.update(tensor.name for tensor in graph.initializer)
+        for node in graph.node:
+            names.update([node.name, *node.input, *node.output])
+    for function in model.functions:
+        names.update(function.input)
+        names.update(function.output)
+    k = 0
+    while any(name.startswith(_prefix(k)) for name in names):
+        k += 1
+    return _prefix(k)
+
+
+def _prefix(k: int) -> str:
+    return "tfpack_" if k == 0 else f"tfpack{k}_"
+
+
 def _refuse_unconvertible_ops(path: Path, model: onnx.ModelProto, onnx2tf_dir: Path) -> None:
     """Raise SourceError naming the ops onnx2tf has no converter for (it has one module per op)."""
     converters = {p.stem for p in (onnx2tf_dir / "onnx2tf" / "ops").glob("*.py")}
@@ -361,11 +539,7 @@ def _refuse_unconvertible_ops(path: Path, model: onnx.ModelProto, onnx2tf_dir: P
                 op = node.op_type if node.domain in _ONNX_DOMAINS else f"{node.domain}:{node.op_type}"
                 missing.setdefault(op, f"{op} (node {node.name})" if node.name else op)
     if missing:
-        listing = ", ".join(list(missing.values())[:5])
-        raise SourceError(
-            f"{path}: onnx2tf {ONNX2TF_WHEEL.version} cannot convert op(s) {listing}: export the model "
-            "without them (another opset, or the op decomposed)"
-        )
+        raise SourceError(_cannot_convert(path, list(missing.values())))
 
 
 def _reference_session(path: Path) -> onnxruntime.InferenceSession:
@@ -380,42 +554,47 @@ def _reference_session(path: Path) -> onnxruntime.InferenceSession:
         raise SourceError(f"{path}: onnxruntime cannot load it: {first_line(exc)}") from None
 
 
-def _write_renamed(model: onnx.ModelProto, inputs: list[OnnxTensor], outputs: list[OnnxTensor], target: Path) -> None:
-    """Write ``model`` with inputs and outputs renamed to tfpack's (Identity nodes keep the graph
-    unchanged inside); weights as external data, so a model over 2 GB can be written too.
+def _write_renamed(
+    path: Path, model: onnx.ModelProto, input_names: list[str], output_names: list[str], target: Path
+) -> None:
+    """Write ``model`` with its inputs and outputs renamed to ``input_names`` and ``output_names``
+    (Identity nodes keep the graph unchanged inside) and check the copy; weights as external
+    data, so a model over 2 GB can be written too.
 
     ``model`` is changed in place (renamed, its weights moved out): a copy would double the memory
     a large model takes.
+
+    Raises:
+        ToolError: the renamed copy is not a valid model (a tfpack bug the message names).
     """
     import onnx
     from onnx import helper
 
     graph = model.graph
-    renamed = {t.name: _INPUT_NAME.format(k) for k, t in enumerate(inputs)}
+    inputs = iter(input_names)
+    initialized = {t.name for t in graph.initializer}
     entry_nodes = []
     for value in graph.input:
-        if value.name in renamed:
-            original, value.name = value.name, renamed[value.name]
+        if value.name not in initialized:
+            original, value.name = value.name, next(inputs)
             entry_nodes.append(helper.make_node("Identity", [value.name], [original], name=f"{value.name}_identity"))
     exit_nodes = []
-    for k, value in enumerate(graph.output):
-        original, value.name = value.name, _OUTPUT_NAME.format(k)
+    for value, name in zip(graph.output, output_names):
+        original, value.name = value.name, name
         exit_nodes.append(helper.make_node("Identity", [original], [value.name], name=f"{value.name}_identity"))
     nodes = [*entry_nodes, *graph.node, *exit_nodes]
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(target), save_as_external_data=True, location=f"{target.name}.data", size_threshold=1024)
+    try:
+        onnx.checker.check_model(str(target))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ToolError(
+            f"{path}: tfpack's renamed copy for onnx2tf is invalid (a tfpack bug): {first_line(exc)}"
+        ) from None
 
 
-def _convert_in_child(
-    path: Path,
-    work: Path,
-    onnx2tf_dir: Path,
-    inputs: list[OnnxTensor],
-    outputs: list[OnnxTensor],
-    transposed: set[str],
-    channels_last: bool,
-) -> dict[str, Any]:
+def _convert_in_child(path: Path, work: Path, onnx2tf_dir: Path, request: dict[str, object]) -> dict[str, Any]:
     """Run onnx2tf on ``work/model.onnx`` in a child process; it writes ``work/saved_model``.
 
     Returns:
@@ -424,34 +603,43 @@ def _convert_in_child(
 
     Raises:
         SourceError: onnx2tf cannot convert an op or fails on the model.
-        ToolError: the child cannot import onnx2tf or dies.
+        ToolError: the child cannot import onnx2tf, dies or times out.
     """
     import packager
 
-    request = {
-        "model": str(work / "model.onnx"),
-        "saved_model": str(work / "saved_model"),
-        "onnx2tf_dir": str(onnx2tf_dir),
-        "channel_inputs": [t.has_channels() for t in inputs],
-        "transposed_inputs": [t.name in transposed for t in inputs],
-        "output_shapes": [t.shape for t in outputs],
-        "channels_last": channels_last,
-        "result": str(work / _RESULT_FILE),
-    }
-    (work / "request.json").write_text(json.dumps(request))
-    # The child imports this module from the same tfpack, installed or not.
+    (work / "request.json").write_text(
+        json.dumps(
+            {
+                **request,
+                "model": str(work / "model.onnx"),
+                "saved_model": str(work / "saved_model"),
+                "onnx2tf_dir": str(onnx2tf_dir),
+                "result": str(work / _RESULT_FILE),
+            }
+        )
+    )
+    # The child imports the child module from the same tfpack, installed or not. Its directory
+    # goes first only when the child's Python would not find it (a source checkout): the
+    # site-packages of an installed tfpack must not come before the standard library.
     project = str(Path(packager.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     command = [
         sys.executable,
         "-c",
-        "import sys; from packager.sources.onnx_file import convert_in_this_process; "
+        "import sys\n"
+        "if sys.argv[2] not in sys.path: sys.path.insert(0, sys.argv[2])\n"
+        "from packager.sources._onnx2tf_child import convert_in_this_process\n"
         "sys.exit(convert_in_this_process(sys.argv[1]))",
         str(work / "request.json"),
+        project,
     ]
+    version = f"onnx2tf {ONNX2TF_WHEEL.version}"
     try:
-        completed = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
+        completed = subprocess.run(
+            command, cwd=work, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"{version} took over {CHILD_TIMEOUT_S} s converting {path}: stopped") from None
     except OSError as exc:
         raise ToolError(f"cannot start a Python child process for onnx2tf: {exc.strerror or exc}") from None
     try:
@@ -459,182 +647,69 @@ def _convert_in_child(
     except (OSError, ValueError):
         lines = [line for line in (completed.stderr or completed.stdout).splitlines() if line.strip()]
         cause = lines[-1] if lines else f"exit status {completed.returncode}"
-        raise ToolError(f"onnx2tf {ONNX2TF_WHEEL.version} died converting {path}: {shorten(cause)}") from None
-    if result.get("error") == "unsupported_op":
+        raise ToolError(f"{version} died converting {path}: {shorten(cause)}") from None
+    error = result.get("error")
+    if error == UNSUPPORTED_OP:
+        raise SourceError(_cannot_convert(path, [result["node"] or result["op"]]))
+    if error == IMPORT_FAILED:
+        raise ToolError(f"{version} cannot be imported: {shorten(result['message'])} ({EXTRA_HINT})")
+    if error:
+        where = f" at {result['node']}" if result.get("node") else ""
         raise SourceError(
-            f"{path}: onnx2tf {ONNX2TF_WHEEL.version} cannot convert op {result['op']}: export the model "
-            "without it (another opset, or the op decomposed)"
+            f"{path}: {version} fails{where} (a limitation of onnx2tf, not of the model): "
+            f"{shorten(result['message'], 200)}"
         )
-    if result.get("error") == "import":
-        raise ToolError(f"onnx2tf {ONNX2TF_WHEEL.version} cannot be imported: {result['message']} ({EXTRA_HINT})")
-    if result.get("error"):
-        raise SourceError(f"{path}: onnx2tf {ONNX2TF_WHEEL.version} cannot convert it: {result['message']}")
     return dict(result)
 
 
-def _keyed(refs: list[TensorRef], pattern: str, tensors: list[OnnxTensor], path: Path) -> list[TensorRef]:
-    """``refs`` keyed by the ONNX names again, in the ONNX graph's order."""
+def _refuse_failing_conversion(
+    path: Path,
+    signature: Callable[..., Mapping[str, tf.Tensor]],
+    session: onnxruntime.InferenceSession,
+    inputs: list[OnnxTensor],
+    input_names: list[str],
+    transposed: set[str],
+) -> None:
+    """Raise SourceError when onnx2tf's SavedModel fails on inputs onnxruntime runs: zeros, with
+    free dimensions of sizes other than 1 (onnx2tf sometimes fixes a dynamic axis to the size it
+    traced). Caught here, the failure is named as onnx2tf's, not as the written version's."""
+    tf = tensorflow()
+    feeds = {
+        t.name: np.zeros([(2 if k == 0 else 3) if d is None else d for k, d in enumerate(t.shape or ())], dtype=t.dtype)
+        for t in inputs
+    }
+    try:
+        session.run(None, feeds)
+    except Exception:  # onnxruntime's errors derive from Exception alone: the probe says nothing
+        return
+    served = {
+        name: tf.constant(np.moveaxis(feeds[t.name], 1, -1) if t.name in transposed else feeds[t.name])
+        for name, t in zip(input_names, inputs)
+    }
+    try:
+        signature(**served)
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        shapes = ", ".join(f"{t.name} {list(feeds[t.name].shape)}" for t in inputs)
+        raise SourceError(
+            f"{path}: onnx2tf {ONNX2TF_WHEEL.version}'s SavedModel fails on inputs onnxruntime runs ({shapes}); a "
+            f"limitation of onnx2tf, not of the model: {shorten(first_line(exc), 200)}"
+        ) from None
+
+
+def _cannot_convert(path: Path, ops: list[str]) -> str:
+    """The one message for ops onnx2tf has no converter for, found before or during conversion."""
+    return (
+        f"{path}: onnx2tf {ONNX2TF_WHEEL.version} cannot convert op(s) {', '.join(ops[:5])}: export the model "
+        "without them (another opset, or the op decomposed)"
+    )
+
+
+def _keyed(refs: list[TensorRef], keys: list[str], tensors: list[OnnxTensor], path: Path) -> list[TensorRef]:
+    """``refs`` (keyed by tfpack's ``keys``) keyed by the ONNX names again, in the ONNX graph's order."""
     by_key = {ref.key: ref for ref in refs}
-    keys = [pattern.format(k) for k in range(len(tensors))]
     if sorted(by_key) != sorted(keys):
         raise SourceError(
             f"{path}: onnx2tf's SavedModel has signature keys {', '.join(sorted(by_key))}, "
             f"not one per ONNX tensor ({', '.join(t.name for t in tensors)})"
         )
     return [replace(by_key[key], key=tensor.name) for key, tensor in zip(keys, tensors)]
-
-
-def convert_in_this_process(request_file: str) -> int:
-    """The child process: convert with onnx2tf and save a SavedModel whose signature keeps (or,
-    asked to, moves) the ONNX layout at its edge. Writes the request's result file.
-
-    Not for use in tfpack's own process: importing onnx2tf changes process-wide state.
-
-    Returns:
-        the exit status (0 whenever a result file was written).
-    """
-    request = json.loads(Path(request_file).read_text())
-    result_file = Path(request["result"])
-
-    def finish(**result: object) -> int:
-        result_file.write_text(json.dumps(result))
-        return 0
-
-    onnx2tf_dir = request["onnx2tf_dir"]
-    if onnx2tf_dir not in sys.path:
-        sys.path.append(onnx2tf_dir)  # appended: it must never shadow the project's own packages
-    try:
-        import onnx2tf  # type: ignore[import-not-found]  # in tfpack's cache dir, not site-packages
-    except ImportError as exc:
-        return finish(error="import", message=shorten(str(exc)))
-    if not Path(onnx2tf.__file__ or "").resolve().is_relative_to(Path(onnx2tf_dir).resolve()):
-        return finish(
-            error="import",
-            message=f"an onnx2tf other than tfpack's pinned one is installed in this Python ({onnx2tf.__file__}): "
-            "uninstall it (pip uninstall onnx2tf); tfpack installs its own",
-        )
-    transposed: list[bool] = request["transposed_inputs"]
-    with_channels: list[bool] = request["channel_inputs"]
-    try:
-        model = onnx2tf.convert(
-            input_onnx_file_path=request["model"],
-            output_folder_path=str(Path(request["model"]).parent / "onnx2tf"),
-            # The model is returned, not saved: its own save path also writes TFLite files.
-            disable_model_save=True,
-            non_verbose=True,
-            # onnxsim is not installed (a native build), and the proof needs the model as written.
-            not_use_onnxsim=True,
-            # Every input keeps its ONNX layout inside (onnx2tf takes ranks 3 to 5 here, and
-            # leaves the others as they are); the signature's edge moves channels.
-            keep_ncw_or_nchw_or_ncdhw_input_names=[
-                _INPUT_NAME.format(k) for k, channels in enumerate(with_channels) if channels
-            ]
-            or None,
-        )
-    except ModuleNotFoundError as exc:  # onnx2tf imports onnx2tf.ops.OPTYPE for each node
-        op = re.fullmatch(r"onnx2tf\.ops\.(\w+)", exc.name or "")
-        if op:
-            return finish(error="unsupported_op", op=op.group(1))
-        return finish(error="import", message=shorten(str(exc)))
-    except (Exception, SystemExit) as exc:  # onnx2tf raises any type, or calls sys.exit
-        return finish(error="failed", message=_plain(first_line(exc)) or type(exc).__name__)
-    try:
-        saved = _save_served_model(
-            model, transposed, request["output_shapes"], request["channels_last"], request["saved_model"]
-        )
-        return finish(onnx2tf_version=onnx2tf.__version__, **saved)
-    except (ValueError, TypeError) as exc:
-        return finish(error="failed", message=f"saving its SavedModel: {first_line(exc)}")
-
-
-def _save_served_model(
-    model: tf_keras.Model,
-    transposed: list[bool],
-    onnx_output_shapes: list[list[int | None] | None],
-    channels_last: bool,
-    export_dir: str,
-) -> dict[str, object]:
-    """Save onnx2tf's Keras model behind a signature in the served layout (child process only)."""
-    import tensorflow as tf
-
-    specs = []
-    for tensor in model.inputs:  # model.inputs order is the order the model is called with
-        k = _position(tensor.name, _INPUT_NAME)
-        shape = list(tensor.shape)
-        moved = transposed[k]
-        specs.append(
-            tf.TensorSpec([shape[0], *shape[2:], shape[1]] if moved else shape, tensor.dtype, name=tensor.name)
-        )
-    moved_inputs = [transposed[_position(tensor.name, _INPUT_NAME)] for tensor in model.inputs]
-    output_names: list[str] = list(model.output_names)
-    # onnx2tf computes some outputs channels-last (its own layout): each is put in the served one.
-    layouts = getattr(model, "onnx_output_layouts", {})
-    computed_last = {
-        name: _computed_channels_last(
-            list(tensor.shape), onnx_output_shapes[_position(name, _OUTPUT_NAME)], bool(layouts.get(name, False))
-        )
-        for name, tensor in zip(output_names, model.outputs)
-    }
-    served_last = {
-        name: channels_last and tensor.shape.rank in CHANNELS_RANKS for name, tensor in zip(output_names, model.outputs)
-    }
-
-    def to_first(x: tf.Tensor) -> tf.Tensor:
-        rank = x.shape.rank
-        return tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])
-
-    def to_last(x: tf.Tensor) -> tf.Tensor:
-        rank = x.shape.rank
-        return tf.transpose(x, [0, *range(2, rank), 1])
-
-    @tf.function(input_signature=specs)
-    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
-        feeds = [to_first(x) if moved else x for x, moved in zip(args, moved_inputs)]
-        result = model(feeds if len(feeds) != 1 else feeds[0], training=False)
-        values = list(result) if isinstance(result, list | tuple) else [result]
-        served = {}
-        for name, value in zip(output_names, values):
-            computed, wanted = computed_last[name], served_last[name]
-            if computed != wanted:
-                value = to_last(value) if wanted else to_first(value)
-            served[name] = tf.identity(value)
-        return served
-
-    holder = tf.Module()
-    holder.model = model  # tracked: its variables are saved with the signature
-    tf.saved_model.save(holder, export_dir, signatures={_SIGNATURE: serve.get_concrete_function()})
-    return {"channels_last_outputs": sorted(name for name, last in served_last.items() if last)}
-
-
-def _computed_channels_last(
-    tf_shape: list[int | None], onnx_shape: list[int | None] | None, onnx2tf_says: bool
-) -> bool:
-    """Whether onnx2tf's output of ``tf_shape`` is the ONNX output moved channels-last.
-
-    onnx2tf records a layout per output, but not always the right one (1.29.24 calls a
-    training-mode BatchNormalization's NHWC output channels-first): the declared ONNX shape
-    decides when exactly one of the two layouts fits it; otherwise onnx2tf's record stands.
-    """
-    if onnx_shape is None or len(onnx_shape) != len(tf_shape) or len(tf_shape) not in CHANNELS_RANKS:
-        return onnx2tf_says
-    moved = [onnx_shape[0], *onnx_shape[2:], onnx_shape[1]]
-
-    def fits(declared: list[int | None]) -> bool:
-        return all(a is None or b is None or a == b for a, b in zip(tf_shape, declared))
-
-    as_declared, as_moved = fits(onnx_shape), fits(moved)
-    return as_moved if as_declared != as_moved else onnx2tf_says
-
-
-def _plain(text: str) -> str:
-    """``text`` without the terminal colour codes onnx2tf puts in its messages."""
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
-
-
-def _position(name: str, pattern: str) -> int:
-    """K of a tensor tfpack named ``pattern.format(K)`` (Keras may add ``:0``)."""
-    prefix = pattern.removesuffix("{}")
-    match = re.fullmatch(re.escape(prefix) + r"(\d+)(?::\d+)?", name)
-    if match is None:
-        raise ValueError(f"onnx2tf renamed tensor {name!r}")
-    return int(match.group(1))

@@ -225,6 +225,7 @@ def test_a_saved_model_with_other_signatures_is_refused(converted: Path, tmp_pat
     scratch = tmp_path / "two-signatures"
     tf.saved_model.save(model, str(scratch), signatures={"serving_default": model.serve, "double": model.serve})
     shutil.copyfile(scratch / "saved_model.pb", version_dir / "saved_model.pb")
+    _rewrite_statement(version_dir)  # else refused first as changed after convert (exit 3)
 
     result = _into_version(version_dir)
     assert result.exit_code == 2
@@ -238,6 +239,9 @@ def test_an_unsigned_model_tflite_is_replaced_and_a_failed_served_proof_puts_it_
 ) -> None:
     version_dir = _copy(converted, tmp_path)
     shutil.copyfile(twice_tflite, version_dir / TFLITE_MODEL_FILE)  # another model, unsigned
+    # Unrecorded, it is refused (the statement describes other files); recorded, it is replaced.
+    assert _into_version(version_dir).exit_code == 3
+    _rewrite_statement(version_dir)
     result = _into_version(version_dir, "--json")
     assert result.exit_code == 0, result.stderr
     placed = (version_dir / TFLITE_MODEL_FILE).read_bytes()
@@ -423,3 +427,21 @@ def test_the_image_serves_model_tflite_not_the_saved_model_beside_it(
     assert "'y' differs" in failed[0]["detail"], failed[0]["detail"]
     assert {check["name"] for check in report["checks"] if check["passed"]} >= {"grpc_signature"}
     assert SIGNATURE_FILE in {p.name for p in version_dir.iterdir()}
+
+
+def test_into_version_refuses_a_saved_model_swapped_after_convert(converted: Path, tmp_path: Path) -> None:
+    """Review finding 1: a SavedModel put in the dir after convert is not vouched for by the
+    statement --into-version writes again: exit 3 before converting, nothing written."""
+    tf = tensorflow()
+    version_dir = _copy(converted, tmp_path)
+    swapped = _module(_twice)
+    shutil.rmtree(version_dir / "variables")
+    (version_dir / "saved_model.pb").unlink()
+    tf.saved_model.save(swapped, str(tmp_path / "swap"), signatures={"serving_default": swapped.serve})
+    shutil.copytree(tmp_path / "swap", version_dir, dirs_exist_ok=True)
+    statement = (version_dir / STATEMENT_FILE).read_bytes()
+    result = _into_version(version_dir)
+    assert result.exit_code == 3, result.stderr
+    assert "describes other model files" in _one_error_line(result.stderr)
+    assert not (version_dir / TFLITE_MODEL_FILE).exists()
+    assert (version_dir / STATEMENT_FILE).read_bytes() == statement

@@ -398,3 +398,26 @@ def test_tf_servings_tflite_models_load_as_its_tflite_session_test_expects(share
         # As stored, before the name is fixed.
         stored = read_metadata_signature_defs((version_dir / "model.tflite").read_bytes())
         assert names(stored["serving_default"]) == ({"x": "tflite_input:0"}, {"y": "y:0"})
+
+
+@pytest.mark.fast
+def test_metadata_the_flexbuffers_reader_chokes_on_is_a_load_error(
+    two_input_models: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Review finding 6: a metadata buffer whose root type byte is no flexbuffers type made the
+    reader raise KeyError, which took the whole server down; it fails that version's load only."""
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(two_input_models["native"]))
+    model.buffers.append(schema.BufferT(data=np.frombuffer(bytes.fromhex(KEY_ERROR_METADATA), np.uint8)))
+    model.metadata = [
+        *(model.metadata or []),
+        schema.MetadataT(name="signature_defs_metadata", buffer=len(model.buffers) - 1),
+    ]
+    content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    with pytest.raises(LoadError, match="Error reading signature def map: KeyError"):
+        read_metadata_signature_defs(content)
+    with pytest.raises(LoadError, match="Error reading signature def map: KeyError"):
+        served(content, tmp_path)
+
+
+# The flexbuffer the review's fuzzer found (tests/sources/test_tflite_source.py has the same).
+KEY_ERROR_METADATA = "cd90095066a745addb6d8831c2b0f87821142b4456556d89aa82bcadae3a9578fa4535a414d025c2"

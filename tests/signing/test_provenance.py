@@ -111,7 +111,15 @@ def test_model_changed_after_its_provenance_and_re_signed_exits_3(
     data = bytearray((with_statement / GOLDENS_FILE).read_bytes())
     data[-1] ^= 0x01
     (with_statement / GOLDENS_FILE).write_bytes(bytes(data))
-    assert tfpack_cli("sign", with_statement, "--key", signing_keys["private"]).exit_code == 0
+    # tfpack sign refuses it (issue 15, finding 10); signed by another tool, verify still catches it.
+    refused = tfpack_cli("sign", with_statement, "--key", signing_keys["private"])
+    assert refused.exit_code == 3 and f"{STATEMENT_FILE} describes other model files" in refused.stderr
+    assert not (with_statement / SIGNATURE_FILE).exists()
+    from packager.layout import _model_signing_compat as compat
+    from packager.signing.bundle import write_signature
+    from packager.signing.keys import load_private_key
+
+    write_signature(compat.key_signer(load_private_key(Path(signing_keys["private"]), None)), with_statement)
     result = tfpack_cli("verify", with_statement, "--public-key", signing_keys["public"])
     assert result.exit_code == 3
     assert f"{STATEMENT_FILE} describes other model files" in result.stderr

@@ -94,3 +94,18 @@ def test_only_the_signer_decides_which_denied_ops_are_allowed(signing_keys, tfpa
     assert not (version_dir / SIGNATURE_FILE).exists()
     vouched = tfpack_cli("sign", version_dir, "--key", signing_keys["private"], "--allow-op", "ReadFile")
     assert vouched.exit_code == 0, vouched.stderr
+
+
+def test_a_version_dir_changed_after_its_provenance_is_not_signed(
+    version_dir: Path, signing_keys, tfpack_cli, tmp_path: Path
+) -> None:
+    """Review finding 10: a model file replaced after convert (or after --into-version) is
+    refused by sign, not only by verify."""
+    from packager.layout import STATEMENT_FILE
+
+    copy = shutil.copytree(version_dir, tmp_path / "1")
+    (copy / "assets.extra" / "extra.txt").write_text("not written by tfpack")
+    result = tfpack_cli("sign", copy, "--key", signing_keys["private"])
+    assert result.exit_code == 3, result.stderr
+    assert f"{STATEMENT_FILE} describes other model files" in result.stderr
+    assert not (copy / SIGNATURE_FILE).exists()

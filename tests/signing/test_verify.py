@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from factories.pki import Pki
 
-from packager.layout import GOLDENS_FILE, SIGNATURE_FILE, WARMUP_FILE
+from packager.layout import GOLDENS_FILE, PROVENANCE_FILE, SIGNATURE_FILE, WARMUP_FILE, Provenance
+from packager.provenance import write_provenance_statement
 
 pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
@@ -144,6 +145,8 @@ def test_wrong_key_or_authority_exits_3(signed_copy: Path, method: Method, tfpac
 def test_signature_from_another_model_exits_3(signed_copy: Path, method: Method, tfpack_cli, tmp_path: Path) -> None:
     other = shutil.copytree(signed_copy, tmp_path / "other")
     _flip_byte(other / GOLDENS_FILE)  # a different model, validly signed by the same key
+    # Its provenance statement written again, as a converter does: sign refuses it otherwise.
+    write_provenance_statement(other, Provenance.load(other / PROVENANCE_FILE))
     assert tfpack_cli("sign", other, *method.sign).exit_code == 0
     shutil.copy(other / SIGNATURE_FILE, signed_copy / SIGNATURE_FILE)
     result = tfpack_cli("verify", signed_copy, *method.verify)
@@ -162,11 +165,16 @@ def test_re_signing_replaces_the_signature(signed_copy: Path, method: Method, tf
 def test_a_file_added_after_conversion_is_caught_even_when_re_signed(
     signed_copy: Path, method: Method, tfpack_cli
 ) -> None:
-    """The provenance statement pins the converted files: re-signing cannot launder a change."""
+    """The provenance statement pins the converted files: re-signing cannot launder a change.
+    tfpack sign refuses it (issue 15's review, finding 10); a signature by another tool is caught
+    by verify (tests/signing/test_provenance.py), and the earlier signature does not cover it."""
     (signed_copy / "assets.extra" / "notes.txt").write_text("added after conversion")
-    assert tfpack_cli("sign", signed_copy, *method.sign).exit_code == 0
+    before = (signed_copy / SIGNATURE_FILE).read_bytes()
+    refused = tfpack_cli("sign", signed_copy, *method.sign)
+    assert refused.exit_code == 3 and "changed after its provenance was written" in refused.stderr
+    assert (signed_copy / SIGNATURE_FILE).read_bytes() == before
     result = tfpack_cli("verify", signed_copy, *method.verify)
-    assert result.exit_code == 3 and "changed after its provenance was written" in result.stderr
+    assert result.exit_code == 3 and "notes.txt" in result.stderr
 
 
 def test_reference_cli_verifies_tfpack_signature(signed_copy: Path, method: Method) -> None:

@@ -443,3 +443,157 @@ def test_the_helper_source_for_image_tests_converts(sources: dict[str, Path], tm
     result = convert(sources["half_plus_two"], ConvertOptions(name="half_plus_two", output_dir=tmp_path))
     goldens = Goldens.load(result.version_dir / GOLDENS_FILE)
     np.testing.assert_allclose(goldens.outputs["y"], 0.5 * goldens.inputs["x"] + 2.0, rtol=1e-6)
+
+
+# Review of the TFLite parts (issue 15): metadata that is not the model's is refused.
+def _with_metadata(sources: dict[str, Path], tmp_path: Path, change: Any) -> Path:
+    """The two-input model with its serving_default written into its metadata, changed by ``change``."""
+    content = sources["signature"].read_bytes()
+    signatures = signature_defs_from_native(content, {"serving_default": "serving_default"})
+    change(signatures["serving_default"])
+    source = tmp_path / "changed.tflite"
+    source.write_bytes(with_signature_defs(content, signatures))
+    return source
+
+
+def _swap_inputs(signature: Any) -> None:
+    a, b = signature.inputs["a"].name, signature.inputs["b"].name
+    signature.inputs["a"].name, signature.inputs["b"].name = b, a
+
+
+def _add_second_key(signature: Any) -> None:
+    signature.inputs["a2"].CopyFrom(signature.inputs["a"])
+
+
+def _declare_width_7(signature: Any) -> None:
+    del signature.inputs["a"].tensor_shape.dim[:]
+    signature.inputs["a"].tensor_shape.dim.add(size=-1)
+    signature.inputs["a"].tensor_shape.dim.add(size=7)
+
+
+def _declare_int32(signature: Any) -> None:
+    signature.outputs["total"].dtype = tf.int32.as_datatype_enum
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # Finding 2: the metadata's keys name other tensors than the model's own signature.
+        (
+            _swap_inputs,
+            "disagrees with the model's own signature serving_default on inputs a (metadata: serving_default_b:0, "
+            "model: serving_default_a:0), b",
+        ),
+        # Finding 3: an input left unfed (uninitialised memory), a tensor fed under two keys.
+        (lambda s: s.inputs.pop("b"), "leaves interpreter input serving_default_b:0 unfed"),
+        (_add_second_key, "feeds tensor serving_default_a:0 twice (inputs a and a2)"),
+        # Finding 4: a shape or dtype the tensor does not have.
+        (_declare_width_7, "declares input a with shape [-1, 7], its tensor serving_default_a:0 has shape [-1, 3]"),
+        (_declare_int32, "declares output total int32, its tensor PartitionedCall:1 is float32"),
+    ],
+)
+def test_metadata_that_is_not_the_models_is_refused(
+    sources: dict[str, Path], tmp_path: Path, tfpack_cli: Any, change: Any, message: str
+) -> None:
+    source = _with_metadata(sources, tmp_path, change)
+    result = tfpack_cli("convert", source, "--name", "lite", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]
+    assert len(error) == 1 and message in error[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_method_name_tf_serving_only_checks_on_request_converts_and_its_warmup_replays(
+    sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Finding 5: TF Serving checks method_name only with --enable_signature_method_name_check
+    (off by default); the proof replays the warmup file through the Predict handler."""
+    source = _with_metadata(sources, tmp_path, lambda s: setattr(s, "method_name", "tensorflow/serving/predict_v2"))
+    result = convert(source, ConvertOptions(name="lite", output_dir=tmp_path / "out"))
+    assert result.version_dir.is_dir()
+
+    from serving.examples import ExampleInference
+    from serving.inference import Inference
+    from serving.manager import LoadPolicy, ModelManager
+    from serving.servables import LoadError
+    from serving.warmup import Warmup
+
+    servable = load_tflite_servable("lite", 1, result.version_dir)
+    manager = ModelManager(LoadPolicy())
+    Warmup(Inference(manager), ExampleInference(manager))(servable)
+    checking = Warmup(Inference(manager, check_method_names=True), ExampleInference(manager))
+    with pytest.raises(LoadError, match="Expected prediction signature method_name to be one of"):
+        checking(servable)
+
+
+def test_unreadable_metadata_is_one_line_exit_2(sources: dict[str, Path], tmp_path: Path, tfpack_cli: Any) -> None:
+    """Finding 6: a metadata map the flexbuffers reader raises KeyError on (the reviewer's fuzz case)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(sources["signature"].read_bytes()))
+    model.buffers.append(schema.BufferT(data=np.frombuffer(bytes.fromhex(KEY_ERROR_METADATA), np.uint8)))
+    model.metadata = [
+        *(model.metadata or []),
+        schema.MetadataT(name=SIGNATURE_DEFS_METADATA, buffer=len(model.buffers) - 1),
+    ]
+    source = tmp_path / "keyerr.tflite"
+    source.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    result = tfpack_cli("convert", source, "--name", "lite", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2, result.stderr
+    assert "Error reading signature def map: KeyError" in result.stderr and result.stderr.count("\n") == 1
+
+
+# The flexbuffer the reviewer's fuzzer found: its root's type byte is no flexbuffers type.
+KEY_ERROR_METADATA = "cd90095066a745addb6d8831c2b0f87821142b4456556d89aa82bcadae3a9578fa4535a414d025c2"
+
+
+def test_outputs_sharing_a_key_without_a_signature_are_refused(tmp_path: Path) -> None:
+    """Finding 9: TF1 top_k's values and indices, TopKV2 and TopKV2:1, share the key TopKV2."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 5], name="x")
+        values, indices = tf.math.top_k(x, k=2)
+        with v1.Session(graph=graph) as session:
+            content = v1.lite.TFLiteConverter.from_session(session, [x], [values, indices]).convert()
+    source = tmp_path / "topk.tflite"
+    source.write_bytes(content)
+    with pytest.raises(
+        SourceError, match=r"outputs TopKV2, TopKV2:1 share the key TopKV2 .* convert it with a signature"
+    ):
+        convert(source, ConvertOptions(name="lite", output_dir=tmp_path / "out"))
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_a_string_input_of_rank_2_is_refused(tmp_path: Path) -> None:
+    """Finding 7: TF Serving resizes a string input to [batch]."""
+    from factories.tflite_models import _convert_function
+
+    source = tmp_path / "strings.tflite"
+    source.write_bytes(
+        _convert_function(
+            lambda s: {"y": tf.cast(tf.equal(s, "a"), tf.float32)}, [tf.TensorSpec([None, 2], tf.string, name="s")]
+        )
+    )
+    with pytest.raises(SourceError, match=r"string input s of signature serving_default has shape \[None, 2\]"):
+        convert(source, ConvertOptions(name="lite", output_dir=tmp_path / "out", batch_dependent=True))
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_a_quantized_integer_input_needs_sample_inputs(tmp_path: Path) -> None:
+    """Finding 8: generated integers ignore an int8 input's scale and zero point."""
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {"y": tf.nn.relu(x * 0.7 - 0.1)}, input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")]
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.f.get_concrete_function()], module)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    converter.representative_dataset = lambda: ([rng.uniform(-1, 1, (1, 4)).astype(np.float32)] for _ in range(20))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    source = tmp_path / "int8.tflite"
+    source.write_bytes(converter.convert())
+    with pytest.raises(SourceError, match=r"input x is quantized \(scale .*, zero point .*\).* give --sample-inputs"):
+        convert(source, ConvertOptions(name="lite", output_dir=tmp_path / "out", batch_dependent=True))
+    assert_nothing_written(tmp_path / "out")
