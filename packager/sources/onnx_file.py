@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import keyword
 import os
 import subprocess
 import sys
@@ -401,6 +402,18 @@ def _refuse_unservable_names(path: Path, inputs: list[OnnxTensor], outputs: list
     by_parameter: dict[str, list[str]] = {}
     for tensor in inputs:
         by_parameter.setdefault(_parameter_name(tensor.name), []).append(tensor.name)
+    keywords = sorted(
+        name for parameter, names in by_parameter.items() if keyword.iskeyword(parameter) for name in names
+    )
+    if keywords:
+        # TensorFlow refuses a Python keyword as a parameter name when the SavedModel is loaded,
+        # long after it was written: refused here, before anything is.
+        raise SourceError(
+            shorten(
+                f"{path}: input name(s) {', '.join(map(repr, keywords))} are Python keywords, which TensorFlow "
+                "cannot load as signature parameters: rename the inputs (input_names= in torch.onnx.export)"
+            )
+        )
     clashes = [names for names in by_parameter.values() if len(names) > 1]
     if clashes:
         listed = "; ".join(", ".join(map(repr, names)) for names in clashes[:3])

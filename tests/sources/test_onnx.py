@@ -521,6 +521,19 @@ def inputs_named_alike(path: Path) -> Path:
     )
 
 
+@wrong_model("input name(s) 'class', 'if' are Python keywords")
+def inputs_named_as_keywords(path: Path) -> Path:
+    # TensorFlow writes such a signature but refuses to load it (second review).
+    names = ["if", "class"]
+    return save_model(
+        path,
+        [helper.make_node("Sum", names, ["y"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        {},
+    )
+
+
 def external_data_at(location: str) -> Callable[[Path], Path]:
     def write(path: Path) -> Path:
         vector_model(path, [helper.make_node("Add", ["x", "w"], ["y"])], {"w": np.ones(4, np.float32)})

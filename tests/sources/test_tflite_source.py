@@ -503,6 +503,32 @@ def test_metadata_that_is_not_the_models_is_refused(
     assert not (tmp_path / "out").exists()
 
 
+def test_metadata_declaring_a_free_batch_over_a_fixed_one_is_refused(tmp_path: Path, tfpack_cli: Any) -> None:
+    """Second review: a [1, 3] model that mixes the rows of its batch, its metadata declaring
+    [-1, 3] under the model's own keys and tensors. Accepted, the goldens would run batch 1 only
+    and a client's batch of two would get each row mixed with the other."""
+    module = tf.Module()
+    module.serving_default = tf.function(
+        lambda x: {"y": x - tf.reduce_mean(x, axis=0) + tf.reduce_sum(x)},
+        input_signature=[tf.TensorSpec([1, 3], tf.float32, name="x")],
+    )
+    concrete = module.serving_default.get_concrete_function()
+    content = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module).convert()
+    signatures = signature_defs_from_native(content, {"serving_default": "serving_default"})
+    for tensors in (signatures["serving_default"].inputs, signatures["serving_default"].outputs):
+        for info in tensors.values():
+            info.tensor_shape.dim[0].size = -1
+    source = tmp_path / "free_batch.tflite"
+    source.write_bytes(with_signature_defs(content, signatures))
+
+    result = tfpack_cli("convert", source, "--name", "lite", "--output-dir", tmp_path / "out")
+
+    assert result.exit_code == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("tfpack: error:")]
+    assert len(error) == 1 and "with shape [-1, 3]" in error[0] and "has shape [1, 3]" in error[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_method_name_tf_serving_only_checks_on_request_converts_and_its_warmup_replays(
     sources: dict[str, Path], tmp_path: Path
 ) -> None:
