@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from factories.pki import Pki, make_pki, private_key_pem, public_key_pem
 
 from packager.cli import cli
-from packager.layout import SIGNATURE_FILE
+from packager.layout import PROVENANCE_FILE, SIGNATURE_FILE, Provenance
+from packager.provenance import write_provenance_statement
 
 pytestmark = pytest.mark.fast  # needs neither Docker nor a model server: make test-fast
 
@@ -223,5 +224,8 @@ def test_ordinary_model_files_are_not_mistaken_for_keys(model: Path, signing_key
     (model / "assets.extra" / "public.pem").write_bytes(
         _ec_key().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+    # Added as a converter would add them: the provenance statement written again (sign refuses
+    # a version dir its statement does not describe).
+    write_provenance_statement(model, Provenance.load(model / PROVENANCE_FILE))
     result = tfpack_cli("sign", model, "--key", signing_keys["private"])
     assert result.exit_code == 0, result.stderr
