@@ -277,6 +277,15 @@ def _input_constraints(
     return constraints
 
 
+def _half_precision_hint(outputs: list[TensorRef]) -> str:
+    """A hint for a failed comparison of half-precision outputs: 16-bit floats carry about three
+    significant digits, so the default tolerance (1e-5) cannot hold between two runtimes' roundings."""
+    half = [r.key for r in outputs if r.dtype in ("float16", "bfloat16")]
+    if not half:
+        return ""
+    return f"; {', '.join(half)} are 16-bit floats (about 3 significant digits): --tolerance 1e-2 suits them"
+
+
 def _control_flags(controls: list[ControlPlaceholder]) -> list[str]:
     """``--constant`` suggestions for the control placeholders that may switch training
     behaviour (dropout, batch statistics) off: a bool flag to false, a scalar without default
@@ -634,12 +643,15 @@ def convert(source_path: Path, options: ConvertOptions, progress: Progress = SIL
                     raise VerificationError(
                         f"the written SavedModel fails to run signature {name}: {first_line(exc)}"
                     ) from None
-                comparison = compare_outputs(
-                    prepared.expected[name],
-                    actual,
-                    options.tolerance,
-                    f"signature {name} of the written SavedModel vs the {prepared.reference}",
-                )
+                try:
+                    comparison = compare_outputs(
+                        prepared.expected[name],
+                        actual,
+                        options.tolerance,
+                        f"signature {name} of the written SavedModel vs the {prepared.reference}",
+                    )
+                except VerificationError as exc:
+                    raise VerificationError(f"{exc}{_half_precision_hint(prepared.signatures[name][1])}") from None
                 max_error = max(max_error, comparison.max_abs_error)
             progress.step("one sample alone vs inside a batch: batch independent?")
             report.add(check_batch_independence_of(run, prepared, options, written_graph_def(staging)))

@@ -35,3 +35,14 @@ def test_out_of_range_flags_are_usage_errors(flags, needle: str, tfpack_cli, tmp
     assert result.exit_code == 2, result.stderr
     assert needle in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_comparison_of_half_precision_outputs_suggests_a_tolerance() -> None:
+    from packager.convert import _half_precision_hint
+    from packager.graph.frozen_model import TensorRef
+
+    half = TensorRef(key="probs", tensor_name="probs:0", dtype="float16", shape=(None, 3))
+    full = TensorRef(key="logits", tensor_name="logits:0", dtype="float32", shape=(None, 3))
+    assert "probs are 16-bit floats" in _half_precision_hint([half, full])
+    assert "--tolerance 1e-2" in _half_precision_hint([half])
+    assert _half_precision_hint([full]) == ""

@@ -10,6 +10,7 @@ browser or Node app without native bindings uses, fed and fetched by signature k
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,9 +183,29 @@ def write_model_dir(path: Path, files: dict[str, bytes]) -> Path:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
-    except OSError as exc:
+        with _writers_serialized(path.parent):
+            staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+            return _swap_in(path, staging, files)
+    except OSError as exc:  # the dir, its lock or the temp dir (_swap_in turns its own into UsageError)
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _writers_serialized(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` itself (flock on its descriptor: no lock file left
+    in the user's output dir) while a model dir is swapped in. Two exports of one model into one
+    dir then replace each other whole, in turn; unserialized, the second rename lands on the
+    first's fresh dir, which a dir rename cannot replace, and that export fails."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _swap_in(path: Path, staging: Path, files: dict[str, bytes]) -> Path:
+    """Fill ``staging`` with ``files`` and rename it to ``path`` (see :func:`write_model_dir`)."""
     retired = path.parent / f"{staging.name}.old"
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users

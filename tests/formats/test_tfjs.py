@@ -195,6 +195,23 @@ def test_an_interrupted_replacement_puts_the_earlier_export_back(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_tfjs"]
 
 
+def test_two_exports_of_one_model_into_one_dir_replace_each_other_whole(tmp_path: Path) -> None:
+    """Racing writers are serialized by a lock on the output dir: every write succeeds, the model
+    left is one of them whole, and no temp or lock file stays behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from packager.formats import tfjs
+
+    target = tmp_path / "m_tfjs"
+    models = [{"model.json": f"model {i}".encode(), "group1-shard1of1.bin": bytes([i]) * 64} for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = list(pool.map(lambda files: tfjs.write_model_dir(target, files), models * 3))
+    assert written == [target] * len(models) * 3
+    left = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert left in models
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_tfjs"]
+
+
 def test_an_unwritable_cache_dir_is_a_one_line_exit_2(version_dirs, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TFPACK_CACHE_DIR", "/proc/tfpack-cache")
     result = run_tfpack_in_process(
