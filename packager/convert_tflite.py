@@ -46,13 +46,13 @@ from packager.graph.io_discovery import has_batch_dimension
 from packager.layout import DEFAULT_SIGNATURE, TFLITE_MODEL_FILE, file_sha256
 from packager.progress import SILENT, Progress
 from packager.readiness import (
-    DETERMINISM_TOLERANCE,
     RANDOM_RERUNS,
     ReadinessReport,
     Verdict,
     check_batch_independence,
     independence_batch,
     raise_first_failure,
+    rerun_disagreement,
 )
 from packager.sources import TFLITE_SUFFIX, detect_format
 from packager.tf_runtime import tensorflow
@@ -548,20 +548,15 @@ def check_tflite_determinism(
     no flag to serve it stochastic: its random ops must go.
     """
     random_ops = sorted(RANDOM_BUILTINS.intersection(operators))
-    tight = 0.0 if random_ops else min(tolerance, DETERMINISM_TOLERANCE)
-    for _ in range(RANDOM_RERUNS if random_ops else 1):
-        again = rerun()
-        for name, values in expected.items():
-            try:
-                compare_outputs(values, again[name], tight, f"signature {name} of the source run again")
-            except VerificationError as exc:
-                ops = f"random ops in the model: {', '.join(random_ops)}" if random_ops else "no random op in the model"
-                return Verdict(
-                    "determinism",
-                    "failed",
-                    f"the source gives different outputs for the same inputs ({exc}); {ops}: a TFLite model is "
-                    "served as it is, so convert it without its random ops (or with them outside the served graph)",
-                )
+    disagreement = rerun_disagreement(expected, rerun, tolerance, with_random_ops=bool(random_ops))
+    if disagreement is not None:
+        ops = f"random ops in the model: {', '.join(random_ops)}" if random_ops else "no random op in the model"
+        return Verdict(
+            "determinism",
+            "failed",
+            f"the source gives different outputs for the same inputs ({disagreement}); {ops}: a TFLite model is "
+            "served as it is, so convert it without its random ops (or with them outside the served graph)",
+        )
     if random_ops:
         return Verdict(
             "determinism",

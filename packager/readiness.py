@@ -138,10 +138,39 @@ def check_determinism(
             f"seeded random ops on the serving path draw the same numbers for every request "
             f"(dropout or augmentation left in with a fixed seed): {_listing(stateless)}: {fix}",
         )
-    # Two runs of one deterministic graph agree to the last bit or nearly: the equivalence
-    # tolerance (which a user may loosen) must not hide a random op's small effect.
-    tight = 0.0 if found else min(tolerance, DETERMINISM_TOLERANCE)
-    for _ in range(RANDOM_RERUNS if found else 1):
+    disagreement = rerun_disagreement(first, rerun, tolerance, with_random_ops=bool(found))
+    if disagreement is not None:
+        ops = f"random ops on the serving path: {_listing(found)}" if found else "no random op found by name"
+        return Verdict(
+            "determinism",
+            "failed",
+            f"the source gives different outputs for the same inputs ({disagreement}); {ops}: {fix}",
+        )
+    if found:
+        return Verdict(
+            "determinism",
+            "passed",
+            f"random ops on the serving path ({_listing(found)}) do not change the outputs: "
+            f"{RANDOM_RERUNS + 1} runs agree to the last bit (e.g. dropout at keep_prob 1.0)",
+        )
+    return Verdict("determinism", "passed", "no random op on the serving path; the source run twice agrees")
+
+
+def rerun_disagreement(
+    first: Mapping[str, Mapping[str, np.ndarray]],
+    rerun: Callable[[], Mapping[str, Mapping[str, np.ndarray]]],
+    tolerance: float,
+    *,
+    with_random_ops: bool,
+) -> str | None:
+    """How a rerun of the source differs from its first run, or None when every rerun agrees.
+
+    Two runs of one deterministic model agree to the last bit or nearly: the equivalence
+    tolerance (which a user may loosen) must not hide a random op's small effect. So one rerun
+    within min(tolerance, 1e-6); with random ops, RANDOM_RERUNS reruns to the last bit.
+    """
+    tight = 0.0 if with_random_ops else min(tolerance, DETERMINISM_TOLERANCE)
+    for _ in range(RANDOM_RERUNS if with_random_ops else 1):
         again = rerun()
         for signature, values in first.items():
             try:
@@ -154,20 +183,8 @@ def check_determinism(
                 else:
                     compare_outputs(values, again[signature], tight, f"signature {signature} of the source run twice")
             except VerificationError as exc:
-                ops = f"random ops on the serving path: {_listing(found)}" if found else "no random op found by name"
-                return Verdict(
-                    "determinism",
-                    "failed",
-                    f"the source gives different outputs for the same inputs ({exc}); {ops}: {fix}",
-                )
-    if found:
-        return Verdict(
-            "determinism",
-            "passed",
-            f"random ops on the serving path ({_listing(found)}) do not change the outputs: "
-            f"{RANDOM_RERUNS + 1} runs agree to the last bit (e.g. dropout at keep_prob 1.0)",
-        )
-    return Verdict("determinism", "passed", "no random op on the serving path; the source run twice agrees")
+                return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
