@@ -254,7 +254,7 @@ def check_batch_independence(
     run: Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]],
     batches: Mapping[str, IndependenceBatch],
     tolerance: float,
-    graph_def: GraphDef,
+    graph_def: GraphDef | None,
     *,
     exempt: frozenset[str] = frozenset(),
     fixes: tuple[str, ...] = (),
@@ -269,15 +269,17 @@ def check_batch_independence(
         run: runs signature NAME of the model that will be served (for a stochastic model, a copy
             whose random draws are constants) on feeds.
         batches: per signature with at least one batched input.
-        graph_def: the serving graph, where ops that mix samples are looked for.
+        graph_def: the serving graph, where ops that mix samples are looked for; None for a
+            model that is no TensorFlow graph (a .tflite source), which no graph rewrite fixes.
         exempt: output keys allowed to have no row per sample.
         fixes: control-placeholder flags that may switch batch statistics off.
     """
-    mixing = batch_mixing_ops(graph_def)
+    mixing = batch_mixing_ops(graph_def) if graph_def is not None else []
     cause = f"ops that mix samples: {_listing(mixing)}" if mixing else "no op that mixes samples found by type"
     fix = (
-        "".join(f"fix {flag}, or " for flag in fixes[:1]) + "for batch norm use --batchnorm inference, or serve "
-        "outputs that depend on the batch on purpose with --batch-dependent"
+        "".join(f"fix {flag}, or " for flag in fixes[:1])
+        + ("for batch norm use --batchnorm inference, or " if graph_def is not None else "")
+        + "serve outputs that depend on the batch on purpose with --batch-dependent"
     )
     for signature, checked in batches.items():
         feeds = checked.feeds
